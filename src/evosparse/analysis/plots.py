@@ -1,0 +1,33 @@
+"""Plots of a run: accuracy and loss per epoch."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from evosparse.engine.checkpoint import atomic_write_bytes  # noqa: E402
+
+
+def plot_run_curves(path: Path, epochs: Sequence[dict], title: str) -> None:
+    """Write a two-panel PNG: test accuracy, and train/test loss, against the epoch."""
+    numbers = [e["epoch"] for e in epochs]
+    figure, (acc_axis, loss_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    acc_axis.plot(numbers, [e["test_acc"] for e in epochs], marker="o", markersize=3)
+    acc_axis.set(xlabel="epoch", ylabel="test accuracy", title=title)
+    loss_axis.plot(numbers, [e["train_loss"] for e in epochs], label="train")
+    loss_axis.plot(numbers, [e["test_loss"] for e in epochs], label="test")
+    loss_axis.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    loss_axis.legend()
+    for axis in (acc_axis, loss_axis):
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())

@@ -1,0 +1,40 @@
+"""Dataset registry: ``load_dataset("digits")``, ``"mnist"``, ``"csv:PATH"``, ...
+
+Loaders are imported on first use so that a dataset's dependencies cost nothing until it is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from evosparse.data.base import Dataset
+from evosparse.errors import UsageError
+
+#: dataset id -> "module:function" of its loader; every loader takes ``data_dir``.
+DATASETS: dict[str, str] = {
+    "digits": "evosparse.data.digits:load_digits",
+    "mnist": "evosparse.data.mnist:load_mnist",
+    "fashion-mnist": "evosparse.data.fashion_mnist:load_fashion_mnist",
+    "cifar10": "evosparse.data.cifar:load_cifar10",
+    "cifar100": "evosparse.data.cifar:load_cifar100",
+    "isolet": "evosparse.data.isolet:load_isolet",
+}
+
+
+def load_dataset(spec: str, *, data_dir: Path | None = None, target: str | None = None) -> Dataset:
+    """Load a dataset by id, or a user's table with ``csv:PATH`` (label column: last, or ``target``)."""
+    if spec.startswith("csv:"):
+        from evosparse.data.table import load_csv
+
+        return load_csv(Path(spec[4:]), target=target)
+    if target is not None:
+        raise UsageError("--target applies only to csv:PATH datasets")
+    if spec not in DATASETS:
+        raise UsageError(f"unknown dataset {spec!r}; choose one of {', '.join(sorted(DATASETS))} or csv:PATH")
+    module_name, function_name = DATASETS[spec].split(":")
+    loader = getattr(importlib.import_module(module_name), function_name)
+    return loader(data_dir=data_dir)
+
+
+__all__ = ["DATASETS", "Dataset", "load_dataset"]

@@ -1,0 +1,198 @@
+"""A training run's configuration: defaults, overridden by a TOML file, overridden by CLI flags.
+
+Every value is validated here, so that bad input fails before any work with one line (exit 2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from evosparse.errors import UsageError
+from evosparse.methods import get_method, resolve_params
+from evosparse.models import MODELS
+from evosparse.topology.distributions import DISTRIBUTIONS
+from evosparse.topology.init import INIT_SCHEMES
+
+OPTIMIZERS = ("sgd", "adam")
+BACKENDS = ("masked", "csr")
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run (and nothing that merely displays it)."""
+
+    method: str = "set"
+    params: dict[str, Any] = field(default_factory=dict)
+    dataset: str = "digits"
+    target: str | None = None
+    data_dir: str | None = None
+    model: str = "mlp"
+    hidden: list[int] = field(default_factory=lambda: [300, 100])
+    dropout: float = 0.0
+    density: float | None = None
+    epsilon: float | None = None
+    distribution: str = "erdos_renyi"
+    init: str = "sparse_kaiming"
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 0.05
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    seed: int = 0
+    backend: str = "masked"
+    device: str = "cpu"
+    out: str | None = None
+
+    #: Used when neither density nor epsilon is given.
+    DEFAULT_DENSITY = 0.1
+
+    def output_folder(self) -> Path:
+        """``out``, or a new time-stamped folder under ``runs/`` so repeated runs never collide."""
+        if self.out is None:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            self.out = f"runs/{self.method}-{self.dataset.replace(':', '_').replace('/', '_')}-seed{self.seed}-{stamp}"
+        return Path(self.out)
+
+    @property
+    def effective_density(self) -> float | None:
+        if self.density is None and self.epsilon is None:
+            return self.DEFAULT_DENSITY
+        return self.density
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse a TOML configuration file, turning every failure into a one-line UsageError."""
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise UsageError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsageError(f"cannot read config file {path}: {error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise UsageError(f"config file {path} is not valid TOML: {error}") from None
+
+
+def parse_param_pairs(pairs: Sequence[str]) -> dict[str, str]:
+    """Turn ``["zeta=0.2", ...]`` into a dict; the method's declared types convert the values later."""
+    parsed: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--param expects KEY=VALUE, got {pair!r}")
+        parsed[key.strip()] = value.strip()
+    return parsed
+
+
+def parse_hidden(value: object) -> list[int]:
+    """Hidden sizes from ``"300,100"`` or a TOML list."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not items:
+        raise UsageError(f"hidden sizes must be a comma-separated list of integers, got {value!r}")
+    try:
+        sizes = [int(str(item).strip()) for item in items]
+    except ValueError:
+        raise UsageError(f"hidden sizes must be integers, got {value!r}") from None
+    if any(size < 1 for size in sizes):
+        raise UsageError(f"hidden sizes must be positive, got {value!r}")
+    return sizes
+
+
+def _coerce_field(name: str, value: object) -> object:
+    """Check a TOML/CLI value against the field's declared type."""
+    kind = _FIELD_TYPES[name]
+    if name == "hidden":
+        return parse_hidden(value)
+    if name == "params":
+        if not isinstance(value, Mapping):
+            raise UsageError("params must be a table of method parameters")
+        return dict(value)
+    if value is None:
+        if "None" not in kind:
+            raise UsageError(f"{name} needs a value")
+        return None
+    if kind.startswith("int") and not isinstance(value, bool) and isinstance(value, int):
+        return value
+    if kind.startswith("float"):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    if kind.startswith("bool") and isinstance(value, bool):
+        return value
+    if kind.startswith("str") and isinstance(value, str):
+        return value
+    raise UsageError(f"{name} has the wrong type: {value!r}")
+
+
+def build_config(
+    toml_path: Path | None = None,
+    overrides: Mapping[str, object] | None = None,
+    param_pairs: Sequence[str] = (),
+) -> TrainConfig:
+    """Defaults ← TOML file ← explicit CLI values (``None`` means not given) ← ``--param`` pairs."""
+    values: dict[str, Any] = {}
+    if toml_path is not None:
+        values.update(read_toml(toml_path))
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    unknown = sorted(set(values) - set(_FIELD_TYPES))
+    if unknown:
+        raise UsageError(f"unknown configuration key {unknown[0]!r}")
+    config = TrainConfig(**{k: _coerce_field(k, v) for k, v in values.items()})
+    config.params = {**config.params, **parse_param_pairs(param_pairs)}
+    validate(config)
+    return config
+
+
+def validate(config: TrainConfig) -> None:
+    """Raise a one-line UsageError for the first invalid value; resolve method parameters in place."""
+    method_cls = get_method(config.method)
+    config.params = resolve_params(method_cls, config.params)
+    if config.model not in MODELS:
+        raise UsageError(f"unknown model {config.model!r}; choose one of {', '.join(sorted(MODELS))}")
+    if config.density is not None and config.epsilon is not None:
+        raise UsageError("give either --density or --epsilon, not both")
+    if config.density is not None and not (0.0 < config.density <= 1.0):
+        raise UsageError(f"density must be in (0, 1], got {config.density}")
+    if config.epsilon is not None and not (config.epsilon > 0 and math.isfinite(config.epsilon)):
+        raise UsageError(f"epsilon must be positive, got {config.epsilon}")
+    _check_choice("distribution", config.distribution, DISTRIBUTIONS)
+    _check_choice("init", config.init, INIT_SCHEMES)
+    _check_choice("optimizer", config.optimizer, OPTIMIZERS)
+    _check_choice("backend", config.backend, BACKENDS)
+    _check_choice("device", config.device, DEVICES)
+    if config.epochs < 1:
+        raise UsageError(f"epochs must be at least 1, got {config.epochs}")
+    if config.batch_size < 1:
+        raise UsageError(f"batch size must be at least 1, got {config.batch_size}")
+    for name in ("lr", "momentum", "weight_decay", "dropout"):
+        value = getattr(config, name)
+        if not math.isfinite(value) or value < 0:
+            raise UsageError(f"{name} must be a non-negative number, got {value}")
+    if config.lr == 0:
+        raise UsageError("lr must be positive")
+    if not config.dropout < 1:
+        raise UsageError(f"dropout must be below 1, got {config.dropout}")
+    if config.nesterov and (config.optimizer != "sgd" or config.momentum == 0):
+        raise UsageError("nesterov needs --optimizer sgd with a positive momentum")
+    if config.backend == "csr":
+        raise UsageError("the csr backend is not available yet in this version; use --backend masked")
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise UsageError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")

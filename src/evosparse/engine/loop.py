@@ -1,0 +1,248 @@
+"""The training loop behind ``evosparse train``: data, model, sparsifier, evaluation, checkpoints."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
+from torch.nn import functional as F
+
+from evosparse.analysis.plots import plot_run_curves
+from evosparse.data import Dataset, load_dataset
+from evosparse.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from evosparse.engine.config import TrainConfig
+from evosparse.engine.records import EpochRecord, build_result, write_metrics_csv, write_result
+from evosparse.errors import EvosparseError, UsageError
+from evosparse.models import ModelSpec, architecture_of, build_model
+from evosparse.sparsifier import Sparsifier
+
+EVAL_BATCH = 2048
+
+
+def resolve_device(name: str) -> torch.device:
+    """The requested device, or a one-line error when CUDA is asked for but absent."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD (momentum, Nesterov, weight decay) or Adam over all of ``model``'s parameters."""
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+        weight_decay=config.weight_decay,
+    )
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> Iterator[torch.Tensor]:
+    """Index batches of one epoch; the shuffle depends only on (seed, epoch), so a resumed run replays it."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(n, generator=generator)
+    yield from order.split(batch_size)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` on (x, y), in eval mode."""
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for start in range(0, x.shape[0], EVAL_BATCH):
+        logits = model(x[start : start + EVAL_BATCH])
+        target = y[start : start + EVAL_BATCH]
+        loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
+        correct += int((logits.argmax(dim=1) == target).sum().item())
+    return loss_sum / x.shape[0], correct / x.shape[0]
+
+
+class Trainer:
+    """One run of ``evosparse train``: builds everything from a config, trains, records, checkpoints."""
+
+    def __init__(self, config: TrainConfig, *, console: Console | None = None, progress: bool = True) -> None:
+        self.config = config
+        self.out = config.output_folder()
+        self.console = console or Console(stderr=True)
+        self.show_progress = progress
+        self.device = resolve_device(config.device)
+        self.data: Dataset = load_dataset(
+            config.dataset, data_dir=Path(config.data_dir) if config.data_dir else None, target=config.target
+        )
+        torch.manual_seed(config.seed)
+        spec = ModelSpec(self.data.input_shape, self.data.num_classes, tuple(config.hidden), config.dropout)
+        self.model = build_model(config.model, spec).to(self.device)
+        self.optimizer = make_optimizer(config, self.model)
+        self.steps_per_epoch = math.ceil(self.data.x_train.shape[0] / config.batch_size)
+        self.sparsifier = Sparsifier(
+            self.model,
+            self.optimizer,
+            config.method,
+            density=config.effective_density,
+            epsilon=config.epsilon,
+            distribution=config.distribution,
+            init=config.init,
+            total_steps=config.epochs * self.steps_per_epoch,
+            seed=config.seed,
+            **config.params,
+        )
+        self.x_train, self.y_train = self.data.x_train.to(self.device), self.data.y_train.to(self.device)
+        self.x_test, self.y_test = self.data.x_test.to(self.device), self.data.y_test.to(self.device)
+        self.epochs: list[EpochRecord] = []
+        self.wall_time_before = 0.0
+
+    # -- checkpointing --------------------------------------------------------------------------
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / CHECKPOINT_NAME
+
+    def _checkpoint_state(self, wall_time_s: float) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "epoch": len(self.epochs),
+            "epochs": [asdict(record) for record in self.epochs],
+            "wall_time_s": wall_time_s,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "sparsifier": self.sparsifier.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+        }
+
+    def restore(self, resume: bool) -> None:
+        """Continue from ``out/checkpoint.pt`` when resuming; refuse to overwrite a run otherwise."""
+        if not self.checkpoint_path.exists():
+            if resume:
+                self.console.print(f"no checkpoint in {self.out}; starting from the beginning")
+            return
+        if not resume:
+            raise UsageError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
+        state = load_checkpoint(self.checkpoint_path)
+        saved = state.get("config", {})
+        for key, value in self.config.to_dict().items():
+            if saved.get(key) != value:
+                raise UsageError(
+                    f"the checkpoint in {self.out} was made with {key}={saved.get(key)!r}, this run has {value!r}"
+                )
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.sparsifier.load_state_dict(state["sparsifier"])
+        except (KeyError, RuntimeError, ValueError) as error:
+            raise UsageError(f"checkpoint in {self.out} does not fit this model ({str(error).splitlines()[0][:120]})") from None
+        torch.set_rng_state(state["rng_cpu"])
+        if state["rng_cuda"]:
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        self.epochs = [EpochRecord(**record) for record in state["epochs"]]
+        self.wall_time_before = float(state["wall_time_s"])
+
+    # -- training -------------------------------------------------------------------------------
+
+    def train_epoch(self, epoch: int, on_step: Any) -> float:
+        """One pass over the shuffled training data; returns the mean training loss."""
+        self.model.train()
+        loss_sum = 0.0
+        for step, batch in enumerate(epoch_batches(self.x_train.shape[0], self.config.batch_size, self.config.seed, epoch), 1):
+            batch = batch.to(self.device)
+            logits = self.model(self.x_train[batch])
+            loss = F.cross_entropy(logits, self.y_train[batch])
+            if not torch.isfinite(loss):
+                raise EvosparseError(
+                    f"training diverged: the loss is {loss.item()} at epoch {epoch}, step {step}; "
+                    f"the last good checkpoint is kept in {self.out} (try a smaller --lr)"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.sparsifier.step()
+            loss_sum += loss.item() * batch.numel()
+            on_step()
+        return loss_sum / self.x_train.shape[0]
+
+    def run(self, resume: bool = False) -> dict[str, Any]:
+        """Train the remaining epochs, writing metrics and a checkpoint after each; return result.json."""
+        self.restore(resume)
+        self.out.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        config = self.config
+        progress = self._progress()
+        with progress or nullcontext():
+            task = progress.add_task("training", total=config.epochs * self.steps_per_epoch,
+                                     completed=len(self.epochs) * self.steps_per_epoch) if progress else None
+            advance = (lambda: progress.advance(task)) if progress else (lambda: None)
+            for epoch in range(len(self.epochs) + 1, config.epochs + 1):
+                epoch_started = time.perf_counter()
+                train_loss = self.train_epoch(epoch, advance)
+                step_stats = self.sparsifier.take_stats()
+                train_time = time.perf_counter() - epoch_started - step_stats.seconds
+                test_loss, test_acc = evaluate(self.model, self.x_test, self.y_test)
+                density = self.sparsifier.density()
+                self.sparsifier.end_epoch()
+                epoch_stats = self.sparsifier.take_stats()
+                self.epochs.append(EpochRecord(
+                    epoch=epoch, train_loss=train_loss, test_loss=test_loss, test_acc=test_acc, density=density,
+                    train_time_s=train_time, topology_time_s=step_stats.seconds + epoch_stats.seconds,
+                    connections_changed=step_stats.connections_changed + epoch_stats.connections_changed,
+                ))
+                write_metrics_csv(self.out / "metrics.csv", self.epochs)
+                save_checkpoint(self.checkpoint_path, self._checkpoint_state(self._wall(started)))
+                if progress:
+                    progress.update(task, description=f"epoch {epoch}/{config.epochs} acc {test_acc:.4f}")
+        result = build_result(
+            header=self._header(), epochs=self.epochs, params_active=self.sparsifier.topology.active,
+            density_final=self.sparsifier.density(), wall_time_s=self._wall(started),
+        )
+        write_result(self.out / "result.json", result)
+        plot_run_curves(self.out / "curves.png", result["epochs"], f"{config.method} on {config.dataset}")
+        return result
+
+    def _wall(self, started: float) -> float:
+        return self.wall_time_before + time.perf_counter() - started
+
+    def _progress(self) -> Progress | None:
+        if not self.show_progress:
+            return None
+        return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=self.console, transient=True)
+
+    def _header(self) -> dict[str, Any]:
+        config = self.config
+        return {
+            "method": config.method,
+            "method_params": dict(config.params),
+            "dataset": config.dataset,
+            "model": config.model,
+            "architecture": architecture_of(self.model),
+            "backend": config.backend,
+            "seed": config.seed,
+            "density_target": self.sparsifier.density_target,
+            "params_dense": self.sparsifier.topology.total,
+            "optimizer": {"name": config.optimizer, "lr": config.lr, "momentum": config.momentum,
+                          "nesterov": config.nesterov, "weight_decay": config.weight_decay},
+            "batch_size": config.batch_size,
+            "distribution": config.distribution,
+            "layers": [
+                {"name": r.name, "shape": list(r.shape), "target_density": r.target_density,
+                 "density": r.density, "active": r.active}
+                for r in self.sparsifier.layer_reports()
+            ],
+        }
+
+
+def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) the training described by ``config``; return the result.json content."""
+    if resume and config.out is None:
+        raise UsageError("--resume needs --out DIR, the folder of the run to continue")
+    return Trainer(config, progress=progress).run(resume=resume)

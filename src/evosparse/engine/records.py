@@ -1,0 +1,72 @@
+"""What a run writes: one row per epoch (``metrics.csv``) and the summary (``result.json``).
+
+``result.json`` follows the schema fixed in ARCHITECTURE.md section 6; extra keys are additions only.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from evosparse.engine.checkpoint import atomic_write_text
+from evosparse.metrics import ara
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class EpochRecord:
+    """The numbers measured in one epoch (the ``epochs`` entries of result.json)."""
+
+    epoch: int
+    train_loss: float
+    test_loss: float
+    test_acc: float
+    density: float
+    train_time_s: float
+    topology_time_s: float
+    connections_changed: int
+
+
+EPOCH_FIELDS = [name for name in EpochRecord.__dataclass_fields__]
+
+
+def write_metrics_csv(path: Path, epochs: list[EpochRecord]) -> None:
+    """Rewrite ``metrics.csv`` atomically with every epoch so far."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=EPOCH_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for record in epochs:
+        writer.writerow(asdict(record))
+    atomic_write_text(path, buffer.getvalue())
+
+
+def build_result(
+    *,
+    header: dict[str, Any],
+    epochs: list[EpochRecord],
+    params_active: int,
+    density_final: float,
+    wall_time_s: float,
+) -> dict[str, Any]:
+    """Assemble result.json: the run's identity (``header``), per-epoch records and summary numbers."""
+    accuracies = [record.test_acc for record in epochs]
+    return {
+        "schema": SCHEMA_VERSION,
+        **header,
+        "density_final": density_final,
+        "params_active": params_active,
+        "epochs": [asdict(record) for record in epochs],
+        "final_test_acc": accuracies[-1],
+        "best_test_acc": max(accuracies),
+        "ara": ara(accuracies),
+        "wall_time_s": wall_time_s,
+    }
+
+
+def write_result(path: Path, result: dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(result, indent=2) + "\n")

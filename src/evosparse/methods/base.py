@@ -1,0 +1,154 @@
+"""What a sparse-training method is: declared parameters, hooks, and a topology update."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from evosparse.errors import UsageError
+from evosparse.topology.masks import Topology
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+@dataclass(frozen=True)
+class Param:
+    """A method parameter: its default (which fixes its type), bounds and one-line help."""
+
+    name: str
+    default: bool | int | float | str
+    help: str
+    choices: tuple[str, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+
+    @property
+    def type_name(self) -> str:
+        return type(self.default).__name__
+
+    def parse(self, raw: object) -> bool | int | float | str:
+        """Convert a CLI string or TOML value to this parameter's type, or raise a one-line UsageError."""
+        kind = type(self.default)
+        try:
+            value = self._coerce(kind, raw)
+        except (TypeError, ValueError):
+            raise UsageError(f"parameter {self.name} expects {self.type_name}, got {raw!r}") from None
+        if self.choices is not None and value not in self.choices:
+            raise UsageError(f"parameter {self.name} must be one of {', '.join(self.choices)}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"parameter {self.name} must be finite, got {value}")
+        if self.minimum is not None and value < self.minimum:  # type: ignore[operator]
+            raise UsageError(f"parameter {self.name} must be ≥ {self.minimum}, got {value}")
+        if self.maximum is not None and value > self.maximum:  # type: ignore[operator]
+            raise UsageError(f"parameter {self.name} must be ≤ {self.maximum}, got {value}")
+        return value
+
+    @staticmethod
+    def _coerce(kind: type, raw: object) -> bool | int | float | str:
+        if kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in _TRUE | _FALSE:
+                return text in _TRUE
+            raise ValueError(raw)
+        if kind is int:
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError(raw)
+            return int(str(raw).strip()) if not isinstance(raw, (int, float)) else int(raw)
+        if kind is float:
+            if isinstance(raw, bool):
+                raise ValueError(raw)
+            return float(raw) if isinstance(raw, (int, float)) else float(str(raw).strip())
+        return str(raw)
+
+
+#: Parameters shared by every method that evolves its topology on a schedule.
+SCHEDULE_PARAMS: tuple[Param, ...] = (
+    Param("update_unit", "epoch", "update the topology at the end of every N epochs or every N steps",
+          choices=("epoch", "step")),
+    Param("update_interval", 1, "N: how many epochs or steps between topology updates", minimum=1),
+    Param("update_until", 1.0, "stop updating after this fraction of training (RigL's T_end)",
+          minimum=0.0, maximum=1.0),
+)
+
+
+class Method:
+    """Base class of a sparse-training method; subclasses register with :func:`register`.
+
+    A method sees the :class:`Topology` and changes it only through ``Topology.rewire``. The hooks
+    are called by :class:`evosparse.Sparsifier`: ``observe_gradient`` for every sparse layer's dense
+    gradient (only when ``wants_gradients()``), ``after_step`` after each optimizer step, and
+    ``update`` when the schedule says so; ``update`` returns how many connections it changed.
+    """
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    params: ClassVar[tuple[Param, ...]] = ()
+    #: ``False`` only for the dense baseline: no masks at all.
+    sparse: ClassVar[bool] = True
+    #: Whether the number of active connections per layer stays at its initial budget.
+    fixed_budget: ClassVar[bool] = True
+    #: Whether the topology changes during training.
+    evolves: ClassVar[bool] = False
+
+    def __init__(self, topology: Topology, hparams: Mapping[str, Any], generator: torch.Generator) -> None:
+        self.topology = topology
+        self.hparams = dict(hparams)
+        self.generator = generator
+
+    def wants_gradients(self) -> bool:
+        return False
+
+    def observe_gradient(self, index: int, grad: torch.Tensor) -> None:
+        """Receive the dense gradient of sparse layer ``index`` (before it is masked)."""
+
+    def after_step(self) -> None:
+        """Called after every optimizer step, once the masks have been re-applied."""
+
+    def update(self) -> int:
+        """Evolve the topology; return the number of mask positions that changed."""
+        return 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state:
+            raise UsageError(f"method {self.name} has no state, but the checkpoint holds some")
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator adding a method to the registry under its ``name``."""
+    names = [p.name for p in cls.params]
+    assert len(names) == len(set(names)), f"{cls.name}: duplicate parameter names"
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type[Method]:
+    """The registered method called ``name``, or a one-line UsageError listing the known ones."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise UsageError(f"unknown method {name!r}; choose one of {', '.join(sorted(METHODS))}") from None
+
+
+def resolve_params(cls: type[Method], overrides: Mapping[str, object]) -> dict[str, Any]:
+    """The method's defaults updated with validated ``overrides``; unknown keys are refused."""
+    declared = {p.name: p for p in cls.params}
+    unknown = sorted(set(overrides) - set(declared))
+    if unknown:
+        known = ", ".join(declared) or "none"
+        raise UsageError(f"method {cls.name} has no parameter {unknown[0]!r} (parameters: {known})")
+    values = {p.name: p.default for p in cls.params}
+    values.update({key: declared[key].parse(raw) for key, raw in overrides.items()})
+    return values

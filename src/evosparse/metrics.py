@@ -1,0 +1,35 @@
+"""Scalar metrics of a training run: ARA and accuracy."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from evosparse.errors import UsageError
+
+
+def ara(accuracies: Sequence[float], b: float = 0.5) -> float:
+    """Average Ratioed Accuracy: a weighted mean of per-epoch accuracies favouring later epochs.
+
+    LiSET (eq. 3): ARA = Σ_i a_i (i·c1 + c2) / (n²(b+1)/2) with c1 = (n − n·b)/(n − 1) and
+    c2 = n − n·c1, i = 1..n. The first epoch weighs b times the last; b = 1 gives the plain mean.
+    A single epoch returns its accuracy.
+    """
+    n = len(accuracies)
+    if n == 0:
+        raise UsageError("ARA needs at least one accuracy")
+    if not b > 0:
+        raise UsageError(f"ARA's b must be positive, got {b}")
+    if n == 1:
+        return float(accuracies[0])
+    c1 = (n - n * b) / (n - 1)
+    c2 = n - n * c1
+    weighted = sum(a * (i * c1 + c2) for i, a in enumerate(accuracies, start=1))
+    return float(weighted / (n * n * (b + 1) / 2))
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of rows whose arg-max equals the label."""
+    return float((logits.argmax(dim=1) == labels).float().mean().item())
+

@@ -1,0 +1,207 @@
+"""The object a training loop talks to: masks + method + schedule, driven by ``step``/``end_epoch``.
+
+Shaped like ``torch.optim``: build it once, call :meth:`Sparsifier.step` after every
+``optimizer.step()`` and :meth:`Sparsifier.end_epoch` after every epoch, save it with
+:meth:`Sparsifier.state_dict`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from evosparse.errors import UsageError
+from evosparse.methods import Method, get_method, resolve_params
+from evosparse.topology.distributions import layer_budgets, layer_densities
+from evosparse.topology.init import initialise_sparse_weights
+from evosparse.topology.masks import Topology, find_sparse_parameters
+
+
+@dataclass
+class LayerReport:
+    """Target vs actual density of one sparse layer."""
+
+    name: str
+    shape: tuple[int, ...]
+    target_density: float
+    active: int
+    numel: int
+
+    @property
+    def density(self) -> float:
+        return self.active / self.numel
+
+
+@dataclass
+class UpdateStats:
+    """Topology work accumulated since the last :meth:`Sparsifier.take_stats`."""
+
+    updates: int = 0
+    connections_changed: int = 0
+    seconds: float = 0.0
+
+
+class Sparsifier:
+    """Keeps a model sparse and evolves its topology with a registered method.
+
+    Args:
+        model: any ``nn.Module``; the weights of its linear and conv layers (plus ``include`` patterns)
+            become sparse.
+        optimizer: the optimizer training ``model``; its state is reset where connections change.
+        method: a registered method name (see ``evosparse methods``).
+        density: global fraction of active connections, split by ``distribution``; or
+        epsilon: SET's ε (Erdős–Rényi per layer).
+        init: ``sparse_kaiming`` re-draws active weights with He-normal scaled by the active fan-in;
+            ``keep`` keeps the model's own values (masked).
+        total_steps: training length, needed when the method's ``update_until`` < 1.
+        seed: seeds the generator used for masks, initialisation and random growth.
+        params: method parameters (see :func:`evosparse.methods.resolve_params`).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        method: str = "set",
+        *,
+        density: float | None = None,
+        epsilon: float | None = None,
+        distribution: str = "erdos_renyi",
+        init: str = "sparse_kaiming",
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+        total_steps: int | None = None,
+        seed: int = 0,
+        **params: Any,
+    ) -> None:
+        method_cls = get_method(method)
+        self.hparams = resolve_params(method_cls, params)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.model = model
+        self.total_steps = total_steps
+        self.global_step = 0
+        self.epoch = 0
+        self.stats = UpdateStats()
+        found = find_sparse_parameters(model, include, exclude)
+        if not found:
+            raise UsageError("the model has no linear or convolution weight to sparsify")
+        shapes = [getattr(module, attr).shape for _, module, attr in found]
+        if method_cls.sparse:
+            if density is None and epsilon is None:
+                raise UsageError(f"method {method} needs a density or an epsilon")
+            spread = {"distribution": distribution, "density": density, "epsilon": epsilon}
+            self.target_densities = layer_densities(shapes, **spread)
+            budgets = layer_budgets(shapes, **spread)
+        else:
+            self.target_densities = [1.0] * len(shapes)
+            budgets = [shape.numel() for shape in shapes]
+        self.topology = Topology.build(found, budgets, self.generator, optimizer=optimizer)
+        self.density_target: float | None = None
+        if method_cls.sparse:
+            self.density_target = density if density is not None else sum(budgets) / self.topology.total
+        self.method: Method = method_cls(self.topology, self.hparams, self.generator)
+        if method_cls.sparse:
+            for layer in self.topology.layers:
+                initialise_sparse_weights(layer, init, self.generator)
+            self.topology.install_gradient_hooks()
+            if self.method.wants_gradients():
+                self.topology.gradient_observers.append(self.method.observe_gradient)
+        self._check_schedule()
+
+    # -- schedule -------------------------------------------------------------------------------
+
+    def _check_schedule(self) -> None:
+        if self.method.evolves and self.hparams["update_until"] < 1.0 and self.total_steps is None:
+            raise UsageError("update_until < 1 needs total_steps, the length of training")
+
+    def _update_due(self, unit: str, count: int) -> bool:
+        if not self.method.evolves or self.hparams["update_unit"] != unit:
+            return False
+        if count % self.hparams["update_interval"]:
+            return False
+        if self.total_steps is None:
+            return True
+        return self.global_step < self.hparams["update_until"] * self.total_steps
+
+    def _update(self) -> None:
+        started = time.perf_counter()
+        changed = self.method.update()
+        self.stats.updates += 1
+        self.stats.connections_changed += changed
+        self.stats.seconds += time.perf_counter() - started
+        self.topology.check(fixed_budget=self.method.fixed_budget)
+
+    # -- the training-loop interface ------------------------------------------------------------
+
+    def step(self) -> None:
+        """Call after every ``optimizer.step()``: re-applies masks and runs step-scheduled updates."""
+        self.global_step += 1
+        if not self.method.sparse:
+            return
+        self.topology.apply_masks()
+        self.method.after_step()
+        if self._update_due("step", self.global_step):
+            self._update()
+
+    def end_epoch(self) -> None:
+        """Call after every epoch: runs epoch-scheduled updates (never after the final epoch)."""
+        self.epoch += 1
+        if self.method.sparse and self._update_due("epoch", self.epoch):
+            self._update()
+
+    def take_stats(self) -> UpdateStats:
+        """Return and reset the topology work done since the previous call."""
+        stats, self.stats = self.stats, UpdateStats()
+        return stats
+
+    # -- reporting ------------------------------------------------------------------------------
+
+    def density(self) -> float:
+        """Fraction of the sparsifiable weights that are active."""
+        return self.topology.density()
+
+    def layer_reports(self) -> list[LayerReport]:
+        return [
+            LayerReport(layer.name, tuple(layer.shape), target, layer.active, layer.numel)
+            for layer, target in zip(self.topology.layers, self.target_densities)
+        ]
+
+    # -- persistence ----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method.name,
+            "hparams": dict(self.hparams),
+            "masks": self.topology.state_dict(),
+            "method_state": self.method.state_dict(),
+            "global_step": self.global_step,
+            "epoch": self.epoch,
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore masks, method state, counters and the growth generator exactly."""
+        if state.get("method") != self.method.name:
+            raise UsageError(f"checkpoint was made with method {state.get('method')!r}, not {self.method.name!r}")
+        if self.method.sparse:
+            self.topology.load_state_dict(state["masks"])
+        self.method.load_state_dict(state["method_state"])
+        self.global_step = int(state["global_step"])
+        self.epoch = int(state["epoch"])
+        self.generator.set_state(state["generator"])
+
+    def remove(self) -> None:
+        """Detach the gradient hooks (the masks stay applied to the weights)."""
+        self.topology.remove_hooks()
+
+
+def sparsify(
+    model: nn.Module, optimizer: torch.optim.Optimizer | None, method: str = "set", **kwargs: Any
+) -> Sparsifier:
+    """Make ``model`` sparse and return the :class:`Sparsifier` that keeps and evolves it."""
+    return Sparsifier(model, optimizer, method, **kwargs)

@@ -1,0 +1,57 @@
+"""Initialisation that accounts for sparsity: scale weights by the *active* fan-in.
+
+PyTorch's default initialisation assumes every input is connected; multiplied by a 95% mask it leaves a
+deep sparse MLP near chance for several epochs (ARCHITECTURE.md section 8). He et al. (2015) give
+std = gain/sqrt(fan_in); we use the mean number of active inputs per output unit as fan_in.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from evosparse.errors import UsageError
+from evosparse.topology.masks import SparseLayer
+
+INIT_SCHEMES = ("sparse_kaiming", "keep")
+GROW_INITS = ("zero", "kaiming", "normal")
+
+
+def active_fan_in(layer: SparseLayer) -> float:
+    """Mean number of active inputs per output unit (at least 1)."""
+    return max(1.0, layer.active / layer.fan_out_axis_size)
+
+
+def sparse_kaiming_std(layer: SparseLayer, gain: float = math.sqrt(2.0)) -> float:
+    """He-normal standard deviation computed from the active fan-in."""
+    return gain / math.sqrt(active_fan_in(layer))
+
+
+@torch.no_grad()
+def initialise_sparse_weights(layer: SparseLayer, scheme: str, generator: torch.Generator) -> None:
+    """Re-draw the active weights of ``layer`` with ``scheme``; masked ones stay exactly zero."""
+    if scheme not in INIT_SCHEMES:
+        raise UsageError(f"unknown init {scheme!r}; choose one of {', '.join(INIT_SCHEMES)}")
+    weight = layer.weight
+    if scheme == "sparse_kaiming":
+        draws = torch.randn(layer.shape, generator=generator) * sparse_kaiming_std(layer)
+        weight.copy_(draws.to(weight.device, weight.dtype))
+    weight.mul_(layer.mask)
+
+
+def grown_weight_values(
+    layer: SparseLayer, count: int, scheme: str, generator: torch.Generator, std: float
+) -> torch.Tensor:
+    """Initial values for ``count`` newly grown connections of ``layer``.
+
+    ``zero`` (RigL: the gradient decides), ``kaiming`` (same distribution as the sparse init), or
+    ``normal`` with the given ``std`` (SET's original code draws small Gaussian values).
+    """
+    if scheme == "zero":
+        return torch.zeros(count)
+    if scheme == "kaiming":
+        return torch.randn(count, generator=generator) * sparse_kaiming_std(layer)
+    if scheme == "normal":
+        return torch.randn(count, generator=generator) * std
+    raise UsageError(f"unknown grow_init {scheme!r}; choose one of {', '.join(GROW_INITS)}")
