@@ -10,12 +10,34 @@ import pytest
 from evosparse.cli import main
 
 CONTRACT_KEYS = {
-    "schema", "method", "method_params", "dataset", "model", "architecture", "backend", "seed",
-    "density_target", "density_final", "params_dense", "params_active", "epochs", "final_test_acc",
-    "best_test_acc", "ara", "wall_time_s",
+    "schema",
+    "method",
+    "method_params",
+    "dataset",
+    "model",
+    "architecture",
+    "backend",
+    "seed",
+    "density_target",
+    "density_final",
+    "params_dense",
+    "params_active",
+    "epochs",
+    "final_test_acc",
+    "best_test_acc",
+    "ara",
+    "wall_time_s",
 }
-EPOCH_KEYS = {"epoch", "train_loss", "test_loss", "test_acc", "density", "train_time_s", "topology_time_s",
-              "connections_changed"}
+EPOCH_KEYS = {
+    "epoch",
+    "train_loss",
+    "test_loss",
+    "test_acc",
+    "density",
+    "train_time_s",
+    "topology_time_s",
+    "connections_changed",
+}
 
 
 def run_cli(args, capsys):
@@ -26,7 +48,8 @@ def run_cli(args, capsys):
 
 def test_train_writes_the_contract_files(tmp_path, capsys):
     out = tmp_path / "run"
-    code, stdout, _ = run_cli(["train", "--epochs", "3", "--hidden", "32,16", "--out", str(out), "--no-progress"], capsys)
+    args = ["train", "--epochs", "3", "--hidden", "32,16", "--out", str(out), "--no-progress"]
+    code, stdout, _ = run_cli(args, capsys)
     assert code == 0
     assert "set on digits: test accuracy" in stdout and stdout.count("\n") == 1
     result = json.loads((out / "result.json").read_text())
@@ -97,14 +120,32 @@ def test_train_on_a_user_csv_table(tmp_path, capsys):
         lines.append(",".join(f"{b + ((i * 7919) % 13) / 13:.3f}" for b in base) + f",{kind}")
     table.write_text("\n".join(lines) + "\n")
     out = tmp_path / "run"
-    code, stdout, _ = run_cli(["train", "--dataset", f"csv:{table}", "--epochs", "15", "--hidden", "16",
-                               "--density", "0.5", "--out", str(out), "--no-progress"], capsys)
+    code, stdout, _ = run_cli(
+        [
+            "train",
+            "--dataset",
+            f"csv:{table}",
+            "--epochs",
+            "15",
+            "--hidden",
+            "16",
+            "--density",
+            "0.5",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert code == 0
     assert json.loads((out / "result.json").read_text())["final_test_acc"] > 0.9
 
 
 def test_console_script_runs_as_a_module_and_exits_2_without_traceback(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "evosparse", "train", "--density", "7", "--out", str(tmp_path)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "evosparse", "train", "--density", "7", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1

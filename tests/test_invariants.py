@@ -63,9 +63,13 @@ def test_invariants_hold_through_random_training(optimizer_name, sequence, seed,
                 flat = layer.mask.view(-1)
                 active, free = flat.nonzero().squeeze(1), (~flat).nonzero().squeeze(1)
                 k = min(active.numel(), free.numel(), 3)
-                sparsifier.topology.rewire(0, active[torch.randperm(active.numel())[:k]],
-                                           free[torch.randperm(free.numel())[:k]], torch.randn(k))
-            for index, (old, layer) in enumerate(zip(before, sparsifier.topology.layers)):
+                sparsifier.topology.rewire(
+                    0,
+                    active[torch.randperm(active.numel())[:k]],
+                    free[torch.randperm(free.numel())[:k]],
+                    torch.randn(k),
+                )
+            for old, layer in zip(before, sparsifier.topology.layers):
                 flipped = (old ^ layer.mask).view(-1).nonzero().squeeze(1)
                 for value in optimizer.state.get(layer.weight, {}).values():
                     if torch.is_tensor(value) and value.shape == layer.weight.shape:

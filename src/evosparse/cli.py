@@ -28,7 +28,9 @@ app = typer.Typer(
 def train(
     config: Annotated[Optional[Path], typer.Option(help="TOML file with any of the options below")] = None,
     method: Annotated[Optional[str], typer.Option(help="sparse-training method (see `evosparse methods`)")] = None,
-    dataset: Annotated[Optional[str], typer.Option(help="digits, mnist, fashion-mnist, cifar10, cifar100, isolet, or csv:PATH")] = None,
+    dataset: Annotated[
+        Optional[str], typer.Option(help="digits, mnist, fashion-mnist, cifar10, cifar100, isolet, or csv:PATH")
+    ] = None,
     target: Annotated[Optional[str], typer.Option(help="label column of a csv:PATH dataset")] = None,
     data_dir: Annotated[Optional[str], typer.Option(help="dataset cache folder")] = None,
     model: Annotated[Optional[str], typer.Option(help="model architecture")] = None,
@@ -58,11 +60,28 @@ def train(
     from evosparse.engine.loop import train as run_training
 
     overrides = {
-        "method": method, "dataset": dataset, "target": target, "data_dir": data_dir, "model": model,
-        "hidden": hidden, "dropout": dropout, "density": density, "epsilon": epsilon,
-        "distribution": distribution, "init": init, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-        "optimizer": optimizer, "momentum": momentum, "nesterov": nesterov, "weight_decay": weight_decay,
-        "seed": seed, "backend": backend, "device": device, "out": out,
+        "method": method,
+        "dataset": dataset,
+        "target": target,
+        "data_dir": data_dir,
+        "model": model,
+        "hidden": hidden,
+        "dropout": dropout,
+        "density": density,
+        "epsilon": epsilon,
+        "distribution": distribution,
+        "init": init,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "optimizer": optimizer,
+        "momentum": momentum,
+        "nesterov": nesterov,
+        "weight_decay": weight_decay,
+        "seed": seed,
+        "backend": backend,
+        "device": device,
+        "out": out,
     }
     settings = build_config(config, overrides, param or [])
     result = run_training(settings, resume=resume, progress=progress)

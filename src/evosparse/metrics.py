@@ -1,10 +1,8 @@
-"""Scalar metrics of a training run: ARA and accuracy."""
+"""Scalar metrics of a training run."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-import torch
 
 from evosparse.errors import UsageError
 
@@ -27,9 +25,3 @@ def ara(accuracies: Sequence[float], b: float = 0.5) -> float:
     c2 = n - n * c1
     weighted = sum(a * (i * c1 + c2) for i, a in enumerate(accuracies, start=1))
     return float(weighted / (n * n * (b + 1) / 2))
-
-
-def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Fraction of rows whose arg-max equals the label."""
-    return float((logits.argmax(dim=1) == labels).float().mean().item())
-

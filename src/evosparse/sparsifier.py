@@ -96,15 +96,16 @@ class Sparsifier:
                 raise UsageError(f"method {method} needs a density or an epsilon")
             spread = {"distribution": distribution, "density": density, "epsilon": epsilon}
             self.target_densities = layer_densities(shapes, **spread)
-            budgets = layer_budgets(shapes, **spread)
+            self.target_budgets = layer_budgets(shapes, **spread)
         else:
             self.target_densities = [1.0] * len(shapes)
-            budgets = [shape.numel() for shape in shapes]
-        self.topology = Topology.build(found, budgets, self.generator, optimizer=optimizer)
+            self.target_budgets = [shape.numel() for shape in shapes]
+        initial = [shape.numel() for shape in shapes] if method_cls.starts_dense else self.target_budgets
+        self.topology = Topology.build(found, initial, self.generator, optimizer=optimizer)
         self.density_target: float | None = None
         if method_cls.sparse:
-            self.density_target = density if density is not None else sum(budgets) / self.topology.total
-        self.method: Method = method_cls(self.topology, self.hparams, self.generator)
+            self.density_target = density if density is not None else sum(self.target_budgets) / self.topology.total
+        self.method: Method = method_cls(self)
         if method_cls.sparse:
             for layer in self.topology.layers:
                 initialise_sparse_weights(layer, init, self.generator)
@@ -118,6 +119,13 @@ class Sparsifier:
     def _check_schedule(self) -> None:
         if self.method.evolves and self.hparams["update_until"] < 1.0 and self.total_steps is None:
             raise UsageError("update_until < 1 needs total_steps, the length of training")
+
+    def update_pending(self) -> bool:
+        """Whether the coming optimizer step will be followed by a step-scheduled topology update.
+
+        Gradient-driven methods use it to keep the dense gradient of that step only.
+        """
+        return self.method.sparse and self._update_due("step", self.global_step + 1)
 
     def _update_due(self, unit: str, count: int) -> bool:
         if not self.method.evolves or self.hparams["update_unit"] != unit:

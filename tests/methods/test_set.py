@@ -60,11 +60,14 @@ def test_set_update_changes_connections_keeps_budgets_and_never_regrows_pruned(m
     assert stats.connections_changed == flipped
 
 
-@pytest.mark.parametrize("grow_init, check", [
-    ("zero", lambda v, std: (v == 0).all()),
-    ("normal", lambda v, std: (v != 0).all() and v.abs().max() < 0.1),
-    ("kaiming", lambda v, std: (v != 0).all() and 0.3 * std < v.std() < 3 * std),
-])
+@pytest.mark.parametrize(
+    "grow_init, check",
+    [
+        ("zero", lambda v, std: (v == 0).all()),
+        ("normal", lambda v, std: (v != 0).all() and v.abs().max() < 0.1),
+        ("kaiming", lambda v, std: (v != 0).all() and 0.3 * std < v.std() < 3 * std),
+    ],
+)
 def test_grown_weights_take_the_requested_initialisation(grow_init, check):
     model = small_mlp((200, 100, 5))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)

@@ -9,9 +9,9 @@ from evosparse.topology.distributions import erdos_renyi_probability, layer_budg
 
 LENET = [(300, 784), (100, 300), (10, 100)]
 
-shapes_strategy = st.lists(
-    st.tuples(st.integers(1, 60), st.integers(1, 60)), min_size=1, max_size=5
-) | st.lists(st.tuples(st.integers(1, 16), st.integers(1, 16), st.integers(1, 3), st.integers(1, 3)), min_size=1, max_size=4)
+linear_shapes = st.tuples(st.integers(1, 60), st.integers(1, 60))
+conv_shapes = st.tuples(st.integers(1, 16), st.integers(1, 16), st.integers(1, 3), st.integers(1, 3))
+shapes_strategy = st.lists(linear_shapes, min_size=1, max_size=5) | st.lists(conv_shapes, min_size=1, max_size=4)
 
 
 @settings(max_examples=200, deadline=None)

@@ -41,7 +41,9 @@ def test_exclude_removes_a_layer_and_unmatched_include_is_an_error():
         find_sparse_parameters(Mixed(), include=["norm.weight"])
 
 
-@pytest.mark.parametrize("shape, count", [((10, 20), 10), ((10, 20), 37), ((8, 3, 3, 3), 50), ((5, 4), 20), ((6, 7), 3)])
+@pytest.mark.parametrize(
+    "shape, count", [((10, 20), 10), ((10, 20), 37), ((8, 3, 3, 3), 50), ((5, 4), 20), ((6, 7), 3)]
+)
 def test_random_mask_has_exact_count_and_covers_rows(shape, count):
     mask = random_mask(shape, count, torch.Generator().manual_seed(1))
     assert mask.dtype == torch.bool and mask.shape == shape and int(mask.sum()) == count
@@ -72,11 +74,14 @@ def test_a_connection_pruned_now_cannot_be_regrown_in_the_same_rewire(mlp):
         topology.rewire(0, active[:2], active[:2])
 
 
-@pytest.mark.parametrize("make_optimizer", [
-    lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
-    lambda p: torch.optim.Adam(p, lr=0.01),
-    lambda p: torch.optim.AdamW(p, lr=0.01, amsgrad=True),
-])
+@pytest.mark.parametrize(
+    "make_optimizer",
+    [
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+        lambda p: torch.optim.Adam(p, lr=0.01),
+        lambda p: torch.optim.AdamW(p, lr=0.01, amsgrad=True),
+    ],
+)
 def test_rewire_zeroes_every_parameter_shaped_optimizer_state(mlp, make_optimizer):
     optimizer = make_optimizer(mlp.parameters())
     topology = build(mlp, [40, 30, 20], optimizer)

@@ -34,9 +34,7 @@ class Dataset:
         return int(torch.tensor(self.input_shape).prod().item())
 
 
-def standardise(
-    train: torch.Tensor, *others: torch.Tensor | None, per_feature: bool
-) -> list[torch.Tensor | None]:
+def standardise(train: torch.Tensor, *others: torch.Tensor | None, per_feature: bool) -> list[torch.Tensor | None]:
     """Shift and scale every split by the training split's statistics.
 
     Images use one global mean/std (per-pixel statistics blow up rarely-lit border pixels);

@@ -141,7 +141,8 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.sparsifier.load_state_dict(state["sparsifier"])
         except (KeyError, RuntimeError, ValueError) as error:
-            raise UsageError(f"checkpoint in {self.out} does not fit this model ({str(error).splitlines()[0][:120]})") from None
+            reason = str(error).splitlines()[0][:120]
+            raise UsageError(f"checkpoint in {self.out} does not fit this model ({reason})") from None
         torch.set_rng_state(state["rng_cpu"])
         if state["rng_cuda"]:
             torch.cuda.set_rng_state_all(state["rng_cuda"])
@@ -154,7 +155,8 @@ class Trainer:
         """One pass over the shuffled training data; returns the mean training loss."""
         self.model.train()
         loss_sum = 0.0
-        for step, batch in enumerate(epoch_batches(self.x_train.shape[0], self.config.batch_size, self.config.seed, epoch), 1):
+        batches = epoch_batches(self.x_train.shape[0], self.config.batch_size, self.config.seed, epoch)
+        for step, batch in enumerate(batches, 1):
             batch = batch.to(self.device)
             logits = self.model(self.x_train[batch])
             loss = F.cross_entropy(logits, self.y_train[batch])
@@ -179,8 +181,15 @@ class Trainer:
         config = self.config
         progress = self._progress()
         with progress or nullcontext():
-            task = progress.add_task("training", total=config.epochs * self.steps_per_epoch,
-                                     completed=len(self.epochs) * self.steps_per_epoch) if progress else None
+            task = (
+                progress.add_task(
+                    "training",
+                    total=config.epochs * self.steps_per_epoch,
+                    completed=len(self.epochs) * self.steps_per_epoch,
+                )
+                if progress
+                else None
+            )
             advance = (lambda: progress.advance(task)) if progress else (lambda: None)
             for epoch in range(len(self.epochs) + 1, config.epochs + 1):
                 epoch_started = time.perf_counter()
@@ -191,18 +200,28 @@ class Trainer:
                 density = self.sparsifier.density()
                 self.sparsifier.end_epoch()
                 epoch_stats = self.sparsifier.take_stats()
-                self.epochs.append(EpochRecord(
-                    epoch=epoch, train_loss=train_loss, test_loss=test_loss, test_acc=test_acc, density=density,
-                    train_time_s=train_time, topology_time_s=step_stats.seconds + epoch_stats.seconds,
-                    connections_changed=step_stats.connections_changed + epoch_stats.connections_changed,
-                ))
+                self.epochs.append(
+                    EpochRecord(
+                        epoch=epoch,
+                        train_loss=train_loss,
+                        test_loss=test_loss,
+                        test_acc=test_acc,
+                        density=density,
+                        train_time_s=train_time,
+                        topology_time_s=step_stats.seconds + epoch_stats.seconds,
+                        connections_changed=step_stats.connections_changed + epoch_stats.connections_changed,
+                    )
+                )
                 write_metrics_csv(self.out / "metrics.csv", self.epochs)
                 save_checkpoint(self.checkpoint_path, self._checkpoint_state(self._wall(started)))
                 if progress:
                     progress.update(task, description=f"epoch {epoch}/{config.epochs} acc {test_acc:.4f}")
         result = build_result(
-            header=self._header(), epochs=self.epochs, params_active=self.sparsifier.topology.active,
-            density_final=self.sparsifier.density(), wall_time_s=self._wall(started),
+            header=self._header(),
+            epochs=self.epochs,
+            params_active=self.sparsifier.topology.active,
+            density_final=self.sparsifier.density(),
+            wall_time_s=self._wall(started),
         )
         write_result(self.out / "result.json", result)
         plot_run_curves(self.out / "curves.png", result["epochs"], f"{config.method} on {config.dataset}")
@@ -214,8 +233,14 @@ class Trainer:
     def _progress(self) -> Progress | None:
         if not self.show_progress:
             return None
-        return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=self.console, transient=True)
+        return Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+        )
 
     def _header(self) -> dict[str, Any]:
         config = self.config
@@ -229,13 +254,23 @@ class Trainer:
             "seed": config.seed,
             "density_target": self.sparsifier.density_target,
             "params_dense": self.sparsifier.topology.total,
-            "optimizer": {"name": config.optimizer, "lr": config.lr, "momentum": config.momentum,
-                          "nesterov": config.nesterov, "weight_decay": config.weight_decay},
+            "optimizer": {
+                "name": config.optimizer,
+                "lr": config.lr,
+                "momentum": config.momentum,
+                "nesterov": config.nesterov,
+                "weight_decay": config.weight_decay,
+            },
             "batch_size": config.batch_size,
             "distribution": config.distribution,
             "layers": [
-                {"name": r.name, "shape": list(r.shape), "target_density": r.target_density,
-                 "density": r.density, "active": r.active}
+                {
+                    "name": r.name,
+                    "shape": list(r.shape),
+                    "target_density": r.target_density,
+                    "density": r.density,
+                    "active": r.active,
+                }
                 for r in self.sparsifier.layer_reports()
             ],
         }

@@ -1,7 +1,16 @@
-"""The registry of sparse-training methods; importing this package registers them all."""
+"""The registry of sparse-training methods.
 
-from evosparse.methods import dense, static  # noqa: F401  (imported to register)
-from evosparse.methods import set as set_method  # noqa: F401
+Every module in this package defines one method and registers it with ``@register``; importing the
+package imports them all, so adding a method is adding a file.
+"""
+
+import importlib
+import pkgutil
+
 from evosparse.methods.base import METHODS, Method, Param, get_method, register, resolve_params
+
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name != "base":
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["METHODS", "Method", "Param", "get_method", "register", "resolve_params"]

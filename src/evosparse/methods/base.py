@@ -5,12 +5,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from evosparse.errors import UsageError
 from evosparse.topology.masks import Topology
+
+if TYPE_CHECKING:
+    from evosparse.sparsifier import Sparsifier
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -70,11 +73,16 @@ class Param:
 
 #: Parameters shared by every method that evolves its topology on a schedule.
 SCHEDULE_PARAMS: tuple[Param, ...] = (
-    Param("update_unit", "epoch", "update the topology at the end of every N epochs or every N steps",
-          choices=("epoch", "step")),
+    Param(
+        "update_unit",
+        "epoch",
+        "update the topology at the end of every N epochs or every N steps",
+        choices=("epoch", "step"),
+    ),
     Param("update_interval", 1, "N: how many epochs or steps between topology updates", minimum=1),
-    Param("update_until", 1.0, "stop updating after this fraction of training (RigL's T_end)",
-          minimum=0.0, maximum=1.0),
+    Param(
+        "update_until", 1.0, "stop updating after this fraction of training (RigL's T_end)", minimum=0.0, maximum=1.0
+    ),
 )
 
 
@@ -85,6 +93,8 @@ class Method:
     are called by :class:`evosparse.Sparsifier`: ``observe_gradient`` for every sparse layer's dense
     gradient (only when ``wants_gradients()``), ``after_step`` after each optimizer step, and
     ``update`` when the schedule says so; ``update`` returns how many connections it changed.
+    ``self.sparsifier`` gives the clock (``global_step``, ``epoch``, ``total_steps``,
+    ``update_pending()``), the model and the optimizer (``topology.optimizer``).
     """
 
     name: ClassVar[str]
@@ -96,11 +106,15 @@ class Method:
     fixed_budget: ClassVar[bool] = True
     #: Whether the topology changes during training.
     evolves: ClassVar[bool] = False
+    #: Dense-to-sparse methods (GMP, pruning) start with every connection active and reach the
+    #: requested density themselves; ``Sparsifier.target_budgets`` holds the per-layer goal.
+    starts_dense: ClassVar[bool] = False
 
-    def __init__(self, topology: Topology, hparams: Mapping[str, Any], generator: torch.Generator) -> None:
-        self.topology = topology
-        self.hparams = dict(hparams)
-        self.generator = generator
+    def __init__(self, sparsifier: Sparsifier) -> None:
+        self.sparsifier = sparsifier
+        self.topology: Topology = sparsifier.topology
+        self.hparams: dict[str, Any] = dict(sparsifier.hparams)
+        self.generator: torch.Generator = sparsifier.generator
 
     def wants_gradients(self) -> bool:
         return False

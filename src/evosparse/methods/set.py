@@ -37,5 +37,3 @@ class SET(Method):
             )
             changed += self.topology.rewire(index, prune, grow, values)
         return changed
-
-

@@ -12,7 +12,7 @@ A :class:`Topology` owns one boolean mask per sparse parameter. It guarantees th
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -266,23 +266,9 @@ class Topology:
         for layer in self.layers:
             saved = masks[layer.name]
             if saved.shape != layer.shape or saved.dtype != torch.bool:
-                raise UsageError(f"saved mask for {layer.name} has shape {tuple(saved.shape)}, expected {tuple(layer.shape)}")
+                raise UsageError(
+                    f"saved mask for {layer.name} has shape {tuple(saved.shape)}, expected {tuple(layer.shape)}"
+                )
             layer.mask.copy_(saved.to(layer.mask.device))
             layer.budget = int(saved.sum().item())
         self.apply_masks()
-
-
-def flat_positions(mask: torch.Tensor) -> torch.Tensor:
-    """Flat indices of the active entries of ``mask``."""
-    return mask.view(-1).nonzero().squeeze(1)
-
-
-def inactive_positions(mask: torch.Tensor) -> torch.Tensor:
-    """Flat indices of the inactive entries of ``mask``."""
-    return (~mask.view(-1)).nonzero().squeeze(1)
-
-
-def iter_weights(topology: Topology) -> Iterable[tuple[int, SparseLayer, torch.Tensor]]:
-    """Yield ``(index, layer, detached weight)`` for each sparse layer."""
-    for index, layer in enumerate(topology.layers):
-        yield index, layer, layer.weight.detach()
