@@ -204,8 +204,9 @@ class Sparsifier:
         self.generator.set_state(state["generator"])
 
     def remove(self) -> None:
-        """Detach the gradient hooks (the masks stay applied to the weights)."""
+        """Detach every hook of the topology and the method (the masks stay applied to the weights)."""
         self.topology.remove_hooks()
+        self.method.remove_hooks()
 
 
 def sparsify(

@@ -115,6 +115,16 @@ class Method:
         self.topology: Topology = sparsifier.topology
         self.hparams: dict[str, Any] = dict(sparsifier.hparams)
         self.generator: torch.Generator = sparsifier.generator
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+
+    def add_hook(self, handle: torch.utils.hooks.RemovableHandle) -> None:
+        """Keep a hook the method registered (on the model or a tensor) so ``remove_hooks`` can undo it."""
+        self._hooks.append(handle)
+
+    def remove_hooks(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks.clear()
 
     def wants_gradients(self) -> bool:
         return False
