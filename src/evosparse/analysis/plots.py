@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from evosparse.engine.checkpoint import atomic_write_bytes  # noqa: E402
 
@@ -17,7 +18,7 @@ from evosparse.engine.checkpoint import atomic_write_bytes  # noqa: E402
 def plot_run_curves(path: Path, epochs: Sequence[dict], title: str) -> None:
     """Write a two-panel PNG: test accuracy, and train/test loss, against the epoch."""
     numbers = [e["epoch"] for e in epochs]
-    figure, (acc_axis, loss_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    figure, (acc_axis, loss_axis) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
     acc_axis.plot(numbers, [e["test_acc"] for e in epochs], marker="o", markersize=3)
     acc_axis.set(xlabel="epoch", ylabel="test accuracy", title=title)
     loss_axis.plot(numbers, [e["train_loss"] for e in epochs], label="train")
@@ -26,7 +27,7 @@ def plot_run_curves(path: Path, epochs: Sequence[dict], title: str) -> None:
     loss_axis.legend()
     for axis in (acc_axis, loss_axis):
         axis.grid(alpha=0.3)
-    figure.tight_layout()
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
     plt.close(figure)

@@ -52,6 +52,7 @@ class TrainConfig:
     backend: str = "masked"
     device: str = "cpu"
     out: str | None = None
+    snapshots: bool = True
 
     #: Used when neither density nor epsilon is given.
     DEFAULT_DENSITY = 0.1

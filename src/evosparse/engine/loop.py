@@ -21,6 +21,7 @@ from evosparse.data import Dataset, load_dataset
 from evosparse.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from evosparse.engine.config import TrainConfig
 from evosparse.engine.records import EpochRecord, build_result, write_metrics_csv, write_result
+from evosparse.engine.snapshots import save_snapshot
 from evosparse.errors import EvosparseError, UsageError
 from evosparse.models import ModelSpec, architecture_of, build_model
 from evosparse.sparsifier import Sparsifier
@@ -198,6 +199,8 @@ class Trainer:
                 train_time = time.perf_counter() - epoch_started - step_stats.seconds
                 test_loss, test_acc = evaluate(self.model, self.x_test, self.y_test)
                 density = self.sparsifier.density()
+                if self.config.snapshots and self.sparsifier.method.sparse:
+                    save_snapshot(self.out, epoch, self.sparsifier.topology)
                 self.sparsifier.end_epoch()
                 epoch_stats = self.sparsifier.take_stats()
                 self.epochs.append(
