@@ -28,10 +28,15 @@ def load_dataset(spec: str, *, data_dir: Path | None = None, target: str | None 
         from evosparse.data.table import load_csv
 
         return load_csv(Path(spec[4:]), target=target)
+    if spec.startswith("text:"):
+        from evosparse.data.text import load_text
+
+        return load_text(Path(spec[5:]))
     if target is not None:
         raise UsageError("--target applies only to csv:PATH datasets")
     if spec not in DATASETS:
-        raise UsageError(f"unknown dataset {spec!r}; choose one of {', '.join(sorted(DATASETS))} or csv:PATH")
+        known = ", ".join(sorted(DATASETS))
+        raise UsageError(f"unknown dataset {spec!r}; choose one of {known}, csv:PATH or text:PATH")
     module_name, function_name = DATASETS[spec].split(":")
     loader = getattr(importlib.import_module(module_name), function_name)
     return loader(data_dir=data_dir)

@@ -35,7 +35,7 @@ class TrainConfig:
     target: str | None = None
     data_dir: str | None = None
     model: str = "mlp"
-    hidden: list[int] = field(default_factory=lambda: [300, 100])
+    hidden: list[int] | None = None
     dropout: float = 0.0
     density: float | None = None
     epsilon: float | None = None
@@ -119,7 +119,7 @@ def _coerce_field(name: str, value: object) -> object:
     """Check a TOML/CLI value against the field's declared type."""
     kind = _FIELD_TYPES[name]
     if name == "hidden":
-        return parse_hidden(value)
+        return None if value is None else parse_hidden(value)
     if name == "params":
         if not isinstance(value, Mapping):
             raise UsageError("params must be a table of method parameters")

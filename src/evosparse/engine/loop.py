@@ -56,17 +56,21 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> Iterator[to
     yield from order.split(batch_size)
 
 
+def flat_predictions(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N·T, C) logits and (N·T,) targets: sequence models are scored per time step (per character)."""
+    return logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` on (x, y), in eval mode."""
+    """Mean cross-entropy and accuracy of ``model`` on (x, y) per predicted label, in eval mode."""
     model.eval()
     loss_sum, correct = 0.0, 0
     for start in range(0, x.shape[0], EVAL_BATCH):
-        logits = model(x[start : start + EVAL_BATCH])
-        target = y[start : start + EVAL_BATCH]
+        logits, target = flat_predictions(model(x[start : start + EVAL_BATCH]), y[start : start + EVAL_BATCH])
         loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
         correct += int((logits.argmax(dim=1) == target).sum().item())
-    return loss_sum / x.shape[0], correct / x.shape[0]
+    return loss_sum / y.numel(), correct / y.numel()
 
 
 class Trainer:
@@ -82,7 +86,13 @@ class Trainer:
             config.dataset, data_dir=Path(config.data_dir) if config.data_dir else None, target=config.target
         )
         torch.manual_seed(config.seed)
-        spec = ModelSpec(self.data.input_shape, self.data.num_classes, tuple(config.hidden), config.dropout)
+        spec = ModelSpec(
+            self.data.input_shape,
+            self.data.num_classes,
+            sequence=self.data.y_train.dim() == 2,
+            hidden=tuple(config.hidden) if config.hidden else None,
+            dropout=config.dropout,
+        )
         self.model = build_model(config.model, spec).to(self.device)
         self.optimizer = make_optimizer(config, self.model)
         self.steps_per_epoch = math.ceil(self.data.x_train.shape[0] / config.batch_size)
@@ -96,6 +106,7 @@ class Trainer:
             init=config.init,
             total_steps=config.epochs * self.steps_per_epoch,
             seed=config.seed,
+            include=getattr(self.model, "sparse_include", None),
             **config.params,
         )
         self.x_train, self.y_train = self.data.x_train.to(self.device), self.data.y_train.to(self.device)
@@ -159,8 +170,7 @@ class Trainer:
         batches = epoch_batches(self.x_train.shape[0], self.config.batch_size, self.config.seed, epoch)
         for step, batch in enumerate(batches, 1):
             batch = batch.to(self.device)
-            logits = self.model(self.x_train[batch])
-            loss = F.cross_entropy(logits, self.y_train[batch])
+            loss = F.cross_entropy(*flat_predictions(self.model(self.x_train[batch]), self.y_train[batch]))
             if not torch.isfinite(loss):
                 raise EvosparseError(
                     f"training diverged: the loss is {loss.item()} at epoch {epoch}, step {step}; "

@@ -2,40 +2,54 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from torch import nn
 
 from evosparse.errors import UsageError
+from evosparse.models.lstm import CharLSTM
 from evosparse.models.mlp import MLP
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What a model builder needs to know: sample shape, classes, hidden sizes, dropout."""
+    """What a model builder needs: sample shape, classes, whether targets are sequences, user options.
+
+    ``hidden`` is ``None`` when the user gave no sizes: each model then uses its paper default.
+    """
 
     input_shape: tuple[int, ...]
     num_classes: int
-    hidden: tuple[int, ...] = (300, 100)
+    sequence: bool = False
+    hidden: tuple[int, ...] | None = None
     dropout: float = 0.0
 
 
 def _build_mlp(spec: ModelSpec) -> nn.Module:
-    input_size = 1
-    for size in spec.input_shape:
-        input_size *= size
-    return MLP(input_size, spec.hidden, spec.num_classes, spec.dropout)
+    if spec.sequence:
+        raise UsageError("model mlp classifies fixed-size samples; use --model lstm for text:PATH data")
+    return MLP(math.prod(spec.input_shape), spec.hidden or (300, 100), spec.num_classes, spec.dropout)
 
 
-MODELS: dict[str, Callable[[ModelSpec], nn.Module]] = {"mlp": _build_mlp}
+def _build_lstm(spec: ModelSpec) -> nn.Module:
+    if not spec.sequence:
+        raise UsageError("model lstm predicts the next character; use a text:PATH dataset")
+    hidden = spec.hidden or (512,)
+    if len(set(hidden)) != 1:
+        raise UsageError(f"an LSTM's layers share one hidden size, got {list(hidden)}")
+    return CharLSTM(spec.num_classes, hidden[0], len(hidden), spec.dropout)
+
+
+MODELS: dict[str, Callable[[ModelSpec], nn.Module]] = {"mlp": _build_mlp, "lstm": _build_lstm}
 
 
 def build_model(name: str, spec: ModelSpec) -> nn.Module:
     """Instantiate the registered model ``name`` for ``spec``."""
     if name not in MODELS:
         raise UsageError(f"unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}")
-    if any(h < 1 for h in spec.hidden):
+    if spec.hidden is not None and any(h < 1 for h in spec.hidden):
         raise UsageError(f"hidden sizes must be positive, got {list(spec.hidden)}")
     if not 0.0 <= spec.dropout < 1.0:
         raise UsageError(f"dropout must be in [0, 1), got {spec.dropout}")
@@ -43,6 +57,6 @@ def build_model(name: str, spec: ModelSpec) -> nn.Module:
 
 
 def architecture_of(model: nn.Module) -> list[int]:
-    """Layer widths when the model exposes them (``MLP.architecture``), else an empty list."""
+    """Layer widths when the model exposes them (``architecture``), else an empty list."""
     sizes: Sequence[int] = getattr(model, "architecture", [])
     return list(sizes)
