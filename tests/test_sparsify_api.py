@@ -74,3 +74,26 @@ def test_api_refuses_bad_arguments_in_one_line():
         assert "\n" not in str(info.value)
     with pytest.raises(UsageError, match="no linear or convolution weight"):
         evosparse.sparsify(nn.Sequential(nn.ReLU()), None, "set", density=0.5)
+
+
+def test_a_refused_sparsify_leaves_the_model_untouched():
+    model = nn.Sequential(nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 3))
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(UsageError):
+        evosparse.sparsify(model, None, "set", density=0.2, update_until=0.5)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_update_pending_announces_exactly_the_steps_that_update():
+    model = nn.Sequential(nn.Linear(6, 4))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    s = evosparse.sparsify(model, optimizer, "set", density=0.5, update_unit="step", update_interval=3, total_steps=12)
+    announced, updated = [], []
+    for _ in range(12):
+        announced.append(s.update_pending())
+        before = s.take_stats().updates
+        model(torch.randn(2, 6)).sum().backward()
+        optimizer.step()
+        s.step()
+        updated.append(s.take_stats().updates + before > 0)
+    assert announced == updated == [False, False, True] * 3 + [False, False, False]

@@ -6,15 +6,19 @@ Exit status: 0 success; 2 bad usage, configuration or data (one line on stderr, 
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from evosparse.errors import EvosparseError
+from evosparse.errors import EvosparseError, UsageError
 
 app = typer.Typer(
     add_completion=False,
@@ -24,73 +28,205 @@ app = typer.Typer(
 )
 
 
+#: Option declarations shared by the commands: name -> (annotation, default). A command takes the
+#: ones it names through :func:`with_options` and receives them in ``**options``.
+OPTIONS: dict[str, tuple[Any, Any]] = {
+    "config": (Annotated[Optional[Path], typer.Option(help="TOML file with any of the options below")], None),
+    "method": (Annotated[Optional[str], typer.Option(help="sparse-training method (see `evosparse methods`)")], None),
+    "methods": (
+        Annotated[str, typer.Option(help="comma-separated methods to compare, e.g. dense,static,set")],
+        inspect.Parameter.empty,
+    ),
+    "dataset": (
+        Annotated[
+            Optional[str],
+            typer.Option(help="digits, mnist, fashion-mnist, cifar10, cifar100, isolet, csv:PATH or text:PATH"),
+        ],
+        None,
+    ),
+    "target": (Annotated[Optional[str], typer.Option(help="label column of a csv:PATH dataset")], None),
+    "data_dir": (Annotated[Optional[str], typer.Option(help="dataset cache folder")], None),
+    "model": (Annotated[Optional[str], typer.Option(help="model architecture")], None),
+    "hidden": (Annotated[Optional[str], typer.Option(help="hidden sizes, e.g. 300,100")], None),
+    "dropout": (Annotated[Optional[float], typer.Option(help="dropout between hidden layers")], None),
+    "density": (
+        Annotated[Optional[float], typer.Option(help="global fraction of active weights, in (0, 1]")],
+        None,
+    ),
+    "epsilon": (Annotated[Optional[float], typer.Option(help="SET's ε (Erdős–Rényi density per layer)")], None),
+    "distribution": (Annotated[Optional[str], typer.Option(help="uniform, erdos_renyi or erk")], None),
+    "init": (Annotated[Optional[str], typer.Option(help="sparse_kaiming or keep")], None),
+    "epochs": (Annotated[Optional[int], typer.Option(help="number of epochs")], None),
+    "batch_size": (Annotated[Optional[int], typer.Option(help="mini-batch size")], None),
+    "lr": (Annotated[Optional[float], typer.Option(help="learning rate")], None),
+    "optimizer": (Annotated[Optional[str], typer.Option(help="sgd or adam")], None),
+    "momentum": (Annotated[Optional[float], typer.Option(help="SGD momentum")], None),
+    "nesterov": (
+        Annotated[Optional[bool], typer.Option("--nesterov/--no-nesterov", help="Nesterov momentum")],
+        None,
+    ),
+    "weight_decay": (Annotated[Optional[float], typer.Option(help="L2 weight decay")], None),
+    "seed": (Annotated[Optional[int], typer.Option(help="random seed (compare: the first of --seeds seeds)")], None),
+    "seeds": (Annotated[Optional[int], typer.Option(help="number of consecutive seeds per method")], None),
+    "target_acc": (
+        Annotated[
+            Optional[list[float]], typer.Option(help="report the first epoch reaching this accuracy (repeatable)")
+        ],
+        None,
+    ),
+    "backend": (Annotated[Optional[str], typer.Option(help="masked or csr")], None),
+    "device": (Annotated[Optional[str], typer.Option(help="cpu or cuda")], None),
+    "param": (
+        Annotated[
+            Optional[list[str]],
+            typer.Option(help="method parameter KEY=VALUE, or METHOD.KEY=VALUE for one method (repeatable)"),
+        ],
+        None,
+    ),
+    "out": (Annotated[Optional[str], typer.Option(help="output folder")], None),
+    "resume": (Annotated[bool, typer.Option(help="continue the run checkpointed in --out")], False),
+    "progress": (Annotated[bool, typer.Option(help="show a progress bar")], True),
+}
+
+#: The options that describe a training setup, shared by ``train`` and ``compare``.
+SETUP_OPTIONS = (
+    "config",
+    "dataset",
+    "target",
+    "data_dir",
+    "model",
+    "hidden",
+    "dropout",
+    "density",
+    "epsilon",
+    "distribution",
+    "init",
+    "epochs",
+    "batch_size",
+    "lr",
+    "optimizer",
+    "momentum",
+    "nesterov",
+    "weight_decay",
+    "seed",
+    "backend",
+    "device",
+    "param",
+    "out",
+    "progress",
+)
+
+Command = TypeVar("Command", bound=Callable[..., None])
+
+
+def with_options(*names: str) -> Callable[[Command], Command]:
+    """Add the shared declarations ``OPTIONS[name]`` to a command's signature (after its own
+    parameters); typer reads that signature and passes the values in the command's ``**options``."""
+
+    def attach(command: Command) -> Command:
+        own = [
+            parameter
+            for parameter in inspect.signature(command, eval_str=True).parameters.values()
+            if parameter.kind is not inspect.Parameter.VAR_KEYWORD
+        ]
+        shared = [
+            inspect.Parameter(
+                name, inspect.Parameter.KEYWORD_ONLY, annotation=OPTIONS[name][0], default=OPTIONS[name][1]
+            )
+            for name in names
+        ]
+        command.__signature__ = inspect.Signature([*own, *shared])  # type: ignore[attr-defined]
+        return command
+
+    return attach
+
+
+def config_values(options: dict[str, Any]) -> dict[str, Any]:
+    """The options that are training-configuration fields (the rest steer the command itself)."""
+    from evosparse.engine.config import TrainConfig
+
+    fields = {field.name for field in dataclasses.fields(TrainConfig)}
+    return {name: value for name, value in options.items() if name in fields}
+
+
+def command_line(ctx: typer.Context) -> str:
+    """The command line being run, as a shell would take it (``main`` passes its argv in ``ctx.obj``)."""
+    argv = ctx.obj["argv"] if isinstance(ctx.obj, dict) and "argv" in ctx.obj else sys.argv[1:]
+    return shlex.join(["evosparse", *argv])
+
+
 @app.command()
-def train(
-    config: Annotated[Optional[Path], typer.Option(help="TOML file with any of the options below")] = None,
-    method: Annotated[Optional[str], typer.Option(help="sparse-training method (see `evosparse methods`)")] = None,
-    dataset: Annotated[
-        Optional[str], typer.Option(help="digits, mnist, fashion-mnist, cifar10, cifar100, isolet, or csv:PATH")
-    ] = None,
-    target: Annotated[Optional[str], typer.Option(help="label column of a csv:PATH dataset")] = None,
-    data_dir: Annotated[Optional[str], typer.Option(help="dataset cache folder")] = None,
-    model: Annotated[Optional[str], typer.Option(help="model architecture")] = None,
-    hidden: Annotated[Optional[str], typer.Option(help="hidden sizes, e.g. 300,100")] = None,
-    dropout: Annotated[Optional[float], typer.Option(help="dropout between hidden layers")] = None,
-    density: Annotated[Optional[float], typer.Option(help="global fraction of active weights, in (0, 1]")] = None,
-    epsilon: Annotated[Optional[float], typer.Option(help="SET's ε (Erdős–Rényi density per layer)")] = None,
-    distribution: Annotated[Optional[str], typer.Option(help="uniform, erdos_renyi or erk")] = None,
-    init: Annotated[Optional[str], typer.Option(help="sparse_kaiming or keep")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="number of epochs")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="mini-batch size")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="learning rate")] = None,
-    optimizer: Annotated[Optional[str], typer.Option(help="sgd or adam")] = None,
-    momentum: Annotated[Optional[float], typer.Option(help="SGD momentum")] = None,
-    nesterov: Annotated[Optional[bool], typer.Option("--nesterov/--no-nesterov", help="Nesterov momentum")] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(help="L2 weight decay")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="random seed")] = None,
-    backend: Annotated[Optional[str], typer.Option(help="masked or csr")] = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu or cuda")] = None,
-    param: Annotated[Optional[list[str]], typer.Option(help="method parameter KEY=VALUE (repeatable)")] = None,
-    out: Annotated[Optional[str], typer.Option(help="output folder")] = None,
-    resume: Annotated[bool, typer.Option(help="continue the run checkpointed in --out")] = False,
-    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
-) -> None:
+@with_options("method", *SETUP_OPTIONS, "resume")
+def train(**options: Any) -> None:
     """Train one sparse network and write result.json, metrics.csv, curves.png and a checkpoint."""
     from evosparse.engine.config import build_config
     from evosparse.engine.loop import train as run_training
 
-    overrides = {
-        "method": method,
-        "dataset": dataset,
-        "target": target,
-        "data_dir": data_dir,
-        "model": model,
-        "hidden": hidden,
-        "dropout": dropout,
-        "density": density,
-        "epsilon": epsilon,
-        "distribution": distribution,
-        "init": init,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "optimizer": optimizer,
-        "momentum": momentum,
-        "nesterov": nesterov,
-        "weight_decay": weight_decay,
-        "seed": seed,
-        "backend": backend,
-        "device": device,
-        "out": out,
-    }
-    settings = build_config(config, overrides, param or [])
-    result = run_training(settings, resume=resume, progress=progress)
+    settings = build_config(options["config"], config_values(options), options["param"] or [])
+    result = run_training(settings, resume=options["resume"], progress=options["progress"])
     typer.echo(
         f"{result['method']} on {result['dataset']}: test accuracy {result['final_test_acc']:.4f} "
         f"(best {result['best_test_acc']:.4f}, ARA {result['ara']:.4f}) at density {result['density_final']:.4f} "
         f"({result['params_active']:,}/{result['params_dense']:,} weights), {len(result['epochs'])} epochs "
         f"in {result['wall_time_s']:.1f} s -> {settings.out}"
     )
+
+
+def run_and_report(comparison: Any, progress: bool) -> None:
+    """Run a comparison with one status line per run on stderr; print its table and files on stdout."""
+    from evosparse.engine.compare import markdown_table, run_comparison
+
+    console = Console(stderr=True)
+    summary = run_comparison(comparison, progress=progress, report=lambda line: console.print(line, highlight=False))
+    typer.echo(markdown_table(summary), nl=False)
+    typer.echo(f"-> {comparison.out / 'summary.md'}, summary.json, curves.png")
+
+
+@app.command()
+@with_options("methods", "seeds", "target_acc", *SETUP_OPTIONS)
+def compare(ctx: typer.Context, **options: Any) -> None:
+    """Train every method with the same data, model, budget and seeds; write summary.json, summary.md
+    and curves.png. Runs already in --out are reused, so an interrupted comparison continues."""
+    from evosparse.engine.compare import DEFAULT_SEEDS, DEFAULT_TARGETS, plan_comparison
+
+    comparison = plan_comparison(
+        options["methods"],
+        seed_count=options["seeds"] if options["seeds"] is not None else DEFAULT_SEEDS,
+        config_file=options["config"],
+        overrides=config_values(options),
+        param_pairs=options["param"] or [],
+        targets=options["target_acc"] or DEFAULT_TARGETS,
+        command=command_line(ctx),
+    )
+    run_and_report(comparison, options["progress"])
+
+
+@app.command()
+@with_options("epochs", "seeds", "out", "device", "data_dir", "progress")
+def reproduce(
+    ctx: typer.Context,
+    preset: Annotated[Optional[str], typer.Argument(help="preset name (see --list)")] = None,
+    list_presets: Annotated[bool, typer.Option("--list", help="name every preset and whether it runs here")] = False,
+    **options: Any,
+) -> None:
+    """Run a seed paper's setup as a comparison (--epochs/--seeds shorten it for a quick check)."""
+    from evosparse.engine.presets import check_runnable, get_preset, preset_lines
+
+    if list_presets:
+        typer.echo("\n".join(preset_lines()))
+        return
+    if preset is None:
+        raise UsageError("name a preset, or pass --list to see them")
+    chosen = get_preset(preset)
+    check_runnable(chosen, options["data_dir"])
+    comparison = chosen.comparison(
+        epochs=options["epochs"],
+        seeds=options["seeds"],
+        out=options["out"],
+        overrides={"device": options["device"], "data_dir": options["data_dir"]},
+        command=command_line(ctx),
+    )
+    run_and_report(comparison, options["progress"])
 
 
 @app.command()
@@ -113,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     command = typer.main.get_command(app)
     args = sys.argv[1:] if argv is None else argv
     try:
-        command.main(args=args or ["--help"], prog_name="evosparse", standalone_mode=False)
+        command.main(args=args or ["--help"], prog_name="evosparse", standalone_mode=False, obj={"argv": args})
     except typer.Exit as done:
         return done.exit_code
     except typer.Abort:
@@ -127,7 +263,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"evosparse: error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
-        print("evosparse: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
+        print(
+            "evosparse: interrupted; the last checkpoint is kept: rerun train with --resume, "
+            "or the same compare/reproduce command, to continue",
+            file=sys.stderr,
+        )
         return 130
     return 0
 

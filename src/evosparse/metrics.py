@@ -25,3 +25,15 @@ def ara(accuracies: Sequence[float], b: float = 0.5) -> float:
     c2 = n - n * c1
     weighted = sum(a * (i * c1 + c2) for i, a in enumerate(accuracies, start=1))
     return float(weighted / (n * n * (b + 1) / 2))
+
+
+def epoch_reaching(accuracies: Sequence[float], target: float) -> int | None:
+    """The first 1-based epoch whose accuracy is at least ``target``, or None if none reaches it.
+
+    "Epochs to target accuracy" measures how fast a run converges (the convergence comparisons of
+    Path-Weight/Sensitivity, Section IV, and LiSET, Section 5, read it off accuracy curves).
+    """
+    for epoch, accuracy in enumerate(accuracies, start=1):
+        if accuracy >= target:
+            return epoch
+    return None

@@ -81,6 +81,8 @@ class Sparsifier:
     ) -> None:
         method_cls = get_method(method)
         self.hparams = resolve_params(method_cls, params)
+        if method_cls.evolves and self.hparams["update_until"] < 1.0 and total_steps is None:
+            raise UsageError("update_until < 1 needs total_steps, the length of training")
         self.generator = torch.Generator().manual_seed(seed)
         self.model = model
         self.total_steps = total_steps
@@ -105,36 +107,32 @@ class Sparsifier:
         self.density_target: float | None = None
         if method_cls.sparse:
             self.density_target = density if density is not None else sum(self.target_budgets) / self.topology.total
-        self.method: Method = method_cls(self)
+        self.method: Method = method_cls(self)  # validates its own settings before the model is touched
         if method_cls.sparse:
             for layer in self.topology.layers:
                 initialise_sparse_weights(layer, init, self.generator)
             self.topology.install_gradient_hooks()
             if self.method.wants_gradients():
                 self.topology.gradient_observers.append(self.method.observe_gradient)
-        self._check_schedule()
 
     # -- schedule -------------------------------------------------------------------------------
-
-    def _check_schedule(self) -> None:
-        if self.method.evolves and self.hparams["update_until"] < 1.0 and self.total_steps is None:
-            raise UsageError("update_until < 1 needs total_steps, the length of training")
 
     def update_pending(self) -> bool:
         """Whether the coming optimizer step will be followed by a step-scheduled topology update.
 
         Gradient-driven methods use it to keep the dense gradient of that step only.
         """
-        return self.method.sparse and self._update_due("step", self.global_step + 1)
+        return self.method.sparse and self._update_due("step", self.global_step + 1, self.global_step + 1)
 
-    def _update_due(self, unit: str, count: int) -> bool:
+    def _update_due(self, unit: str, count: int, step: int) -> bool:
+        """Whether the ``count``-th ``unit`` (ending at global ``step``) is followed by an update."""
         if not self.method.evolves or self.hparams["update_unit"] != unit:
             return False
         if count % self.hparams["update_interval"]:
             return False
         if self.total_steps is None:
             return True
-        return self.global_step < self.hparams["update_until"] * self.total_steps
+        return step < self.hparams["update_until"] * self.total_steps
 
     def _update(self) -> None:
         started = time.perf_counter()
@@ -153,13 +151,13 @@ class Sparsifier:
             return
         self.topology.apply_masks()
         self.method.after_step()
-        if self._update_due("step", self.global_step):
+        if self._update_due("step", self.global_step, self.global_step):
             self._update()
 
     def end_epoch(self) -> None:
         """Call after every epoch: runs epoch-scheduled updates (never after the final epoch)."""
         self.epoch += 1
-        if self.method.sparse and self._update_due("epoch", self.epoch):
+        if self.method.sparse and self._update_due("epoch", self.epoch, self.global_step):
             self._update()
 
     def take_stats(self) -> UpdateStats:

@@ -52,3 +52,19 @@ def source_weighted_growth(
     keys = torch.where(position_weight > 0, keys, -1e300 + uniform)  # zero-weight sources: last, random order
     chosen = torch.topk(keys, count).indices
     return inactive[chosen]
+
+
+def top_scores_growth(scores: torch.Tensor, mask: torch.Tensor, count: int) -> torch.Tensor:
+    """The ``count`` inactive flat positions of ``mask`` with the largest ``scores``.
+
+    RigL's growth (Evci et al. 2020, section 3) passes the dense gradient magnitude |∂L/∂w| as scores.
+    Pass the mask as it was *before* this update's pruning, so nothing pruned now is regrown now.
+    Positions come back on the scores' device, in no particular order.
+    """
+    if scores.shape != mask.shape:
+        raise UsageError(f"need one score per position {tuple(mask.shape)}, got {tuple(scores.shape)}")
+    inactive = (~mask.reshape(-1)).nonzero().squeeze(1).to(scores.device)
+    if count > inactive.numel():
+        raise UsageError(f"cannot grow {count} connections: only {inactive.numel()} positions are free")
+    candidate_scores = scores.detach().reshape(-1)[inactive]
+    return inactive[torch.topk(candidate_scores, count, sorted=False).indices]

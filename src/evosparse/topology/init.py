@@ -30,7 +30,7 @@ def sparse_kaiming_std(layer: SparseLayer, gain: float = math.sqrt(2.0)) -> floa
 
 @torch.no_grad()
 def initialise_sparse_weights(layer: SparseLayer, scheme: str, generator: torch.Generator) -> None:
-    """Re-draw the active weights of ``layer`` with ``scheme``; masked ones stay exactly zero."""
+    """Re-draw the active weights of ``layer`` with ``scheme`` and zero the masked ones."""
     if scheme not in INIT_SCHEMES:
         raise UsageError(f"unknown init {scheme!r}; choose one of {', '.join(INIT_SCHEMES)}")
     weight = layer.weight

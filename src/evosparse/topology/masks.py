@@ -142,7 +142,10 @@ class Topology:
         *,
         optimizer: torch.optim.Optimizer | None = None,
     ) -> Topology:
-        """Random masks with the given per-layer budgets over parameters from :func:`find_sparse_parameters`."""
+        """Random masks with the given per-layer budgets over parameters from :func:`find_sparse_parameters`.
+
+        The weights are not touched: call :meth:`apply_masks` once the masks are accepted.
+        """
         if len(budgets) != len(found):
             raise UsageError(f"got {len(budgets)} budgets for {len(found)} sparse layers")
         layers = []
@@ -150,9 +153,7 @@ class Topology:
             weight = getattr(module, attr)
             mask = random_mask(weight.shape, count, generator).to(weight.device)
             layers.append(SparseLayer(name, module, attr, mask, count))
-        topology = cls(layers, optimizer)
-        topology.apply_masks()
-        return topology
+        return cls(layers, optimizer)
 
     # -- invariants ---------------------------------------------------------------------------
 

@@ -1,0 +1,439 @@
+"""``evosparse compare``: every method × seed on one shared setup, then a summary table and curves.
+
+Each run lives in ``OUT/<method>/seed<k>/`` and is an ordinary ``evosparse train`` run, built from
+the same shared settings (data, model, budget, optimizer, epochs) so that only the method differs.
+Runs already in ``OUT`` are reused, which is what lets an interrupted comparison continue:
+
+* ``result.json`` present → the run is finished and reused as is;
+* a checkpoint but no ``result.json`` → the run is resumed from its last epoch;
+* nothing → the run is trained.
+
+A run is reused or resumed only when its checkpoint was made with exactly the requested
+configuration (a finished run's folder may have moved); otherwise the comparison stops before any
+training with one line naming the first differing setting. We refuse rather than retrain into a
+fresh folder, so that a folder always holds the runs its ``summary.json`` describes.
+Outputs: ``summary.json``, ``summary.md``, ``curves.png``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from evosparse.engine.checkpoint import CHECKPOINT_NAME, atomic_write_bytes, atomic_write_text, load_checkpoint
+from evosparse.engine.config import TrainConfig, build_config, parse_param_pairs, read_toml
+from evosparse.engine.loop import train
+from evosparse.errors import EvosparseError, UsageError
+from evosparse.methods import get_method
+from evosparse.metrics import epoch_reaching
+
+SUMMARY_SCHEMA = 1
+DEFAULT_SEEDS = 3
+DEFAULT_TARGETS: tuple[float, ...] = (0.97,)
+RESULT_NAME = "result.json"
+#: Settings that differ between the runs of one comparison; every other setting is shared.
+PER_RUN_KEYS = ("method", "params", "seed", "out")
+
+RunKey = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """What one comparison runs: ``methods`` × ``seeds`` on the shared ``settings``.
+
+    ``settings`` holds :class:`TrainConfig` values common to every run (``None``-free; the keys in
+    ``PER_RUN_KEYS`` excluded); ``params`` the raw parameter overrides of each method.
+    """
+
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...]
+    out: Path
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    params: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+    targets: tuple[float, ...] = DEFAULT_TARGETS
+    command: str = ""
+
+    def run_folder(self, method: str, seed: int) -> Path:
+        return self.out / method / f"seed{seed}"
+
+    def configs(self) -> dict[RunKey, TrainConfig]:
+        """The validated configuration of every run, methods outer and seeds inner (no training)."""
+        return {
+            (method, seed): build_config(
+                None,
+                {
+                    **self.settings,
+                    "method": method,
+                    "seed": seed,
+                    "out": str(self.run_folder(method, seed)),
+                    "params": dict(self.params.get(method, {})),
+                },
+            )
+            for method in self.methods
+            for seed in self.seeds
+        }
+
+
+# -- planning: turn command-line input into a Comparison, refusing bad input with one line ------
+
+
+def parse_methods(methods: str | Sequence[str]) -> tuple[str, ...]:
+    """Method names from ``"a,b,c"`` (or a sequence), each registered and listed once."""
+    names = [name.strip() for name in (methods.split(",") if isinstance(methods, str) else methods)]
+    if not any(names):
+        raise UsageError("--methods needs at least one method name, e.g. --methods dense,static,set")
+    if "" in names:
+        raise UsageError(f"--methods has an empty name in {','.join(names)!r}")
+    for name in names:
+        get_method(name)
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise UsageError(f"--methods lists {repeated[0]} more than once")
+    return tuple(names)
+
+
+def seed_list(first: int, count: int) -> tuple[int, ...]:
+    """``count`` consecutive seeds starting at ``first``."""
+    if count < 1:
+        raise UsageError(f"--seeds must be at least 1, got {count}")
+    return tuple(range(first, first + count))
+
+
+def check_targets(targets: Sequence[float]) -> tuple[float, ...]:
+    """Target accuracies as fractions in (0, 1], duplicates dropped, order kept."""
+    for target in targets:
+        if not 0.0 < target <= 1.0:
+            raise UsageError(f"--target-acc must be an accuracy in (0, 1], got {target}")
+    return tuple(dict.fromkeys(float(t) for t in targets)) or DEFAULT_TARGETS
+
+
+def flatten_param_table(table: Mapping[str, object]) -> dict[str, object]:
+    """A TOML ``[params]`` table with optional ``[params.METHOD]`` sub-tables as ``KEY``/``METHOD.KEY``."""
+    flat: dict[str, object] = {}
+    for key, value in table.items():
+        if isinstance(value, Mapping):
+            flat.update({f"{key}.{name}": item for name, item in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def distribute_params(methods: Sequence[str], raw: Mapping[str, object]) -> dict[str, dict[str, object]]:
+    """Each method's parameter overrides: ``KEY`` goes to every listed method declaring KEY,
+    ``METHOD.KEY`` to METHOD only (and wins over ``KEY``); a KEY no listed method declares is refused."""
+    per_method: dict[str, dict[str, object]] = {method: {} for method in methods}
+    targeted = {key: value for key, value in raw.items() if "." in key}
+    for key, value in raw.items():
+        if key in targeted:
+            continue
+        takers = [method for method in methods if key in {p.name for p in get_method(method).params}]
+        if not takers:
+            raise UsageError(f"no method among {', '.join(methods)} has a parameter {key!r}")
+        for method in takers:
+            per_method[method][key] = value
+    for key, value in targeted.items():
+        method, _, name = key.partition(".")
+        if method not in per_method:
+            raise UsageError(f"parameter {key!r} names method {method!r}, which is not among --methods")
+        per_method[method][name] = value
+    return per_method
+
+
+def plan_comparison(
+    methods: str | Sequence[str],
+    *,
+    seed_count: int = DEFAULT_SEEDS,
+    config_file: Path | None = None,
+    overrides: Mapping[str, object] | None = None,
+    param_pairs: Sequence[str] = (),
+    targets: Sequence[float] = DEFAULT_TARGETS,
+    command: str = "",
+) -> Comparison:
+    """Build a :class:`Comparison` from CLI-shaped input: TOML file ← flags (``None`` = not given).
+
+    The seeds are ``seed_count`` consecutive seeds from ``seed`` (default 0); ``out`` is required.
+    A ``method`` key in the file is replaced by ``methods``. Every run's configuration is validated
+    here, so a bad value fails before any training.
+    """
+    names = parse_methods(methods)
+    settings: dict[str, Any] = read_toml(config_file) if config_file is not None else {}
+    settings.pop("method", None)
+    table = settings.pop("params", {})
+    if not isinstance(table, Mapping):
+        raise UsageError("params must be a table of method parameters")
+    settings.update({key: value for key, value in (overrides or {}).items() if value is not None})
+    out = settings.pop("out", None)
+    if out is None:
+        raise UsageError("compare needs --out DIR, the folder that holds (and later reuses) its runs")
+    first_seed = settings.pop("seed", 0)
+    if isinstance(first_seed, bool) or not isinstance(first_seed, int):
+        raise UsageError(f"seed must be an integer, got {first_seed!r}")
+    raw_params = {**flatten_param_table(table), **parse_param_pairs(param_pairs)}
+    comparison = Comparison(
+        methods=names,
+        seeds=seed_list(first_seed, seed_count),
+        out=Path(str(out)),
+        settings=settings,
+        params=distribute_params(names, raw_params),
+        targets=check_targets(targets),
+        command=command,
+    )
+    comparison.configs()
+    return comparison
+
+
+# -- running: train, resume or reuse each run ----------------------------------------------------
+
+
+def existing_state(config: TrainConfig) -> str:
+    """``"new"``, ``"resume"`` or ``"reuse"`` for the run folder of ``config``; refuses a folder whose
+    run was made with other settings (or cannot be checked).
+
+    A finished run is recognised wherever its folder now lies (``out`` is not compared); an
+    unfinished one resumes only where it was started, as ``evosparse train --resume`` requires.
+    """
+    folder = Path(str(config.out))
+    has_result, has_checkpoint = (folder / RESULT_NAME).exists(), (folder / CHECKPOINT_NAME).exists()
+    if not has_checkpoint:
+        if has_result:
+            raise UsageError(
+                f"{folder} holds result.json but no {CHECKPOINT_NAME}, so its settings cannot be checked; "
+                "delete that folder or choose another --out"
+            )
+        return "new"
+    saved = load_checkpoint(folder / CHECKPOINT_NAME).get("config", {})
+    for key, value in config.to_dict().items():
+        if saved.get(key) != value and not (key == "out" and has_result):
+            raise UsageError(
+                f"{folder} holds a run made with {key}={saved.get(key)!r}, but this comparison asks for "
+                f"{value!r}; choose another --out (or delete that folder) to run with the new settings"
+            )
+    return "reuse" if has_result else "resume"
+
+
+def read_result(folder: Path) -> dict[str, Any]:
+    """A finished run's result.json, or a one-line error when it is unreadable."""
+    try:
+        return json.loads((folder / RESULT_NAME).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UsageError(f"{folder / RESULT_NAME} is unreadable ({error}); delete that folder to rerun it") from None
+
+
+def run_one(config: TrainConfig, state: str, progress: bool) -> dict[str, Any]:
+    """Reuse, resume or train one run; a failure is reported with the run's method and seed."""
+    if state == "reuse":
+        return read_result(Path(str(config.out)))
+    try:
+        return train(config, resume=state == "resume", progress=progress)
+    except EvosparseError as error:
+        raise type(error)(f"{config.method} seed {config.seed}: {error}") from None
+
+
+def run_comparison(
+    comparison: Comparison, *, progress: bool = True, report: Callable[[str], None] = lambda line: None
+) -> dict[str, Any]:
+    """Run (or reuse) every run of ``comparison``, then write and return its summary.
+
+    Every folder is checked before any training, so changed settings fail at once; ``report``
+    receives one line per run (``[2/6] set seed 1: trained, final accuracy 0.9531``).
+    """
+    configs = comparison.configs()
+    states = {key: existing_state(config) for key, config in configs.items()}
+    results: dict[RunKey, dict[str, Any]] = {}
+    verbs = {"new": "trained", "resume": "resumed", "reuse": "reused"}
+    for index, (key, config) in enumerate(configs.items(), start=1):
+        results[key] = run_one(config, states[key], progress)
+        report(
+            f"[{index}/{len(configs)}] {key[0]} seed {key[1]}: {verbs[states[key]]}, "
+            f"final accuracy {results[key]['final_test_acc']:.4f}"
+        )
+    summary = summarize(comparison, configs, results)
+    write_outputs(comparison.out, summary)
+    return summary
+
+
+# -- summarising ---------------------------------------------------------------------------------
+
+
+def spread(values: Sequence[float]) -> dict[str, Any]:
+    """Mean and sample standard deviation (n − 1; 0 for a single value) of per-seed numbers."""
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.fmean(values), "std": std, "values": list(values)}
+
+
+def target_key(target: float) -> str:
+    return f"{target:g}"
+
+
+def per_epoch_seconds(result: Mapping[str, Any], *, topology_only: bool) -> float:
+    """Mean seconds per epoch: training plus topology updates, or topology updates alone."""
+    epochs = result["epochs"]
+    if topology_only:
+        return statistics.fmean(e["topology_time_s"] for e in epochs)
+    return statistics.fmean(e["train_time_s"] + e["topology_time_s"] for e in epochs)
+
+
+def method_summary(
+    results: Sequence[Mapping[str, Any]], folders: Sequence[str], targets: Sequence[float]
+) -> dict[str, Any]:
+    """One method's numbers over its seeds, and its mean ± std accuracy curve."""
+    curves = [[e["test_acc"] for e in result["epochs"]] for result in results]
+    if len({len(curve) for curve in curves}) != 1:
+        raise EvosparseError(f"the runs {', '.join(folders)} have different numbers of epochs")
+    by_epoch = [spread(column) for column in zip(*curves)]
+    mean_curve = [point["mean"] for point in by_epoch]
+    return {
+        "method_params": results[0]["method_params"],
+        "runs": list(folders),
+        "final_acc": spread([r["final_test_acc"] for r in results]),
+        "best_acc": spread([r["best_test_acc"] for r in results]),
+        "ara": spread([r["ara"] for r in results]),
+        "epoch_to_target": {
+            target_key(target): {
+                "mean_curve": epoch_reaching(mean_curve, target),
+                "runs": [epoch_reaching(curve, target) for curve in curves],
+            }
+            for target in targets
+        },
+        "params_active": spread([r["params_active"] for r in results]),
+        "params_dense": results[0]["params_dense"],
+        "density_final": spread([r["density_final"] for r in results]),
+        "time_per_epoch_s": spread([per_epoch_seconds(r, topology_only=False) for r in results]),
+        "topology_time_per_epoch_s": spread([per_epoch_seconds(r, topology_only=True) for r in results]),
+        "curve": {"mean": mean_curve, "std": [point["std"] for point in by_epoch]},
+    }
+
+
+def summarize(
+    comparison: Comparison, configs: Mapping[RunKey, TrainConfig], results: Mapping[RunKey, Mapping[str, Any]]
+) -> dict[str, Any]:
+    """The content of summary.json: the shared setup, and each method's numbers over the seeds."""
+    first = next(iter(configs.values())).to_dict()
+    return {
+        "schema": SUMMARY_SCHEMA,
+        "command": comparison.command,
+        "setup": {key: value for key, value in first.items() if key not in PER_RUN_KEYS},
+        "architecture": next(iter(results.values()))["architecture"],
+        "seeds": list(comparison.seeds),
+        "targets": list(comparison.targets),
+        "methods": {
+            method: method_summary(
+                [results[(method, seed)] for seed in comparison.seeds],
+                [
+                    comparison.run_folder(method, seed).relative_to(comparison.out).as_posix()
+                    for seed in comparison.seeds
+                ],
+                comparison.targets,
+            )
+            for method in comparison.methods
+        },
+    }
+
+
+# -- writing -------------------------------------------------------------------------------------
+
+
+def _plus_minus(stats: Mapping[str, Any]) -> str:
+    return f"{stats['mean']:.4f} ± {stats['std']:.4f}"
+
+
+def _reached(entry: Mapping[str, Any]) -> str:
+    runs = entry["runs"]
+    epoch = entry["mean_curve"]
+    return f"{'never' if epoch is None else epoch} ({sum(e is not None for e in runs)}/{len(runs)})"
+
+
+def markdown_table(summary: Mapping[str, Any]) -> str:
+    """The comparison as a Markdown table, one row per method."""
+    targets = [target_key(t) for t in summary["targets"]]
+    header = [
+        "method",
+        "final acc",
+        "best acc",
+        "ARA",
+        *(f"epoch to {t}" for t in targets),
+        "active params",
+        "s/epoch",
+        "topology s/epoch",
+    ]
+    rows = [
+        [
+            method,
+            _plus_minus(entry["final_acc"]),
+            _plus_minus(entry["best_acc"]),
+            _plus_minus(entry["ara"]),
+            *(_reached(entry["epoch_to_target"][t]) for t in targets),
+            f"{round(entry['params_active']['mean']):,}",
+            f"{entry['time_per_epoch_s']['mean']:.3f}",
+            f"{entry['topology_time_per_epoch_s']['mean']:.4f}",
+        ]
+        for method, entry in summary["methods"].items()
+    ]
+    lines = [header, ["---"] * len(header), *rows]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines) + "\n"
+
+
+def budget_text(setup: Mapping[str, Any]) -> str:
+    """The shared budget in words: ``ε 20`` or ``density 0.05``."""
+    if setup["epsilon"] is not None:
+        return f"ε {setup['epsilon']}"
+    return f"density {setup['density'] if setup['density'] is not None else TrainConfig.DEFAULT_DENSITY}"
+
+
+def render_markdown(summary: Mapping[str, Any]) -> str:
+    """summary.md: the command that produced it, the setup, the table, how to read it, the curves."""
+    setup = summary["setup"]
+    budget = budget_text(setup)
+    seeds = summary["seeds"]
+    return (
+        "# Comparison\n\n"
+        f"```\n{summary['command']}\n```\n\n"
+        f"{setup['dataset']}, {setup['model']} {'-'.join(map(str, summary['architecture']))}, "
+        f"{budget} ({setup['distribution']}), "
+        f"{setup['epochs']} epochs, {setup['optimizer']} lr {setup['lr']}, batch {setup['batch_size']}, "
+        f"seeds {', '.join(map(str, seeds))}.\n\n"
+        + markdown_table(summary)
+        + f"\nMean ± sample standard deviation over {len(seeds)} seed(s). *Epoch to T*: first epoch at which "
+        "the mean accuracy curve reaches T (in brackets: how many runs reach it on their own). "
+        "*s/epoch*: training plus topology updates, without evaluation; *topology s/epoch*: the topology "
+        "updates alone.\n\n![test accuracy per epoch](curves.png)\n"
+    )
+
+
+def plot_comparison(path: Path, summary: Mapping[str, Any]) -> None:
+    """curves.png: each method's mean test accuracy per epoch with a ±1 std band."""
+    figure = Figure(figsize=(8, 4.5), layout="constrained")
+    axis = figure.subplots()
+    palette = colormaps["tab10"]
+    for index, (method, entry) in enumerate(summary["methods"].items()):
+        mean, std = entry["curve"]["mean"], entry["curve"]["std"]
+        epochs = range(1, len(mean) + 1)
+        color, style = palette(index % 10), ("-", "--", ":")[index // 10 % 3]
+        axis.plot(epochs, mean, label=method, color=color, linestyle=style)
+        low, high = [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)]
+        axis.fill_between(epochs, low, high, color=color, alpha=0.2, linewidth=0)
+    setup = summary["setup"]
+    title = f"{setup['dataset']}, {budget_text(setup)}: mean ± std over {len(summary['seeds'])} seed(s)"
+    axis.set(xlabel="epoch", ylabel="test accuracy", title=title)
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.grid(alpha=0.3)
+    axis.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def write_outputs(out: Path, summary: Mapping[str, Any]) -> None:
+    """Write summary.json, summary.md and curves.png atomically into ``out``."""
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out / "summary.md", render_markdown(summary))
+    plot_comparison(out / "curves.png", summary)

@@ -1,0 +1,67 @@
+"""GMP: gradual magnitude pruning on the cubic schedule of Zhu & Gupta (2017)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from evosparse.criteria.schedules import cubic_sparsity, last_update_step
+from evosparse.errors import UsageError
+from evosparse.methods.base import Method, Param, register
+from evosparse.methods.prune import prune_smallest_magnitude
+
+if TYPE_CHECKING:
+    from evosparse.sparsifier import Sparsifier
+
+
+@register
+class GMP(Method):
+    """Start dense; every Δt steps prune each layer by |w| to the sparsity of the cubic schedule.
+
+    Each layer goes from dense (s_i = 0) at ``prune_begin`` of training to its own target budget
+    (s_f = 1 − budget/size, from the chosen distribution) at the last pruning step before
+    ``update_until`` of training, where it holds exactly its budget; nothing is ever regrown.
+    """
+
+    name = "gmp"
+    summary = "gradual magnitude pruning, dense to the target on a cubic schedule (Zhu & Gupta 2017)"
+    evolves = True
+    fixed_budget = False
+    starts_dense = True
+    params = (
+        Param("prune_begin", 0.0, "t0: fraction of training at which pruning begins", minimum=0.0, maximum=1.0),
+        Param("update_unit", "step", "GMP prunes every Δt optimizer steps", choices=("step",)),
+        Param("update_interval", 100, "Δt: optimizer steps between pruning steps", minimum=1),
+        Param(
+            "update_until",
+            0.75,
+            "the target is reached at the last pruning step before this fraction of training",
+            minimum=0.0,
+            maximum=1.0,
+        ),
+    )
+
+    def __init__(self, sparsifier: Sparsifier) -> None:
+        super().__init__(sparsifier)
+        total = sparsifier.total_steps
+        if total is None:
+            raise UsageError("method gmp needs total_steps, the length of training, for its pruning schedule")
+        self.begin_step: float = self.hparams["prune_begin"] * total
+        self.end_step = last_update_step(self.hparams["update_interval"], self.hparams["update_until"] * total)
+        if self.end_step <= self.begin_step:
+            raise UsageError(
+                f"gmp: no pruning step falls between prune_begin={self.hparams['prune_begin']} and "
+                f"update_until={self.hparams['update_until']} of {total} steps every {self.hparams['update_interval']}"
+            )
+
+    def scheduled_count(self, numel: int, budget: int, step: int) -> int:
+        """Connections a layer of ``numel`` positions keeps at ``step`` on its way to ``budget``."""
+        sparsity = cubic_sparsity(step, 0.0, 1.0 - budget / numel, self.begin_step, self.end_step)
+        return numel - round(sparsity * numel)
+
+    def update(self) -> int:
+        step = self.sparsifier.global_step
+        removed = 0
+        for index, (layer, budget) in enumerate(zip(self.topology.layers, self.sparsifier.target_budgets)):
+            removed += prune_smallest_magnitude(self.topology, index, self.scheduled_count(layer.numel, budget, step))
+            assert step < self.end_step or layer.active == budget, f"{layer.name} missed its budget at the end"
+        return removed

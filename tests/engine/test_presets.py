@@ -1,0 +1,118 @@
+"""`evosparse reproduce`: every paper preset is listed, validates, and maps onto a comparison."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from evosparse.cli import main
+from evosparse.engine import loop, presets
+from evosparse.engine.config import build_config
+from evosparse.engine.presets import AWS_BASE, PRESETS, Preset, aws_width
+from evosparse.errors import DataError
+from evosparse.methods import METHODS
+from evosparse.models import MODELS
+
+TINY = Preset(
+    name="tiny-digits",
+    source="test preset, Table 0",
+    methods=("static", "set"),
+    settings={"dataset": "digits", "hidden": "16,8", "density": 0.5, "epochs": 30, "lr": 0.05},
+    params=("set.zeta=0.2",),
+)
+
+
+def run_cli(args, capsys):
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_list_names_every_preset_with_its_status(capsys):
+    code, stdout, _ = run_cli(["reproduce", "--list"], capsys)
+    assert code == 0
+    lines = stdout.splitlines()
+    assert len(lines) == len(PRESETS)
+    for line, preset in zip(lines, PRESETS.values()):
+        assert line.startswith(f"{preset.name}  [{preset.status()}]")
+        assert preset.source in line
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_each_preset_cites_its_paper_and_validates_without_training(name, tmp_path):
+    preset = PRESETS[name]
+    assert any(word in preset.source for word in ("Table", "Fig.")) and "Section" in preset.source
+    unregistered = [m for m in preset.methods if m not in METHODS]
+    model = preset.settings.get("model", "mlp")
+    assert preset.missing() == [f"method {m}" for m in unregistered] + (
+        [f"model {model}"] if model not in MODELS else []
+    )
+    if preset.missing():
+        if model in MODELS:  # the shared setup is still valid; only a method is missing
+            build_config(None, {**preset.settings, "method": "static", "out": str(tmp_path)})
+        return
+    comparison = preset.comparison(out=str(tmp_path / "o"))
+    configs = comparison.configs()
+    assert len(configs) == len(preset.methods) * preset.seeds
+    assert {config.dataset for config in configs.values()} == {preset.dataset}
+    assert not (tmp_path / "o").exists()
+
+
+def test_unavailable_presets_fail_with_one_line(capsys, monkeypatch):
+    monkeypatch.setitem(
+        PRESETS, "future", Preset("future", "Table 9, Section 9", ("set", "teleport"), {"dataset": "digits"})
+    )
+    code, _, stderr = run_cli(["reproduce", "future"], capsys)
+    assert code == 2 and stderr.count("\n") == 1
+    assert "needs method teleport" in stderr and "not available in this version" in stderr
+    code, stdout, _ = run_cli(["reproduce", "--list"], capsys)
+    assert "future  [needs method teleport (not in this version)]" in stdout
+
+
+def test_a_dataset_that_cannot_be_downloaded_here_fails_with_one_line(capsys, monkeypatch):
+    def offline(name, **kwargs):
+        raise DataError(f"could not download {name}.zip")
+
+    monkeypatch.setattr(presets, "load_dataset", offline)
+    monkeypatch.setitem(PRESETS, "far", Preset("far", "Table 3, Section 4", ("static",), {"dataset": "isolet"}))
+    assert PRESETS["far"].status() == "downloads isolet"
+    code, _, stderr = run_cli(["reproduce", "far"], capsys)
+    assert code == 2 and stderr.count("\n") == 1
+    assert "preset far downloads isolet, which failed here: could not download isolet.zip" in stderr
+
+
+def test_a_preset_runs_as_a_comparison_with_overrides(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(loop, "plot_run_curves", lambda *args, **kwargs: None)
+    monkeypatch.setitem(PRESETS, TINY.name, TINY)
+    out = tmp_path / "rep"
+    code, stdout, _ = run_cli(
+        ["reproduce", TINY.name, "--epochs", "1", "--seeds", "1", "--out", str(out), "--no-progress"], capsys
+    )
+    assert code == 0 and "| static |" in stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seeds"] == [0] and summary["setup"]["epochs"] == 1 and summary["setup"]["density"] == 0.5
+    assert summary["command"] == f"evosparse reproduce tiny-digits --epochs 1 --seeds 1 --out {out} --no-progress"
+    assert summary["methods"]["set"]["method_params"]["zeta"] == 0.2
+    assert list(summary["methods"]) == ["static", "set"]
+
+
+def test_a_shortened_run_gets_its_own_default_folder():
+    assert TINY.default_out(None).name == "reproduce-tiny-digits"
+    assert TINY.default_out(2).name == "reproduce-tiny-digits-2ep"
+
+
+@pytest.mark.parametrize("density", [10**-0.5, 0.1, 10**-1.5, 0.01])
+def test_aws_widths_keep_the_base_models_active_weights(density):
+    base = sum(a * b for a, b in zip(AWS_BASE[:-1], AWS_BASE[1:]))
+    width = aws_width(density)
+    sizes = (AWS_BASE[0], width, width, width, AWS_BASE[-1])
+    active = density * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    assert abs(active - base) / base < 0.01
+    assert aws_width(1.0) == 64
+
+
+@pytest.mark.parametrize("args, message", [(["reproduce", "nope"], "unknown preset 'nope'"), (["reproduce"], "--list")])
+def test_bad_preset_requests_exit_2(args, message, capsys):
+    code, _, stderr = run_cli(args, capsys)
+    assert code == 2 and stderr.count("\n") == 1 and message in stderr

@@ -1,0 +1,127 @@
+import pytest
+import torch
+from test_rigl import batches, saved_and_loaded, small_conv, train_steps
+from torch.nn import functional as F
+
+import evosparse
+from conftest import small_mlp
+from evosparse.engine.config import build_config
+from evosparse.engine.loop import train
+from evosparse.errors import UsageError
+
+
+def gmp(model, total_steps, **params):
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    return evosparse.sparsify(model, optimizer, "gmp", density=0.1, total_steps=total_steps, **params)
+
+
+@pytest.mark.parametrize(
+    "total_steps, interval, until, end_step",
+    [
+        (100, 10, 0.75, 70),  # the last multiple of 10 below 75
+        (100, 10, 0.8, 70),  # 80 itself is not below 0.8 · 100: no update there
+        (100, 5, 0.55, 55),  # 0.55 · 100 = 55.00000000000001, so step 55 still updates
+    ],
+)
+def test_density_follows_the_cubic_schedule_and_hits_the_target_at_the_last_update(
+    total_steps, interval, until, end_step
+):
+    model = small_mlp()
+    sparsifier = gmp(model, total_steps, update_interval=interval, update_until=until, prune_begin=0.1)
+    layers, budgets = sparsifier.topology.layers, sparsifier.target_budgets
+    begin = 0.1 * total_steps
+    history, update_steps = [], []
+    for step, batch in enumerate(batches(total_steps), 1):
+        previous = [layer.mask.clone() for layer in layers]
+        train_steps(model, sparsifier, [batch])
+        if sparsifier.take_stats().updates:
+            update_steps.append(step)
+            for layer, budget in zip(layers, budgets):
+                progress = min(max((step - begin) / (end_step - begin), 0.0), 1.0)
+                sparsity = (1 - budget / layer.numel) * (1 - (1 - progress) ** 3)  # Zhu & Gupta eq. 1, s_i = 0
+                assert layer.active == layer.numel - round(sparsity * layer.numel)
+        assert all(not (layer.mask & ~old).any() for layer, old in zip(layers, previous))  # nothing regrown
+        history.append(sparsifier.density())
+    assert update_steps[-1] == end_step
+    assert [layer.active for layer in layers] == budgets
+    assert sparsifier.topology.active == round(0.1 * sparsifier.topology.total)
+    assert history[: interval - 1] == [1.0] * (interval - 1)
+    assert all(a >= b for a, b in zip(history, history[1:]))
+    assert history[end_step - 1 :] == [history[-1]] * (total_steps - end_step + 1)
+
+
+def test_each_pruning_step_removes_the_smallest_magnitudes():
+    model = small_mlp()
+    sparsifier = gmp(model, 40, update_interval=4)
+    layers = sparsifier.topology.layers
+    train_steps(model, sparsifier, batches(3))
+    x, y = batches(1, seed=1)[0]
+    optimizer = sparsifier.topology.optimizer
+    optimizer.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    optimizer.step()
+    before = [(layer.mask.clone(), layer.weight.detach().abs().clone()) for layer in layers]
+    sparsifier.step()  # step 4: the first pruning step
+    for layer, (mask, magnitude) in zip(layers, before):
+        pruned = mask & ~layer.mask
+        assert pruned.any()
+        assert magnitude[pruned].max() < magnitude[layer.mask].min()
+        assert layer.budget == layer.active
+
+
+@pytest.mark.parametrize("build, input_shape", [(small_mlp, (20,)), (small_conv, (1, 6, 6))])
+def test_every_layer_reaches_its_own_budget_on_linear_and_convolution_layers(build, input_shape):
+    model = build()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    sparsifier = evosparse.sparsify(
+        model, optimizer, "gmp", density=0.2, distribution="erk", total_steps=24, update_interval=3
+    )
+    layers = sparsifier.topology.layers
+    assert all(layer.active == layer.numel for layer in layers)  # dense start
+    train_steps(model, sparsifier, batches(24, input_shape))
+    assert [layer.active for layer in layers] == sparsifier.target_budgets
+    assert sparsifier.topology.active == round(0.2 * sparsifier.topology.total)
+    assert all(not layer.weight.detach()[~layer.mask].any() for layer in layers)
+
+
+def test_a_resumed_run_prunes_the_same_connections():
+    def fresh(seed):
+        torch.manual_seed(seed)
+        model = small_mlp()
+        return model, gmp(model, 40, update_interval=4, seed=seed)
+
+    data = batches(40)
+    model, sparsifier = fresh(0)
+    train_steps(model, sparsifier, data[:14])  # between the pruning steps at 12 and 16
+    resumed_model, resumed = fresh(1)
+    resumed_model.load_state_dict(saved_and_loaded(model.state_dict()))
+    resumed.topology.optimizer.load_state_dict(saved_and_loaded(sparsifier.topology.optimizer.state_dict()))
+    resumed.load_state_dict(saved_and_loaded(sparsifier.state_dict()))
+    train_steps(model, sparsifier, data[14:])
+    train_steps(resumed_model, resumed, data[14:])
+    for layer, other in zip(sparsifier.topology.layers, resumed.topology.layers):
+        assert torch.equal(layer.mask, other.mask)
+        assert torch.equal(layer.weight, other.weight)
+
+
+def test_gmp_refuses_a_schedule_without_a_pruning_step(mlp):
+    optimizer = torch.optim.SGD(mlp.parameters(), lr=0.05)
+    with pytest.raises(UsageError, match="total_steps"):
+        evosparse.sparsify(mlp, optimizer, "gmp", density=0.1)
+    with pytest.raises(UsageError, match="no pruning step"):
+        evosparse.sparsify(mlp, optimizer, "gmp", density=0.1, total_steps=100, prune_begin=0.7)
+    with pytest.raises(UsageError, match="no pruning step"):
+        evosparse.sparsify(mlp, optimizer, "gmp", density=0.1, total_steps=100, update_interval=80)
+
+
+def test_gmp_learns_digits_and_ends_at_the_target_density(tmp_path):
+    config = build_config(
+        None,
+        {"method": "gmp", "epochs": 3, "hidden": "64,32", "density": 0.2, "out": str(tmp_path)},
+        ["update_interval=5"],
+    )
+    result = train(config, progress=False)
+    assert result["final_test_acc"] > 0.8  # chance is 0.1
+    assert result["params_active"] == round(0.2 * result["params_dense"])
+    densities = [epoch["density"] for epoch in result["epochs"]]
+    assert densities[0] < 1.0 and densities == sorted(densities, reverse=True)
