@@ -267,6 +267,7 @@ class Trainer:
             "seed": config.seed,
             "density_target": self.sparsifier.density_target,
             "params_dense": self.sparsifier.topology.total,
+            "params_extra_training": self.sparsifier.method.extra_parameters(),
             "optimizer": {
                 "name": config.optimizer,
                 "lr": config.lr,

@@ -139,6 +139,10 @@ class Method:
         """Evolve the topology; return the number of mask positions that changed."""
         return 0
 
+    def extra_parameters(self) -> int:
+        """Parameters the method adds for training only (LiSET's skip layers, switcher networks)."""
+        return 0
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

@@ -21,7 +21,8 @@ class SET(Method):
     evolves = True
     params = (
         Param("zeta", 0.3, "fraction of each layer's active weights replaced per update", minimum=0.0, maximum=1.0),
-        Param("grow_init", "normal", "initial value of grown weights (SET: small Gaussian)", choices=GROW_INITS),
+        Param("grow_init", "zero", "initial value of grown weights (zero measured best; SET used small Gaussian)",
+              choices=GROW_INITS),
         Param("grow_std", 0.01, "standard deviation of grown weights when grow_init=normal", minimum=0.0),
         *SCHEDULE_PARAMS,
     )
