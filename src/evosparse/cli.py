@@ -230,6 +230,22 @@ def reproduce(
 
 
 @app.command()
+def analyze(run_dir: Annotated[Path, typer.Argument(help="folder of a finished or running `train` run")]) -> None:
+    """Write graph metrics of the run's topology over its epochs (CSV + PNG) and degree plots."""
+    from evosparse.analysis.report import analyze_run
+
+    rows = analyze_run(run_dir)
+    last = rows[-1]
+    sampled = f", shortest paths from {last['sampled_sources']} sampled sources" if last["sampled_sources"] else ""
+    typer.echo(
+        f"{len({r['epoch'] for r in rows})} snapshots analysed; last epoch ({last['scope']}): algebraic connectivity "
+        f"{last['algebraic_connectivity']:.4g}, degree Gini {last['degree_gini']:.4f}, clustering "
+        f"{last['clustering']:.4f}, mean shortest path {last['avg_shortest_path']:.3f}{sampled} "
+        f"-> {run_dir / 'analysis'}"
+    )
+
+
+@app.command()
 def methods() -> None:
     """List every registered method with its parameters and their defaults."""
     from evosparse.methods import METHODS

@@ -65,3 +65,15 @@ def test_recurrent_weights_are_split_per_gate_and_analysed_as_square_graphs():
     assert [row["scope"] for row in rows] == list(blocks)  # the LSTM's masks form no layered chain
     expected = matrix_graph_metrics(blocks["rnn.weight_hh_l0[gate2]"], square_as_recurrent=True)
     assert rows[2]["clustering"] == pytest.approx(expected["clustering"])
+
+
+def test_analyze_command_prints_one_summary_line(tmp_path, capsys):
+    from evosparse.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--epochs", "2", "--hidden", "16", "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["analyze", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert stdout.startswith("2 snapshots analysed") and stdout.count("\n") == 1
+    assert main(["analyze", str(tmp_path / "nothing")]) == 2
