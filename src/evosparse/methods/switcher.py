@@ -1,0 +1,414 @@
+"""Switcher networks (SNN–TNN; Han, Liu, Hai, Li: "Explore the knowledge contained in network weights to
+obtain sparse neural networks").
+
+For every fully connected layer of the task network a small CNN, the *switcher*
+(:class:`~evosparse.methods.switcher_net.SwitcherNet`), reads the layer's weight matrix W and outputs
+gates: a matrix Z shaped like W (``mode="connection"``, effective weight W⊙Z) or one gate per input
+neuron (``mode="neuron"``, that neuron's activation times its gate). A gate of 0 removes the
+connection (or every connection of the neuron). Switchers and task network are trained alternately on
+the task loss: even epochs train the switchers with the task network frozen, odd epochs the task network
+with the gates fixed (the paper's Algorithm).
+
+How it sits in a training loop that knows nothing about it (the user calls ``optimizer.step();
+s.step()`` and ``s.end_epoch()``):
+
+* hooks on the gated layers apply the gates. Connection mode: a forward hook recomputes the layer's
+  output as ``F.linear(x, W⊙Z, b)`` (``Topology`` holds on to the ``weight`` parameter, so the layer's
+  own product is computed and discarded; ``bench/switcher_cost.py`` measures what that costs). Neuron
+  mode: a forward pre-hook scales the layer's input by the gates (and in switcher epochs a forward
+  hook adds the contribution of switched-off columns, see *dormant* weights below);
+* in switcher epochs an optimizer step pre-hook removes every gradient of the user's optimizer, so
+  SGD/Adam leave the task parameters and their state exactly as they are, and ``after_step`` steps the
+  method's own optimizer of the switchers. The gates used in the forward pass are a leaf tensor; its
+  gradient is pushed back through the switchers at their step, which allows accumulating it over
+  ``switcher_interval`` batches (plain gradient accumulation: W is frozen, so Z is constant between
+  switcher steps);
+* at the end of a switcher epoch the gates for the coming task epoch are computed once and fixed (the
+  task network "adapts to this new structure", section 3.1.2), and the masks are set to the non-zero
+  gates through ``Topology.rewire``.
+
+The paper's task network keeps the weight of a switched-off connection (W_final = W⊙Z), while the
+``Topology`` invariant makes masked weights 0. So the method keeps switched-off values aside as
+*dormant* weights D: the switchers read the full matrix W + D, switcher epochs compute with (W + D)⊙Z
+(a gate that turns a connection back on gets a gradient from its old weight), and a connection switched
+back on at the end of a switcher epoch is regrown with its dormant value. In task epochs D⊙Z = 0.
+
+Masks (and so the density the run reports) follow the gates at the end of every switcher epoch and are
+exact throughout task epochs; during a switcher epoch the reported density is still the one the epoch
+started with (``gate_density()`` gives the gates' own). End training with a task epoch (an even number
+of epochs with the paper's order) so that the final masks are the final gates.
+
+Departures from the paper, both measured on digits (MLP 64-300-100-10): the switchers' output
+convolution starts with bias 1 and Kaiming weights scaled by 0.01, so every gate starts near 1 and
+training starts from the dense task network (see ``SwitcherNet.reset_parameters``); and their default
+learning rate is 0.01: at the paper's 0.1, the first switcher epoch, on the still random task network,
+switched whole layers of neuron gates off for good (shrinking every gate is the quickest way to lower
+the loss of a random network, and a ReLU gate at 0 gets no gradient).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from evosparse.errors import UsageError
+from evosparse.methods.base import Method, Param, register
+from evosparse.methods.switcher_net import MODES, SwitcherNet
+from evosparse.topology.masks import SparseLayer
+
+if TYPE_CHECKING:
+    from evosparse.sparsifier import Sparsifier
+
+SWITCHER_OPTIMIZERS = ("sgd", "adam")
+
+
+@register
+class Switcher(Method):
+    """Learned gates per connection or per input neuron of every linear layer, trained alternately.
+
+    Dense to sparse with no fixed budget: the density is what the gates reach. With ``target_density``
+    each gated layer keeps at most that fraction of its connections: its largest gates (for neurons,
+    its largest neuron gates; that many columns), the others are forced to 0 in every forward pass.
+    Only ``nn.Linear`` weights are gated; other sparsifiable layers (convolutions) stay dense.
+    """
+
+    name = "switcher"
+    summary = "per-layer U-Net switchers learn gates of connections or neurons, trained alternately (Han et al.)"
+    evolves = True
+    fixed_budget = False
+    starts_dense = True
+    #: The gates are applied by hooks on dense (masked) layers; a csr backend must refuse this method.
+    supports_csr: ClassVar[bool] = False
+    params = (
+        Param("mode", "connection", "gate every connection (Z shaped like W) or every input neuron", choices=MODES),
+        Param(
+            "target_density",
+            0.0,
+            "keep at most this fraction of each linear layer's connections (the largest gates); 0 = no budget",
+            minimum=0.0,
+            maximum=1.0,
+        ),
+        Param("switcher_optimizer", "sgd", "optimizer of the switchers (the paper: SGD)", choices=SWITCHER_OPTIMIZERS),
+        Param("switcher_lr", 0.01, "learning rate of the switchers (the paper: 0.1, see the class notes)", minimum=0.0),
+        Param("switcher_momentum", 0.0, "SGD momentum of the switchers (the paper names none)", minimum=0.0),
+        Param("switcher_weight_decay", 0.0, "weight decay of the switchers", minimum=0.0),
+        Param(
+            "switcher_interval",
+            1,
+            "batches per switcher step in switcher epochs, gate gradients averaged over them (1 = the paper)",
+            minimum=1,
+        ),
+        Param("channels", 4, "feature channels of every switcher level", minimum=1),
+        Param("depth", 3, "encoder levels of a switcher (fewer when a layer has few outputs)", minimum=1),
+        Param("kernel", 3, "convolution kernel size of the switchers (odd)", minimum=1),
+        Param("update_unit", "epoch", "fixed: the phases alternate every epoch", choices=("epoch",)),
+        Param("update_interval", 1, "fixed: the phases alternate every epoch", minimum=1, maximum=1),
+        Param("update_until", 1.0, "fixed: the phases alternate until the end", minimum=1.0, maximum=1.0),
+    )
+
+    def __init__(self, sparsifier: Sparsifier) -> None:
+        super().__init__(sparsifier)
+        if self.topology.optimizer is None:
+            raise UsageError("switcher freezes the task network through its optimizer: pass it to sparsify()")
+        self.gated = [
+            index
+            for index, layer in enumerate(self.topology.layers)
+            if isinstance(layer.module, nn.Linear) and layer.attr == "weight"
+        ]
+        if not self.gated:
+            raise UsageError("switcher gates fully connected layers, and the model has no nn.Linear layer")
+        self.switchers = nn.ModuleList(self._build_switcher(index) for index in self.gated)
+        self.switcher_optimizer = self._build_optimizer()
+        self.budgets = [self._gate_budget(index) for index in self.gated]
+        target = self.hparams["target_density"]
+        sparsifier.density_target = target if target > 0 else None
+        #: Values of switched-off connections (0 elsewhere), one matrix per gated layer.
+        self.dormant = [torch.zeros_like(self._layer(slot).weight.detach()) for slot in range(len(self.gated))]
+        #: Gates used by the forward hooks (None: compute them when next needed). In switcher epochs they
+        #: are leaves that collect the task loss's gradient; ``_outputs`` holds the switchers' graphs.
+        self._gates: list[torch.Tensor | None] = [None] * len(self.gated)
+        self._outputs: list[torch.Tensor] | None = None
+        self._accumulated = 0
+        self._install_hooks()
+
+    # -- construction ---------------------------------------------------------------------------
+
+    def _layer(self, slot: int) -> SparseLayer:
+        return self.topology.layers[self.gated[slot]]
+
+    def _build_switcher(self, index: int) -> SwitcherNet:
+        layer = self.topology.layers[index]
+        out_features, in_features = layer.shape
+        net = SwitcherNet(
+            out_features,
+            in_features,
+            self.hparams["mode"],
+            channels=self.hparams["channels"],
+            depth=self.hparams["depth"],
+            kernel=self.hparams["kernel"],
+            generator=self.generator,
+        )
+        return net.to(layer.weight.device)
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        params = self.switchers.parameters()
+        lr, decay = self.hparams["switcher_lr"], self.hparams["switcher_weight_decay"]
+        if self.hparams["switcher_optimizer"] == "adam":
+            return torch.optim.Adam(params, lr=lr, weight_decay=decay)
+        return torch.optim.SGD(params, lr=lr, momentum=self.hparams["switcher_momentum"], weight_decay=decay)
+
+    def _gate_budget(self, index: int) -> int | None:
+        """How many gates layer ``index`` may keep under ``target_density`` (None: no budget)."""
+        target = self.hparams["target_density"]
+        if target <= 0:
+            return None
+        out_features, in_features = self.topology.layers[index].shape
+        gates = in_features if self.hparams["mode"] == "neuron" else out_features * in_features
+        return max(1, round(target * gates))
+
+    def _install_hooks(self) -> None:
+        for slot in range(len(self.gated)):
+            module = self._layer(slot).module
+            if self.hparams["mode"] == "neuron":
+                self.add_hook(module.register_forward_pre_hook(self._neuron_gating(slot)))
+                self.add_hook(module.register_forward_hook(self._dormant_columns(slot)))
+            else:
+                self.add_hook(module.register_forward_hook(self._connection_gating(slot)))
+        self.add_hook(self.topology.optimizer.register_step_pre_hook(self._drop_task_gradients))
+
+    # -- the gated forward pass -----------------------------------------------------------------
+
+    def _connection_gating(self, slot: int) -> Callable[..., torch.Tensor]:
+        def hook(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+            return F.linear(args[0], self.gated_weight(slot), module.bias)
+
+        return hook
+
+    def _neuron_gating(self, slot: int) -> Callable[..., tuple[Any, ...]]:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+            return (args[0] * self.gate(slot), *args[1:])
+
+        return hook
+
+    def _dormant_columns(self, slot: int) -> Callable[..., torch.Tensor | None]:
+        """Forward hook adding what switched-off neurons contribute while switcher epochs re-gate them."""
+
+        def hook(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor | None:
+            if not self.in_switcher_phase() or not self.dormant[slot].any():
+                return None
+            return output + F.linear(args[0], self.dormant[slot])
+
+        return hook
+
+    def full_weight(self, slot: int) -> torch.Tensor:
+        """W + D of gated layer ``slot``: the task network's matrix including switched-off values."""
+        return self._layer(slot).weight + self.dormant[slot]
+
+    def gated_weight(self, slot: int) -> torch.Tensor:
+        """The effective weight (W + D)⊙Z; in task epochs D⊙Z = 0 (D lies where the fixed gates are 0)."""
+        weight = self.full_weight(slot) if self.in_switcher_phase() else self._layer(slot).weight
+        return weight * self.gate(slot)
+
+    def in_switcher_phase(self) -> bool:
+        """Whether the current epoch trains the switchers: even epochs, counted from 0 (the paper's Algorithm)."""
+        return self.sparsifier.epoch % 2 == 0
+
+    def gate(self, slot: int) -> torch.Tensor:
+        """The gates of gated layer ``slot`` as the forward pass uses them (computed when missing)."""
+        gates = self._gates[slot]
+        if gates is None:
+            self._compute_gates()
+            gates = self._gates[slot]
+            assert gates is not None
+        return gates
+
+    def _compute_gates(self) -> None:
+        """Run the switchers: with their graph kept in switcher epochs, without gradient otherwise.
+
+        The gates are kept for later training steps, so they are never inference tensors, even when
+        first needed by an evaluation under ``torch.inference_mode()``.
+        """
+        training = self.in_switcher_phase()
+        with torch.inference_mode(False), torch.set_grad_enabled(training):
+            outputs = [
+                self._within_budget(slot, net(self.full_weight(slot).detach()))
+                for slot, net in enumerate(self.switchers)
+            ]
+        self._outputs = outputs if training else None
+        self._gates = [out.detach().requires_grad_(training) for out in outputs]
+
+    def _within_budget(self, slot: int, gates: torch.Tensor) -> torch.Tensor:
+        """``gates`` with all but the ``budget`` largest set to 0 (unchanged without a budget)."""
+        budget = self.budgets[slot]
+        if budget is None or budget >= gates.numel():
+            return gates
+        keep = torch.zeros(gates.numel(), dtype=torch.bool, device=gates.device)
+        keep[torch.topk(gates.detach().flatten(), budget, sorted=False).indices] = True
+        return gates * keep.view_as(gates)
+
+    # -- alternating training -------------------------------------------------------------------
+
+    def _drop_task_gradients(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        """Optimizer step pre-hook: in switcher epochs the task network gets no gradient, so no update."""
+        if not self.in_switcher_phase():
+            return
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                param.grad = None
+
+    def after_step(self) -> None:
+        if not self.in_switcher_phase() or self._gates[0] is None:
+            return
+        self._accumulated += 1
+        if self._accumulated >= self.hparams["switcher_interval"]:
+            self._step_switchers()
+
+    def _step_switchers(self) -> None:
+        """Back-propagate the gates' accumulated gradient (mean per batch) through the switchers; step."""
+        if self._accumulated == 0:
+            return
+        grads = [None if gates is None else gates.grad for gates in self._gates]
+        if self._outputs is None:  # restored from a checkpoint: same switchers and weights, same gates
+            self._compute_gates()
+        assert self._outputs is not None
+        pairs = [(out, grad / self._accumulated) for out, grad in zip(self._outputs, grads) if grad is not None]
+        if pairs:
+            torch.autograd.backward([out for out, _ in pairs], [grad for _, grad in pairs])
+            self.switcher_optimizer.step()
+            self.switcher_optimizer.zero_grad(set_to_none=True)
+        self._accumulated = 0
+        self._forget_gates()
+
+    def _forget_gates(self) -> None:
+        self._gates = [None] * len(self.gated)
+        self._outputs = None
+
+    def update(self) -> int:
+        """Called after every epoch: fix the gates and masks for a task epoch, or release them for training."""
+        if self.in_switcher_phase():
+            self._forget_gates()
+            return 0
+        self._step_switchers()
+        self._compute_gates()
+        return sum(self._masks_follow_gates(slot) for slot in range(len(self.gated)))
+
+    @torch.no_grad()
+    def _masks_follow_gates(self, slot: int) -> int:
+        """Make the mask of gated layer ``slot`` its non-zero gates, moving values to and from D."""
+        layer, dormant = self._layer(slot), self.dormant[slot].view(-1)
+        wanted = self.connection_gates(slot) != 0
+        prune = (layer.mask & ~wanted).flatten().nonzero().squeeze(1)
+        grow = (wanted & ~layer.mask).flatten().nonzero().squeeze(1)
+        dormant[prune] = layer.weight.detach().view(-1)[prune]
+        revived = dormant[grow].clone()
+        dormant[grow] = 0.0
+        return self.topology.rewire(self.gated[slot], prune, grow, revived)
+
+    def connection_gates(self, slot: int) -> torch.Tensor:
+        """The gate of every connection of gated layer ``slot`` (neuron gates repeated down the columns)."""
+        gates = self.gate(slot).detach()
+        if self.hparams["mode"] == "neuron":
+            return gates.expand(self._layer(slot).shape)
+        return gates
+
+    # -- results --------------------------------------------------------------------------------
+
+    def extra_parameters(self) -> int:
+        """Number of switcher parameters: trained alongside the task network, but not part of it."""
+        return sum(p.numel() for p in self.switchers.parameters())
+
+    def gate_density(self) -> float:
+        """Fraction of the sparsifiable weights whose gate is non-zero now (other layers: their masks).
+
+        Unlike ``Sparsifier.density()`` it follows the gates during switcher epochs too.
+        """
+        gated = dict(zip(self.gated, range(len(self.gated))))
+        active = 0
+        for index, layer in enumerate(self.topology.layers):
+            slot = gated.get(index)
+            active += layer.active if slot is None else int((self.connection_gates(slot) != 0).sum())
+        return active / self.topology.total
+
+    @torch.no_grad()
+    def export_model(self) -> nn.Module:
+        """A plain copy of the model with the gates folded into its weights, giving the gated outputs.
+
+        Connection mode stores (W + D)⊙Z, neuron mode scales column j of W + D by gate j; switched-off
+        entries are exactly 0. The copy has none of the method's hooks; the original is untouched.
+        """
+        folded = [self.full_weight(slot) * self.connection_gates(slot) for slot in range(len(self.gated))]
+        names = {id(module): name for name, module in self.sparsifier.model.named_modules()}
+        self.remove_hooks()
+        try:
+            plain = copy.deepcopy(self.sparsifier.model)
+        finally:
+            self._install_hooks()
+        for slot, weight in enumerate(folded):
+            plain.get_submodule(names[id(self._layer(slot).module)]).weight.copy_(weight)
+        return plain
+
+    # -- persistence ----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        gates = None if self._gates[0] is None else self._gates
+        return {
+            "switchers": {key: value.detach().clone() for key, value in self.switchers.state_dict().items()},
+            "optimizer": self.switcher_optimizer.state_dict(),
+            "dormant": [values.clone() for values in self.dormant],
+            "gates": None if gates is None else [g.detach().clone() for g in gates],
+            "gate_grads": None if gates is None else [None if g.grad is None else g.grad.clone() for g in gates],
+            "gates_train": gates is not None and gates[0].requires_grad,
+            "accumulated": self._accumulated,
+        }
+
+    @torch.no_grad()
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        missing = {"switchers", "optimizer", "dormant", "gates", "gate_grads", "gates_train", "accumulated"} - set(
+            state
+        )
+        if missing:
+            raise UsageError(f"saved switcher state lacks {sorted(missing)[0]!r}")
+        try:
+            self.switchers.load_state_dict(state["switchers"])
+            self.switcher_optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            reason = str(error).strip().splitlines()[0][:120]
+            raise UsageError(f"saved switchers do not fit this model ({reason})") from None
+        self._check_saved("dormant", state["dormant"], [tuple(d.shape) for d in self.dormant])
+        for values, saved in zip(self.dormant, state["dormant"]):
+            values.copy_(saved)
+        self._forget_gates()
+        self._accumulated = int(state["accumulated"])
+        if state["gates"] is not None:
+            self._restore_gates(state["gates"], state["gate_grads"], bool(state["gates_train"]))
+
+    def _check_saved(self, what: str, tensors: object, shapes: list[tuple[int, ...]]) -> None:
+        if not isinstance(tensors, list) or len(tensors) != len(shapes):
+            raise UsageError(f"saved switcher {what} do not match the model's {len(shapes)} linear layers")
+        for saved, shape in zip(tensors, shapes):
+            if not torch.is_tensor(saved) or tuple(saved.shape) != shape:
+                raise UsageError(f"saved switcher {what} do not have the shapes {shapes}")
+
+    def _restore_gates(self, gates: list[torch.Tensor], grads: list[torch.Tensor | None], training: bool) -> None:
+        """Gates as saved: leaves collecting gradients when saved in a switcher epoch, with what they held.
+
+        (The sparsifier restores its epoch after the method, so the phase is taken from the save.)
+        """
+        self._check_saved("gates", gates, [self.gate_shape(slot) for slot in range(len(self.gated))])
+        restored = []
+        for slot, (saved, grad) in enumerate(zip(gates, grads)):
+            leaf = saved.to(self._layer(slot).weight.device).clone().requires_grad_(training)
+            if training and grad is not None:
+                leaf.grad = grad.to(leaf.device).clone()
+            restored.append(leaf)
+        self._gates = restored
+
+    def gate_shape(self, slot: int) -> tuple[int, ...]:
+        """Shape of the gates of gated layer ``slot``: W's shape, or (in,) in neuron mode."""
+        shape = tuple(self._layer(slot).shape)
+        return shape[1:] if self.hparams["mode"] == "neuron" else shape

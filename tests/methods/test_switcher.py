@@ -1,0 +1,389 @@
+import io
+import json
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import evosparse
+from conftest import small_mlp
+from evosparse.engine.config import build_config
+from evosparse.engine.loop import train
+from evosparse.errors import UsageError
+from evosparse.methods.switcher_net import SwitcherNet
+
+
+class FixedGates(nn.Module):
+    """Stands in for a switcher: always outputs the given gates (a parameter, so it can be 'trained')."""
+
+    def __init__(self, gates: torch.Tensor) -> None:
+        super().__init__()
+        self.gates = nn.Parameter(gates.clone())
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.gates)
+
+
+def linear_layers(model: nn.Module) -> list[nn.Linear]:
+    return [m for m in model.modules() if isinstance(m, nn.Linear)]
+
+
+def manual_forward(model: nn.Module, x: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
+    """The small MLP's forward pass with the given effective weights, without any hook."""
+    for index, (layer, weight) in enumerate(zip(linear_layers(model), weights)):
+        x = F.linear(x, weight, layer.bias)
+        if index < len(weights) - 1:
+            x = F.relu(x)
+    return x
+
+
+def setup(mode="connection", optimizer="sgd", sizes=(20, 16, 12, 5), **params):
+    model = small_mlp(sizes)
+    if optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=0.01, weight_decay=1e-3)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+    sparsifier = evosparse.sparsify(model, opt, "switcher", density=1.0, mode=mode, seed=0, **params)
+    return model, opt, sparsifier
+
+
+def train_steps(model, opt, sparsifier, steps=3, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    n_in = linear_layers(model)[0].in_features
+    n_out = linear_layers(model)[-1].out_features
+    for _ in range(steps):
+        x = torch.randn(16, n_in, generator=generator)
+        y = torch.randint(0, n_out, (16,), generator=generator)
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        sparsifier.step()
+
+
+def random_gates(shape, generator, zero_fraction=0.5):
+    gates = torch.rand(shape, generator=generator) * 2
+    return torch.where(torch.rand(shape, generator=generator) < zero_fraction, torch.zeros(shape), gates)
+
+
+def clone_state(optimizer):
+    return {
+        id(p): {k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()} for p, s in optimizer.state.items()
+    }
+
+
+def assert_same_state(before, optimizer):
+    after = clone_state(optimizer)
+    assert before.keys() == after.keys()
+    for key in before:
+        for name, value in before[key].items():
+            other = after[key][name]
+            assert torch.equal(value, other) if torch.is_tensor(value) else value == other
+
+
+# -- the switcher network ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(300, 784), (100, 300), (10, 100), (7, 65), (65, 7), (1, 1), (3, 5), (2, 9)])
+@pytest.mark.parametrize("mode", ["connection", "neuron"])
+def test_switcher_output_shapes_and_initial_gates_near_one(shape, mode):
+    weight = torch.randn(shape)
+    net = SwitcherNet(*shape, mode, generator=torch.Generator().manual_seed(0))
+    gates = net(weight)
+    assert gates.shape == (shape if mode == "connection" else shape[1:])
+    assert (gates >= 0).all()
+    assert (gates - 1).abs().max() < 0.5  # dense-like start: every gate about 1
+    gates.sum().backward()
+    assert all(p.grad is not None for p in net.parameters())
+
+
+def test_switcher_refuses_the_wrong_matrix_and_bad_sizes():
+    net = SwitcherNet(4, 6)
+    with pytest.raises(UsageError, match="reads"):
+        net(torch.randn(6, 4))
+    with pytest.raises(UsageError, match="odd"):
+        SwitcherNet(4, 6, kernel=2)
+    with pytest.raises(UsageError, match="mode"):
+        SwitcherNet(4, 6, mode="row")
+
+
+def test_switcher_init_is_seeded_by_the_generator():
+    a = SwitcherNet(9, 13, generator=torch.Generator().manual_seed(5))
+    b = SwitcherNet(9, 13, generator=torch.Generator().manual_seed(5))
+    c = SwitcherNet(9, 13, generator=torch.Generator().manual_seed(6))
+    weight = torch.randn(9, 13)
+    assert torch.equal(a(weight), b(weight))
+    assert not torch.equal(a(weight), c(weight))
+
+
+# -- the gated forward pass ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["connection", "neuron"])
+def test_zero_gates_remove_exactly_those_connections(mode):
+    model, _, sparsifier = setup(mode)
+    method = sparsifier.method
+    generator = torch.Generator().manual_seed(1)
+    gates = [random_gates(method.gate_shape(slot), generator) for slot in range(len(method.gated))]
+    for slot, values in enumerate(gates):
+        method.switchers[slot] = FixedGates(values)
+    x = torch.randn(8, 20, generator=generator)
+    model.eval()
+    gated = model(x)
+    effective = [
+        layer.weight.detach() * (z if mode == "connection" else z[None, :])
+        for layer, z in zip(linear_layers(model), gates)
+    ]
+    assert torch.allclose(gated, manual_forward(model, x, effective), atol=1e-6)
+    # whatever the weights at switched-off positions are, they do not reach the output
+    with torch.no_grad():
+        for layer, z in zip(linear_layers(model), gates):
+            off = (z == 0) if mode == "connection" else (z == 0)[None, :].expand_as(layer.weight)
+            layer.weight[off] = torch.randn(int(off.sum()), generator=generator) * 100
+    assert torch.allclose(model(x), gated, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["connection", "neuron"])
+def test_masks_and_density_follow_the_gates_after_a_switcher_epoch(mode):
+    model, opt, sparsifier = setup(mode)
+    method = sparsifier.method
+    generator = torch.Generator().manual_seed(2)
+    gates = [random_gates(method.gate_shape(slot), generator) for slot in range(len(method.gated))]
+    for slot, values in enumerate(gates):
+        method.switchers[slot] = FixedGates(values)
+    train_steps(model, opt, sparsifier)
+    assert sparsifier.density() == 1.0  # masks move only when the switcher epoch ends
+    sparsifier.end_epoch()
+    active = 0
+    for layer, z in zip(sparsifier.topology.layers, gates):
+        expected = (z != 0) if mode == "connection" else (z != 0)[None, :].expand(layer.shape)
+        assert torch.equal(layer.mask, expected)
+        assert not layer.weight[~layer.mask].any()
+        active += int(expected.sum())
+    assert sparsifier.density() == pytest.approx(active / sparsifier.topology.total)
+    assert method.gate_density() == pytest.approx(sparsifier.density())
+    assert sparsifier.take_stats().connections_changed == sparsifier.topology.total - active
+
+
+def test_a_connection_switched_off_and_on_again_gets_its_weight_back():
+    model, opt, sparsifier = setup("connection")
+    method = sparsifier.method
+    generator = torch.Generator().manual_seed(3)
+    gates = random_gates(method.gate_shape(0), generator)
+    method.switchers[0] = FixedGates(gates)
+    weight_before = sparsifier.topology.layers[0].weight.detach().clone()
+    sparsifier.end_epoch()  # switcher epoch 0 ends: switched-off weights become dormant
+    off = gates == 0
+    assert not sparsifier.topology.layers[0].weight[off].any()
+    assert torch.equal(method.dormant[0][off], weight_before[off])
+    sparsifier.end_epoch()  # task epoch 1 (no steps) ends
+    method.switchers[0] = FixedGates(torch.ones_like(gates))
+    sparsifier.end_epoch()  # switcher epoch 2 turns everything on again
+    assert torch.equal(sparsifier.topology.layers[0].weight.detach(), weight_before)
+    assert not method.dormant[0].any()
+
+
+@pytest.mark.parametrize("mode", ["connection", "neuron"])
+def test_switcher_epochs_compute_with_the_switched_off_weights(mode):
+    """A gate turned on again in a switcher epoch acts with the weight its connection had (W + D)."""
+    model, _, sparsifier = setup(mode)
+    method = sparsifier.method
+    generator = torch.Generator().manual_seed(5)
+    original = [layer.weight.detach().clone() for layer in linear_layers(model)]
+    for slot in range(len(method.gated)):
+        method.switchers[slot] = FixedGates(random_gates(method.gate_shape(slot), generator))
+    sparsifier.end_epoch()  # switcher epoch 0 ends: masks follow the gates, weights become dormant
+    sparsifier.end_epoch()  # task epoch 1 (no steps) ends
+    assert sparsifier.density() < 1.0
+    ones = [torch.ones(method.gate_shape(slot)) for slot in range(len(method.gated))]
+    for slot, values in enumerate(ones):
+        method.switchers[slot] = FixedGates(values)
+    x = torch.randn(8, 20, generator=generator)
+    model.eval()
+    assert torch.allclose(model(x), manual_forward(model, x, original), atol=1e-6)
+
+
+def test_gates_first_computed_under_inference_mode_can_still_be_trained():
+    model, opt, sparsifier = setup()
+    with torch.inference_mode():
+        model(torch.randn(4, 20))
+    before = [p.detach().clone() for p in sparsifier.method.switchers.parameters()]
+    train_steps(model, opt, sparsifier, steps=1)
+    assert any(not torch.equal(a, b) for a, b in zip(before, sparsifier.method.switchers.parameters()))
+
+
+# -- alternating training -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("mode", ["connection", "neuron"])
+def test_switcher_epochs_leave_the_task_network_and_its_optimizer_state_unchanged(optimizer, mode):
+    model, opt, sparsifier = setup(mode, optimizer)
+    for epoch in range(2):  # a switcher epoch, then a task epoch that builds momentum / Adam moments
+        train_steps(model, opt, sparsifier, seed=epoch)
+        sparsifier.end_epoch()
+    assert sparsifier.method.in_switcher_phase() and opt.state
+    params = [p.detach().clone() for p in model.parameters()]
+    state = clone_state(opt)
+    switchers = [p.detach().clone() for p in sparsifier.method.switchers.parameters()]
+    train_steps(model, opt, sparsifier, steps=4, seed=2)
+    assert all(torch.equal(a, b) for a, b in zip(params, model.parameters()))
+    assert_same_state(state, opt)
+    assert any(not torch.equal(a, b) for a, b in zip(switchers, sparsifier.method.switchers.parameters()))
+
+
+@pytest.mark.parametrize("mode", ["connection", "neuron"])
+def test_task_epochs_leave_the_switchers_their_state_and_the_gates_unchanged(mode):
+    model, opt, sparsifier = setup(mode, switcher_momentum=0.9)
+    method = sparsifier.method
+    train_steps(model, opt, sparsifier)  # switcher epoch: builds the switchers' momentum
+    sparsifier.end_epoch()
+    assert not method.in_switcher_phase()
+    switchers = [p.detach().clone() for p in method.switchers.parameters()]
+    state = clone_state(method.switcher_optimizer)
+    gates = [method.gate(slot).clone() for slot in range(len(method.gated))]
+    params = [p.detach().clone() for p in model.parameters()]
+    train_steps(model, opt, sparsifier, steps=4, seed=1)
+    assert all(torch.equal(a, b) for a, b in zip(switchers, method.switchers.parameters()))
+    assert_same_state(state, method.switcher_optimizer)
+    assert all(torch.equal(a, method.gate(slot)) for slot, a in enumerate(gates))
+    assert all(not torch.equal(a, b) for a, b in zip(params, model.parameters()))
+
+
+def test_accumulated_switcher_steps_equal_one_step_on_the_joined_batch():
+    """switcher_interval=2 on batches A, B gives the same switchers as interval 1 on A∪B (mean loss)."""
+    generator = torch.Generator().manual_seed(4)
+    x, y = torch.randn(32, 20, generator=generator), torch.randint(0, 5, (32,), generator=generator)
+    results = []
+    for interval, batches in ((2, [slice(0, 16), slice(16, 32)]), (1, [slice(0, 32)])):
+        torch.manual_seed(0)
+        model, opt, sparsifier = setup(switcher_interval=interval)
+        for batch in batches:
+            opt.zero_grad()
+            F.cross_entropy(model(x[batch]), y[batch]).backward()
+            opt.step()
+            sparsifier.step()
+        results.append([p.detach().clone() for p in sparsifier.method.switchers.parameters()])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*results))
+
+
+# -- budget ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["connection", "neuron"])
+def test_target_density_keeps_exactly_the_budget_of_largest_gates(mode):
+    model, opt, sparsifier = setup(mode, target_density=0.3)
+    method = sparsifier.method
+    train_steps(model, opt, sparsifier, steps=1)
+    raw = [method.switchers[slot](method.full_weight(slot)).detach() for slot in range(len(method.gated))]
+    sparsifier.end_epoch()
+    assert sparsifier.density_target == 0.3
+    for slot, layer in enumerate(sparsifier.topology.layers):
+        budget = round(0.3 * raw[slot].numel())
+        kept = method.gate(slot) != 0
+        assert int(kept.sum()) == budget
+        assert raw[slot][kept].min() >= raw[slot][~kept].max()  # the largest gates are the kept ones
+        connections_per_gate = layer.shape[0] if mode == "neuron" else 1
+        assert layer.active == budget * connections_per_gate
+
+
+# -- export and persistence -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("epochs", [1, 2])
+@pytest.mark.parametrize("mode", ["connection", "neuron"])
+def test_exported_model_gives_the_gated_outputs_with_exact_zeros(mode, epochs):
+    model, opt, sparsifier = setup(mode, target_density=0.5)
+    for epoch in range(epochs):
+        train_steps(model, opt, sparsifier, seed=epoch)
+        sparsifier.end_epoch()
+    train_steps(model, opt, sparsifier, seed=9)  # in the middle of an epoch
+    plain = sparsifier.method.export_model()
+    x = torch.randn(10, 20)
+    model.eval()
+    plain.eval()
+    assert torch.allclose(plain(x), model(x), atol=1e-6)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in plain.modules())
+    for slot, layer in enumerate(linear_layers(plain)):
+        off = sparsifier.method.connection_gates(slot) == 0
+        assert off.any() and not layer.weight[off].any()
+    assert any(m._forward_hooks or m._forward_pre_hooks for m in linear_layers(model))  # still gated
+
+
+def test_extra_parameters_count_the_switchers():
+    _, _, sparsifier = setup()
+    expected = sum(p.numel() for net in sparsifier.method.switchers for p in net.parameters())
+    assert sparsifier.method.extra_parameters() == expected > 0
+
+
+@pytest.mark.parametrize("saved_in", ["switcher epoch", "task epoch"])
+def test_state_dict_round_trip_resumes_exactly(saved_in):
+    def build():
+        torch.manual_seed(0)
+        return setup("connection", switcher_interval=3, switcher_momentum=0.9)
+
+    model, opt, sparsifier = build()
+    epochs_before = 2 if saved_in == "switcher epoch" else 1
+    for epoch in range(epochs_before):
+        train_steps(model, opt, sparsifier, steps=3, seed=epoch)
+        sparsifier.end_epoch()
+    train_steps(model, opt, sparsifier, steps=2, seed=5)  # mid-epoch (switcher: 2 of 3 batches accumulated)
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "s": sparsifier.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    model2, opt2, sparsifier2 = build()
+    model2.load_state_dict(saved["model"])
+    opt2.load_state_dict(saved["opt"])
+    sparsifier2.load_state_dict(saved["s"])
+    for m, o, s in ((model, opt, sparsifier), (model2, opt2, sparsifier2)):
+        train_steps(m, o, s, steps=2, seed=6)
+        s.end_epoch()
+        train_steps(m, o, s, steps=4, seed=7)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), model2.parameters()))
+    pairs = zip(sparsifier.method.switchers.parameters(), sparsifier2.method.switchers.parameters())
+    assert all(torch.equal(a, b) for a, b in pairs)
+    assert all(torch.equal(a.mask, b.mask) for a, b in zip(sparsifier.topology.layers, sparsifier2.topology.layers))
+
+
+def test_a_state_from_another_model_is_refused():
+    _, _, sparsifier = setup()
+    _, _, other = setup(sizes=(20, 8, 5))
+    with pytest.raises(UsageError, match="switcher"):
+        sparsifier.method.load_state_dict(other.method.state_dict())
+    with pytest.raises(UsageError, match="lacks"):
+        sparsifier.method.load_state_dict({"switchers": {}})
+
+
+# -- usage errors -----------------------------------------------------------------------------------
+
+
+def test_bad_usage_is_refused_with_one_line():
+    with pytest.raises(UsageError, match="optimizer"):
+        evosparse.sparsify(small_mlp(), None, "switcher", density=1.0)
+    conv = nn.Sequential(nn.Conv2d(1, 2, 3))
+    with pytest.raises(UsageError, match="nn.Linear"):
+        evosparse.sparsify(conv, torch.optim.SGD(conv.parameters(), lr=0.1), "switcher", density=1.0)
+    with pytest.raises(UsageError, match="odd"):
+        setup(kernel=4)
+    with pytest.raises(UsageError, match="update_unit"):
+        setup(update_unit="step")
+
+
+# -- learning, through the engine -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["connection", "neuron"])
+def test_both_modes_learn_digits_through_the_engine(mode, tmp_path):
+    config = build_config(
+        None,
+        {"method": "switcher", "dataset": "digits", "epochs": 4, "hidden": [64], "out": str(tmp_path / mode)},
+        [f"mode={mode}"],
+    )
+    result = train(config, progress=False)
+    assert result["final_test_acc"] > 0.6  # chance is 0.1
+    saved = json.loads((tmp_path / mode / "result.json").read_text())
+    assert saved["density_target"] is None
+    assert saved["epochs"][0]["density"] == 1.0  # starts dense
+    assert 0 < saved["density_final"] <= 1.0
+    assert saved["params_extra_training"] > 0
