@@ -93,7 +93,13 @@ class Sparsifier:
         if not found:
             raise UsageError("the model has no linear or convolution weight to sparsify")
         shapes = [getattr(module, attr).shape for _, module, attr in found]
-        if method_cls.sparse:
+        self.requested_density = density
+        if method_cls.sparse and not method_cls.needs_budget:
+            if epsilon is not None:
+                raise UsageError(f"method {method} takes its budget from --density (or none), not --epsilon")
+            self.target_densities = [density or 1.0] * len(shapes)
+            self.target_budgets = [shape.numel() for shape in shapes]
+        elif method_cls.sparse:
             if density is None and epsilon is None:
                 raise UsageError(f"method {method} needs a density or an epsilon")
             spread = {"distribution": distribution, "density": density, "epsilon": epsilon}

@@ -387,3 +387,17 @@ def test_both_modes_learn_digits_through_the_engine(mode, tmp_path):
     assert saved["epochs"][0]["density"] == 1.0  # starts dense
     assert 0 < saved["density_final"] <= 1.0
     assert saved["params_extra_training"] > 0
+
+
+def test_the_run_density_is_the_switchers_budget_and_conflicts_are_refused():
+    model = small_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sparsifier = evosparse.sparsify(model, opt, "switcher", density=0.3)
+    assert sparsifier.method.target_density == 0.3 and sparsifier.density_target == 0.3
+    for kwargs, message in [
+        ({"density": 0.3, "target_density": 0.5}, "give one of them"),
+        ({"epsilon": 5.0}, "not --epsilon"),
+    ]:
+        model = small_mlp()
+        with pytest.raises(UsageError, match=message):
+            evosparse.sparsify(model, torch.optim.SGD(model.parameters(), lr=0.1), "switcher", **kwargs)

@@ -30,11 +30,12 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from evosparse.engine.checkpoint import CHECKPOINT_NAME, atomic_write_bytes, atomic_write_text, load_checkpoint
-from evosparse.engine.config import TrainConfig, build_config, parse_param_pairs, read_toml
+from evosparse.engine.config import TrainConfig, build_config, config_difference, parse_param_pairs, read_toml
 from evosparse.engine.loop import train
 from evosparse.errors import EvosparseError, UsageError
 from evosparse.methods import get_method
 from evosparse.metrics import epoch_reaching
+from evosparse.models import default_distribution
 
 SUMMARY_SCHEMA = 1
 DEFAULT_SEEDS = 3
@@ -211,12 +212,13 @@ def existing_state(config: TrainConfig) -> str:
             )
         return "new"
     saved = load_checkpoint(folder / CHECKPOINT_NAME).get("config", {})
-    for key, value in config.to_dict().items():
-        if saved.get(key) != value and not (key == "out" and has_result):
-            raise UsageError(
-                f"{folder} holds a run made with {key}={saved.get(key)!r}, but this comparison asks for "
-                f"{value!r}; choose another --out (or delete that folder) to run with the new settings"
-            )
+    difference = config_difference(saved, config, ignore=("out",) if has_result else ())
+    if difference:
+        key, before, now = difference
+        raise UsageError(
+            f"{folder} holds a run made with {key}={before!r}, but this comparison asks for "
+            f"{now!r}; choose another --out (or delete that folder) to run with the new settings"
+        )
     return "reuse" if has_result else "resume"
 
 
@@ -398,7 +400,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         "# Comparison\n\n"
         f"```\n{summary['command']}\n```\n\n"
         f"{setup['dataset']}, {setup['model']} {'-'.join(map(str, summary['architecture']))}, "
-        f"{budget} ({setup['distribution']}), "
+        f"{budget} ({setup['distribution'] or default_distribution(setup['model'])}), "
         f"{setup['epochs']} epochs, {setup['optimizer']} lr {setup['lr']}, batch {setup['batch_size']}, "
         f"seeds {', '.join(map(str, seeds))}.\n\n"
         + markdown_table(summary)

@@ -16,7 +16,7 @@ from typing import Any
 
 from evosparse.errors import UsageError
 from evosparse.methods import get_method, resolve_params
-from evosparse.models import MODELS
+from evosparse.models import MODELS, default_distribution
 from evosparse.topology.distributions import DISTRIBUTIONS
 from evosparse.topology.init import INIT_SCHEMES
 
@@ -39,8 +39,10 @@ class TrainConfig:
     dropout: float = 0.0
     density: float | None = None
     epsilon: float | None = None
-    distribution: str = "erdos_renyi"
+    distribution: str | None = None
     init: str = "sparse_kaiming"
+    sparsify: str = "all"
+    augment: bool = False
     epochs: int = 30
     batch_size: int = 32
     lr: float = 0.05
@@ -65,8 +67,14 @@ class TrainConfig:
         return Path(self.out)
 
     @property
+    def effective_distribution(self) -> str:
+        """``distribution``, or the model's default (ERK for conv models, Erdős–Rényi otherwise)."""
+        return self.distribution or default_distribution(self.model)
+
+    @property
     def effective_density(self) -> float | None:
-        if self.density is None and self.epsilon is None:
+        """``density``, or the default when the method needs a budget and none was given."""
+        if self.density is None and self.epsilon is None and get_method(self.method).needs_budget:
             return self.DEFAULT_DENSITY
         return self.density
 
@@ -75,6 +83,22 @@ class TrainConfig:
 
 
 _FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+
+
+def config_difference(
+    saved: Mapping[str, Any], config: TrainConfig, ignore: Sequence[str] = ()
+) -> tuple[str, Any, Any] | None:
+    """The first setting where a checkpoint's saved config differs from ``config``, or ``None``.
+
+    A key missing from ``saved`` (a checkpoint written before that setting existed) counts as the
+    setting's default, which is what such a run used.
+    """
+    defaults = TrainConfig().to_dict()
+    for key, value in config.to_dict().items():
+        before = saved.get(key, defaults[key])
+        if key not in ignore and before != value:
+            return key, before, value
+    return None
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -171,7 +195,9 @@ def validate(config: TrainConfig) -> None:
         raise UsageError(f"density must be in (0, 1], got {config.density}")
     if config.epsilon is not None and not (config.epsilon > 0 and math.isfinite(config.epsilon)):
         raise UsageError(f"epsilon must be positive, got {config.epsilon}")
-    _check_choice("distribution", config.distribution, DISTRIBUTIONS)
+    if config.distribution is not None:
+        _check_choice("distribution", config.distribution, DISTRIBUTIONS)
+    _check_choice("sparsify", config.sparsify, ("all", "fc", "conv"))
     _check_choice("init", config.init, INIT_SCHEMES)
     _check_choice("optimizer", config.optimizer, OPTIMIZERS)
     _check_choice("backend", config.backend, BACKENDS)

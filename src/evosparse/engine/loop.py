@@ -18,15 +18,22 @@ from torch.nn import functional as F
 
 from evosparse.analysis.plots import plot_run_curves
 from evosparse.data import Dataset, load_dataset
+from evosparse.data.augment import random_crop_flip
 from evosparse.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from evosparse.engine.config import TrainConfig
+from evosparse.engine.config import TrainConfig, config_difference
 from evosparse.engine.records import EpochRecord, build_result, write_metrics_csv, write_result
 from evosparse.engine.snapshots import save_snapshot
 from evosparse.errors import EvosparseError, UsageError
 from evosparse.models import ModelSpec, architecture_of, build_model
+from evosparse.models.parts import select_layers
 from evosparse.sparsifier import Sparsifier
 
 EVAL_BATCH = 2048
+
+
+def excluded_layers(model: nn.Module, part: str) -> list[str]:
+    """Weights left dense by ``--sparsify fc`` (the convolutions) or ``--sparsify conv`` (the linear layers)."""
+    return {"all": [], "fc": select_layers(model, "conv"), "conv": select_layers(model, "fc")}[part]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -85,6 +92,9 @@ class Trainer:
         self.data: Dataset = load_dataset(
             config.dataset, data_dir=Path(config.data_dir) if config.data_dir else None, target=config.target
         )
+        if config.augment and len(self.data.input_shape) != 3:
+            shape = self.data.input_shape
+            raise UsageError(f"--augment crops and flips images; {config.dataset} samples have shape {shape}")
         torch.manual_seed(config.seed)
         spec = ModelSpec(
             self.data.input_shape,
@@ -102,11 +112,12 @@ class Trainer:
             config.method,
             density=config.effective_density,
             epsilon=config.epsilon,
-            distribution=config.distribution,
+            distribution=config.effective_distribution,
             init=config.init,
             total_steps=config.epochs * self.steps_per_epoch,
             seed=config.seed,
             include=getattr(self.model, "sparse_include", None),
+            exclude=excluded_layers(self.model, config.sparsify),
             **config.params,
         )
         self.x_train, self.y_train = self.data.x_train.to(self.device), self.data.y_train.to(self.device)
@@ -142,12 +153,10 @@ class Trainer:
         if not resume:
             raise UsageError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
         state = load_checkpoint(self.checkpoint_path)
-        saved = state.get("config", {})
-        for key, value in self.config.to_dict().items():
-            if saved.get(key) != value:
-                raise UsageError(
-                    f"the checkpoint in {self.out} was made with {key}={saved.get(key)!r}, this run has {value!r}"
-                )
+        difference = config_difference(state.get("config", {}), self.config)
+        if difference:
+            key, before, now = difference
+            raise UsageError(f"the checkpoint in {self.out} was made with {key}={before!r}, this run has {now!r}")
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -168,9 +177,13 @@ class Trainer:
         self.model.train()
         loss_sum = 0.0
         batches = epoch_batches(self.x_train.shape[0], self.config.batch_size, self.config.seed, epoch)
+        augment_generator = torch.Generator(self.device).manual_seed(self.config.seed * 1_000_003 + epoch + 104_729)
         for step, batch in enumerate(batches, 1):
             batch = batch.to(self.device)
-            loss = F.cross_entropy(*flat_predictions(self.model(self.x_train[batch]), self.y_train[batch]))
+            inputs = self.x_train[batch]
+            if self.config.augment:
+                inputs = random_crop_flip(inputs, augment_generator)
+            loss = F.cross_entropy(*flat_predictions(self.model(inputs), self.y_train[batch]))
             if not torch.isfinite(loss):
                 raise EvosparseError(
                     f"training diverged: the loss is {loss.item()} at epoch {epoch}, step {step}; "
@@ -276,7 +289,9 @@ class Trainer:
                 "weight_decay": config.weight_decay,
             },
             "batch_size": config.batch_size,
-            "distribution": config.distribution,
+            "distribution": config.effective_distribution,
+            "sparsify": config.sparsify,
+            "augment": config.augment,
             "layers": [
                 {
                     "name": r.name,

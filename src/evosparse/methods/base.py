@@ -109,6 +109,9 @@ class Method:
     #: Dense-to-sparse methods (GMP, pruning) start with every connection active and reach the
     #: requested density themselves; ``Sparsifier.target_budgets`` holds the per-layer goal.
     starts_dense: ClassVar[bool] = False
+    #: ``False`` for methods that find their own density (the switcher): ``density`` is then optional and,
+    #: when given, the method's budget (``Sparsifier.requested_density``).
+    needs_budget: ClassVar[bool] = True
 
     def __init__(self, sparsifier: Sparsifier) -> None:
         self.sparsifier = sparsifier

@@ -82,6 +82,7 @@ class Switcher(Method):
     evolves = True
     fixed_budget = False
     starts_dense = True
+    needs_budget = False
     #: The gates are applied by hooks on dense (masked) layers; a csr backend must refuse this method.
     supports_csr: ClassVar[bool] = False
     params = (
@@ -124,9 +125,9 @@ class Switcher(Method):
             raise UsageError("switcher gates fully connected layers, and the model has no nn.Linear layer")
         self.switchers = nn.ModuleList(self._build_switcher(index) for index in self.gated)
         self.switcher_optimizer = self._build_optimizer()
+        self.target_density = self._resolve_target(sparsifier.requested_density)
+        sparsifier.density_target = self.target_density or None
         self.budgets = [self._gate_budget(index) for index in self.gated]
-        target = self.hparams["target_density"]
-        sparsifier.density_target = target if target > 0 else None
         #: Values of switched-off connections (0 elsewhere), one matrix per gated layer.
         self.dormant = [torch.zeros_like(self._layer(slot).weight.detach()) for slot in range(len(self.gated))]
         #: Gates used by the forward hooks (None: compute them when next needed). In switcher epochs they
@@ -162,9 +163,17 @@ class Switcher(Method):
             return torch.optim.Adam(params, lr=lr, weight_decay=decay)
         return torch.optim.SGD(params, lr=lr, momentum=self.hparams["switcher_momentum"], weight_decay=decay)
 
+    def _resolve_target(self, requested: float | None) -> float:
+        """The budget: ``target_density``, else the run's ``--density`` (0 or 1 = none); both must agree."""
+        own = self.hparams["target_density"]
+        requested = requested if requested is not None and requested < 1.0 else None
+        if own > 0 and requested is not None and abs(own - requested) > 1e-12:
+            raise UsageError(f"switcher got target_density={own} and density={requested}; give one of them")
+        return own if own > 0 else (requested or 0.0)
+
     def _gate_budget(self, index: int) -> int | None:
         """How many gates layer ``index`` may keep under ``target_density`` (None: no budget)."""
-        target = self.hparams["target_density"]
+        target = self.target_density
         if target <= 0:
             return None
         out_features, in_features = self.topology.layers[index].shape

@@ -9,8 +9,11 @@ from dataclasses import dataclass
 from torch import nn
 
 from evosparse.errors import UsageError
+from evosparse.models.cnn import SmallCNN
+from evosparse.models.lenet import LeNet5
 from evosparse.models.lstm import CharLSTM
 from evosparse.models.mlp import MLP
+from evosparse.models.resnet import resnet18_cifar
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,44 @@ def _build_lstm(spec: ModelSpec) -> nn.Module:
     return CharLSTM(spec.num_classes, hidden[0], len(hidden), spec.dropout)
 
 
-MODELS: dict[str, Callable[[ModelSpec], nn.Module]] = {"mlp": _build_mlp, "lstm": _build_lstm}
+def _image_shape(name: str, spec: ModelSpec) -> tuple[int, int]:
+    """(channels, side) of square image samples, or a one-line error for other data."""
+    shape = spec.input_shape
+    if spec.sequence or len(shape) != 3 or shape[1] != shape[2]:
+        raise UsageError(f"model {name} needs square images (channels, side, side); this dataset gives {shape}")
+    return shape[0], shape[1]
+
+
+def _build_lenet5(spec: ModelSpec) -> nn.Module:
+    channels, side = _image_shape("lenet5", spec)
+    return LeNet5(channels, spec.num_classes, side)
+
+
+def _build_cnn(spec: ModelSpec) -> nn.Module:
+    channels, side = _image_shape("cnn", spec)
+    return SmallCNN(channels, spec.num_classes, side, fc_hidden=spec.hidden or ())
+
+
+def _build_resnet18(spec: ModelSpec) -> nn.Module:
+    channels, _ = _image_shape("resnet18", spec)
+    return resnet18_cifar(spec.num_classes, in_channels=channels)
+
+
+MODELS: dict[str, Callable[[ModelSpec], nn.Module]] = {
+    "mlp": _build_mlp,
+    "lstm": _build_lstm,
+    "lenet5": _build_lenet5,
+    "cnn": _build_cnn,
+    "resnet18": _build_resnet18,
+}
+
+#: Models with convolutions: ERK is their default density distribution (RigL), ER for the others.
+CONV_MODELS = frozenset({"lenet5", "cnn", "resnet18"})
+
+
+def default_distribution(model: str) -> str:
+    """The density distribution a run uses when none is given."""
+    return "erk" if model in CONV_MODELS else "erdos_renyi"
 
 
 def build_model(name: str, spec: ModelSpec) -> nn.Module:
