@@ -169,11 +169,14 @@ def command_line(ctx: typer.Context) -> str:
 @with_options("method", *SETUP_OPTIONS, "resume")
 def train(**options: Any) -> None:
     """Train one sparse network and write result.json, metrics.csv, curves.png and a checkpoint."""
+    from evosparse.distributed import context_from_environment
     from evosparse.engine.config import build_config
     from evosparse.engine.loop import train as run_training
 
     settings = build_config(options["config"], config_values(options), options["param"] or [])
     result = run_training(settings, resume=options["resume"], progress=options["progress"])
+    if not context_from_environment().is_leader:
+        return
     typer.echo(
         f"{result['method']} on {result['dataset']}: test accuracy {result['final_test_acc']:.4f} "
         f"(best {result['best_test_acc']:.4f}, ARA {result['ara']:.4f}) at density {result['density_final']:.4f} "

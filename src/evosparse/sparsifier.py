@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from evosparse.distributed import TopologySync, current_context
 from evosparse.errors import UsageError
 from evosparse.methods import Method, get_method, resolve_params
 from evosparse.topology.distributions import layer_budgets, layer_densities
@@ -113,6 +114,12 @@ class Sparsifier:
         self.density_target: float | None = None
         if method_cls.sparse:
             self.density_target = density if density is not None else sum(self.target_budgets) / self.topology.total
+        context = current_context()
+        if context.active and not method_cls.supports_distributed:
+            raise UsageError(
+                f"method {method} trains modules of its own that DDP does not synchronise; run it in one process"
+            )
+        self.sync = TopologySync(context) if context.active else None
         self.method: Method = method_cls(self)  # validates its own settings before the model is touched
         if method_cls.sparse:
             for layer in self.topology.layers:
@@ -142,7 +149,10 @@ class Sparsifier:
 
     def _update(self) -> None:
         started = time.perf_counter()
-        changed = self.method.update()
+        before = [layer.mask.clone() for layer in self.topology.layers] if self.sync else []
+        changed = self.method.update() if self.sync is None or self.sync.decides else 0
+        if self.sync is not None:
+            changed = self.sync.adopt_leader_topology(self.topology, before, changed)
         self.stats.updates += 1
         self.stats.connections_changed += changed
         self.stats.seconds += time.perf_counter() - started

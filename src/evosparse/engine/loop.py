@@ -15,10 +15,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from evosparse.analysis.plots import plot_run_curves
 from evosparse.data import Dataset, load_dataset
 from evosparse.data.augment import random_crop_flip
+from evosparse.distributed import DistributedContext, all_sum, context_from_environment, initialise, shard, shutdown
 from evosparse.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from evosparse.engine.config import TrainConfig, config_difference
 from evosparse.engine.records import EpochRecord, build_result, write_metrics_csv, write_result
@@ -36,10 +38,12 @@ def excluded_layers(model: nn.Module, part: str) -> list[str]:
     return {"all": [], "fc": select_layers(model, "conv"), "conv": select_layers(model, "fc")}[part]
 
 
-def resolve_device(name: str) -> torch.device:
-    """The requested device, or a one-line error when CUDA is asked for but absent."""
+def resolve_device(name: str, context: DistributedContext | None = None) -> torch.device:
+    """The requested device (under torchrun, CUDA device LOCAL_RANK), or a one-line error without CUDA."""
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda was requested but no CUDA device is available")
+    if name == "cuda" and context is not None and context.active:
+        return torch.device("cuda", context.local_rank)
     return torch.device(name)
 
 
@@ -85,10 +89,19 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, *, console: Console | None = None, progress: bool = True) -> None:
         self.config = config
-        self.out = config.output_folder()
         self.console = console or Console(stderr=True)
-        self.show_progress = progress
-        self.device = resolve_device(config.device)
+        self.context = context_from_environment()
+        if self.context.active and config.out is None:
+            raise UsageError("under torchrun pass --out DIR, so that every process uses the same folder")
+        self.out = config.output_folder()
+        self.show_progress = progress and self.context.is_leader
+        self.device = resolve_device(config.device, self.context)
+        if config.batch_size % self.context.world_size:
+            raise UsageError(
+                f"--batch-size {config.batch_size} (the global batch) must be divisible by the "
+                f"{self.context.world_size} processes"
+            )
+        initialise(self.context, self.device)
         self.data: Dataset = load_dataset(
             config.dataset, data_dir=Path(config.data_dir) if config.data_dir else None, target=config.target
         )
@@ -105,7 +118,8 @@ class Trainer:
         )
         self.model = build_model(config.model, spec).to(self.device)
         self.optimizer = make_optimizer(config, self.model)
-        self.steps_per_epoch = math.ceil(self.data.x_train.shape[0] / config.batch_size)
+        full, rest = divmod(self.data.x_train.shape[0], config.batch_size)
+        self.steps_per_epoch = full + (rest >= self.context.world_size)
         self.sparsifier = Sparsifier(
             self.model,
             self.optimizer,
@@ -122,6 +136,10 @@ class Trainer:
         )
         self.x_train, self.y_train = self.data.x_train.to(self.device), self.data.y_train.to(self.device)
         self.x_test, self.y_test = self.data.x_test.to(self.device), self.data.y_test.to(self.device)
+        self.train_model: nn.Module = self.model
+        if self.context.active:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.model, device_ids=device_ids)
         self.epochs: list[EpochRecord] = []
         self.wall_time_before = 0.0
 
@@ -178,24 +196,29 @@ class Trainer:
         loss_sum = 0.0
         batches = epoch_batches(self.x_train.shape[0], self.config.batch_size, self.config.seed, epoch)
         augment_generator = torch.Generator(self.device).manual_seed(self.config.seed * 1_000_003 + epoch + 104_729)
+        seen = 0
         for step, batch in enumerate(batches, 1):
-            batch = batch.to(self.device)
+            if batch.numel() < self.context.world_size:
+                break  # a last global batch too small to give every process a sample
+            batch = shard(batch, self.context).to(self.device)
             inputs = self.x_train[batch]
             if self.config.augment:
                 inputs = random_crop_flip(inputs, augment_generator)
-            loss = F.cross_entropy(*flat_predictions(self.model(inputs), self.y_train[batch]))
-            if not torch.isfinite(loss):
+            loss = F.cross_entropy(*flat_predictions(self.train_model(inputs), self.y_train[batch]))
+            [step_loss] = all_sum([loss.item() * batch.numel()], self.context)
+            if not math.isfinite(step_loss):
                 raise EvosparseError(
-                    f"training diverged: the loss is {loss.item()} at epoch {epoch}, step {step}; "
+                    f"training diverged: the loss is {step_loss} at epoch {epoch}, step {step}; "
                     f"the last good checkpoint is kept in {self.out} (try a smaller --lr)"
                 )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             self.sparsifier.step()
-            loss_sum += loss.item() * batch.numel()
+            loss_sum += step_loss
+            seen += batch.numel() * self.context.world_size
             on_step()
-        return loss_sum / self.x_train.shape[0]
+        return loss_sum / seen
 
     def run(self, resume: bool = False) -> dict[str, Any]:
         """Train the remaining epochs, writing metrics and a checkpoint after each; return result.json."""
@@ -222,7 +245,8 @@ class Trainer:
                 train_time = time.perf_counter() - epoch_started - step_stats.seconds
                 test_loss, test_acc = evaluate(self.model, self.x_test, self.y_test)
                 density = self.sparsifier.density()
-                if self.config.snapshots and self.sparsifier.method.sparse:
+                leader = self.context.is_leader
+                if leader and self.config.snapshots and self.sparsifier.method.sparse:
                     save_snapshot(self.out, epoch, self.sparsifier.topology)
                 self.sparsifier.end_epoch()
                 epoch_stats = self.sparsifier.take_stats()
@@ -238,8 +262,9 @@ class Trainer:
                         connections_changed=step_stats.connections_changed + epoch_stats.connections_changed,
                     )
                 )
-                write_metrics_csv(self.out / "metrics.csv", self.epochs)
-                save_checkpoint(self.checkpoint_path, self._checkpoint_state(self._wall(started)))
+                if leader:
+                    write_metrics_csv(self.out / "metrics.csv", self.epochs)
+                    save_checkpoint(self.checkpoint_path, self._checkpoint_state(self._wall(started)))
                 if progress:
                     progress.update(task, description=f"epoch {epoch}/{config.epochs} acc {test_acc:.4f}")
         result = build_result(
@@ -249,8 +274,9 @@ class Trainer:
             density_final=self.sparsifier.density(),
             wall_time_s=self._wall(started),
         )
-        write_result(self.out / "result.json", result)
-        plot_run_curves(self.out / "curves.png", result["epochs"], f"{config.method} on {config.dataset}")
+        if self.context.is_leader:
+            write_result(self.out / "result.json", result)
+            plot_run_curves(self.out / "curves.png", result["epochs"], f"{config.method} on {config.dataset}")
         return result
 
     def _wall(self, started: float) -> float:
@@ -278,6 +304,7 @@ class Trainer:
             "architecture": architecture_of(self.model),
             "backend": config.backend,
             "seed": config.seed,
+            "world_size": self.context.world_size,
             "density_target": self.sparsifier.density_target,
             "params_dense": self.sparsifier.topology.total,
             "params_extra_training": self.sparsifier.method.extra_parameters(),
@@ -309,4 +336,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     """Run (or resume) the training described by ``config``; return the result.json content."""
     if resume and config.out is None:
         raise UsageError("--resume needs --out DIR, the folder of the run to continue")
-    return Trainer(config, progress=progress).run(resume=resume)
+    trainer = Trainer(config, progress=progress)
+    try:
+        return trainer.run(resume=resume)
+    finally:
+        shutdown(trainer.context)

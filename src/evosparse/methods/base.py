@@ -112,6 +112,9 @@ class Method:
     #: ``False`` for methods that find their own density (the switcher): ``density`` is then optional and,
     #: when given, the method's budget (``Sparsifier.requested_density``).
     needs_budget: ClassVar[bool] = True
+    #: ``False`` for methods that train modules of their own (skip layers, switchers) which DDP would not
+    #: keep in sync across ranks.
+    supports_distributed: ClassVar[bool] = True
 
     def __init__(self, sparsifier: Sparsifier) -> None:
         self.sparsifier = sparsifier

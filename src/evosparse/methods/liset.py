@@ -57,6 +57,7 @@ class LiSET(Method):
     name = "liset"
     summary = "SET whose growth favours inputs used by dense skip layers to the output (Radu 2021)"
     evolves = True
+    supports_distributed = False
     params = (
         Param("gamma", 0.0, "γ: large → uniform growth (SET), small → growth concentrated on strong inputs"),
         Param("zeta", 0.3, "fraction of each layer's active weights replaced per update", minimum=0.0, maximum=1.0),

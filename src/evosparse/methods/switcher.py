@@ -80,6 +80,7 @@ class Switcher(Method):
     name = "switcher"
     summary = "per-layer U-Net switchers learn gates of connections or neurons, trained alternately (Han et al.)"
     evolves = True
+    supports_distributed = False
     fixed_budget = False
     starts_dense = True
     needs_budget = False
