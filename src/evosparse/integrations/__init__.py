@@ -1,0 +1,1 @@
+"""Adapters that plug evosparse into other training frameworks (optional dependencies)."""
