@@ -9,6 +9,7 @@ import torch
 from evosparse.engine import checkpoint, loop
 from evosparse.engine.config import build_config
 from evosparse.errors import UsageError
+from support import killed_then_resumed
 
 REPRODUCIBLE = ["epoch", "train_loss", "test_loss", "test_acc", "density", "connections_changed"]
 
@@ -22,32 +23,22 @@ def numbers(result):
     return [[record[key] for key in REPRODUCIBLE] for record in result["epochs"]]
 
 
-class Killed(Exception):
-    pass
-
-
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, monkeypatch, optimizer):
     lr = 0.01 if optimizer == "adam" else 0.05
     reference = loop.train(config(tmp_path / "full", optimizer=optimizer, lr=lr), progress=False)
-
-    real_save = checkpoint.save_checkpoint
-    saves = []
-
-    def save_then_die(path, state):
-        real_save(path, state)
-        saves.append(state["epoch"])
-        if len(saves) == 2:
-            raise Killed
-
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
-    with pytest.raises(Killed):
-        loop.train(config(tmp_path / "cut", optimizer=optimizer, lr=lr), progress=False)
-    assert not (tmp_path / "cut" / "result.json").exists()
-    monkeypatch.setattr(loop, "save_checkpoint", real_save)
-    resumed = loop.train(config(tmp_path / "cut", optimizer=optimizer, lr=lr), resume=True, progress=False)
+    resumed = killed_then_resumed(
+        lambda: config(tmp_path / "cut", optimizer=optimizer, lr=lr), monkeypatch, kill_after_epoch=2
+    )
     assert numbers(resumed) == numbers(reference)
     assert json.loads((tmp_path / "cut" / "result.json").read_text())["final_test_acc"] == reference["final_test_acc"]
+
+
+def test_a_killed_run_leaves_no_result_until_it_is_resumed(tmp_path, monkeypatch):
+    monkeypatch.setattr(loop, "save_checkpoint", lambda path, state: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(config(tmp_path / "cut"), progress=False)
+    assert not (tmp_path / "cut" / "result.json").exists()
 
 
 def test_an_existing_run_is_never_overwritten_without_resume(tmp_path):

@@ -9,7 +9,7 @@ from torch.nn import functional as F
 
 import evosparse
 from conftest import small_mlp
-from evosparse.engine import checkpoint, loop
+from evosparse.engine import loop
 from evosparse.engine.config import build_config
 from evosparse.errors import UsageError
 from evosparse.methods.adaptive import (
@@ -18,6 +18,7 @@ from evosparse.methods.adaptive import (
     largest_with_random_ties,
     prune_probability,
 )
+from support import killed_then_resumed
 
 
 def adaptive(model, **params):
@@ -222,10 +223,6 @@ def test_state_dict_round_trips_and_foreign_state_is_refused():
         other.load_state_dict(state)
 
 
-class Killed(Exception):
-    pass
-
-
 @pytest.mark.parametrize("pairs", [[], ["mode=stochastic", "beta0=0.5", "beta1=0.5"]])
 def test_learns_on_digits_and_resumes_exactly(tmp_path, monkeypatch, pairs):
     def config(out):
@@ -235,17 +232,6 @@ def test_learns_on_digits_and_resumes_exactly(tmp_path, monkeypatch, pairs):
     reference = loop.train(config(tmp_path / "full"), progress=False)
     assert reference["final_test_acc"] > 0.8
     assert sum(e["connections_changed"] for e in reference["epochs"]) > 0
-    real_save = checkpoint.save_checkpoint
-
-    def save_then_die(path, state):
-        real_save(path, state)
-        if state["epoch"] == 2:
-            raise Killed
-
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
-    with pytest.raises(Killed):
-        loop.train(config(tmp_path / "cut"), progress=False)
-    monkeypatch.setattr(loop, "save_checkpoint", real_save)
-    resumed = loop.train(config(tmp_path / "cut"), resume=True, progress=False)
+    resumed = killed_then_resumed(lambda: config(tmp_path / "cut"), monkeypatch, kill_after_epoch=2)
     keys = ("test_loss", "density", "connections_changed")
     assert [[e[k] for k in keys] for e in resumed["epochs"]] == [[e[k] for k in keys] for e in reference["epochs"]]

@@ -1,6 +1,5 @@
 import pytest
 import torch
-from test_rigl import batches, saved_and_loaded, small_conv, train_steps
 from torch.nn import functional as F
 
 import evosparse
@@ -8,6 +7,7 @@ from conftest import small_mlp
 from evosparse.engine.config import build_config
 from evosparse.engine.loop import train
 from evosparse.errors import UsageError
+from support import assert_resume_is_exact, batches, small_conv, train_steps
 
 
 def gmp(model, total_steps, **params):
@@ -90,18 +90,7 @@ def test_a_resumed_run_prunes_the_same_connections():
         model = small_mlp()
         return model, gmp(model, 40, update_interval=4, seed=seed)
 
-    data = batches(40)
-    model, sparsifier = fresh(0)
-    train_steps(model, sparsifier, data[:14])  # between the pruning steps at 12 and 16
-    resumed_model, resumed = fresh(1)
-    resumed_model.load_state_dict(saved_and_loaded(model.state_dict()))
-    resumed.topology.optimizer.load_state_dict(saved_and_loaded(sparsifier.topology.optimizer.state_dict()))
-    resumed.load_state_dict(saved_and_loaded(sparsifier.state_dict()))
-    train_steps(model, sparsifier, data[14:])
-    train_steps(resumed_model, resumed, data[14:])
-    for layer, other in zip(sparsifier.topology.layers, resumed.topology.layers):
-        assert torch.equal(layer.mask, other.mask)
-        assert torch.equal(layer.weight, other.weight)
+    assert_resume_is_exact(fresh, batches(40), cut=14)  # between the pruning steps at 12 and 16
 
 
 def test_gmp_refuses_a_schedule_without_a_pruning_step(mlp):

@@ -10,10 +10,11 @@ from torch.nn import functional as F
 
 import evosparse
 from conftest import small_mlp
-from evosparse.engine import checkpoint, loop
+from evosparse.engine import loop
 from evosparse.engine.config import build_config
 from evosparse.errors import UsageError
 from evosparse.methods.liset import SKIP_INIT_SCALE, source_preference
+from support import killed_then_resumed
 
 
 def liset(model, optimizer=None, **params):
@@ -203,10 +204,6 @@ def test_a_wrong_output_size_is_reported_in_one_line(mlp):
         train_steps(mlp, sparsifier, steps=1)
 
 
-class Killed(Exception):
-    pass
-
-
 @pytest.mark.parametrize("optimizer, lr", [("sgd", 0.05), ("adam", 0.01)])
 def test_learns_on_digits_and_resumes_exactly(tmp_path, monkeypatch, optimizer, lr):
     def config(out):
@@ -215,16 +212,5 @@ def test_learns_on_digits_and_resumes_exactly(tmp_path, monkeypatch, optimizer, 
 
     reference = loop.train(config(tmp_path / "full"), progress=False)
     assert reference["final_test_acc"] > 0.8
-    real_save = checkpoint.save_checkpoint
-
-    def save_then_die(path, state):
-        real_save(path, state)
-        if state["epoch"] == 2:
-            raise Killed
-
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
-    with pytest.raises(Killed):
-        loop.train(config(tmp_path / "cut"), progress=False)
-    monkeypatch.setattr(loop, "save_checkpoint", real_save)
-    resumed = loop.train(config(tmp_path / "cut"), resume=True, progress=False)
+    resumed = killed_then_resumed(lambda: config(tmp_path / "cut"), monkeypatch, kill_after_epoch=2)
     assert [e["test_loss"] for e in resumed["epochs"]] == [e["test_loss"] for e in reference["epochs"]]

@@ -1,12 +1,12 @@
 import pytest
 import torch
-from test_rigl import batches, saved_and_loaded, small_conv, train_steps
 
 import evosparse
 from conftest import small_mlp
 from evosparse.engine.config import build_config
 from evosparse.engine.loop import train
 from evosparse.errors import UsageError
+from support import batches, saved_and_loaded, small_conv, train_steps
 
 STEPS_PER_EPOCH = 5
 

@@ -1,8 +1,6 @@
-import io
 
 import pytest
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 import evosparse
@@ -12,39 +10,7 @@ from evosparse.criteria.schedules import cosine_update_fraction
 from evosparse.engine.config import build_config
 from evosparse.engine.loop import train
 from evosparse.errors import UsageError
-
-
-def small_conv() -> nn.Sequential:
-    """Two 3×3 convolutions and a linear head, for 1×6×6 inputs and 5 classes."""
-    return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.Flatten(),
-        nn.Linear(8 * 6 * 6, 5),
-    )  # fmt: skip
-
-
-def batches(count, input_shape=(20,), classes=5, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    return [
-        (torch.randn(16, *input_shape, generator=generator), torch.randint(0, classes, (16,), generator=generator))
-        for _ in range(count)
-    ]
-
-
-def train_steps(model, sparsifier, data):
-    optimizer = sparsifier.topology.optimizer
-    for x, y in data:
-        optimizer.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        optimizer.step()
-        sparsifier.step()
-
-
-def saved_and_loaded(state):
-    """``state`` after a round trip through bytes, loaded as checkpoints are (``weights_only=True``)."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=True)
+from support import assert_resume_is_exact, batches, small_conv, train_steps
 
 
 def flat_set(mask):
@@ -176,18 +142,7 @@ def test_a_resumed_run_makes_the_same_updates():
         )
         return model, sparsifier
 
-    data = batches(30)
-    model, sparsifier = fresh(0)
-    train_steps(model, sparsifier, data[:14])  # between the updates at steps 12 and 16
-    resumed_model, resumed = fresh(1)
-    resumed_model.load_state_dict(saved_and_loaded(model.state_dict()))
-    resumed.topology.optimizer.load_state_dict(saved_and_loaded(sparsifier.topology.optimizer.state_dict()))
-    resumed.load_state_dict(saved_and_loaded(sparsifier.state_dict()))
-    train_steps(model, sparsifier, data[14:])
-    train_steps(resumed_model, resumed, data[14:])
-    for layer, other in zip(sparsifier.topology.layers, resumed.topology.layers):
-        assert torch.equal(layer.mask, other.mask)
-        assert torch.equal(layer.weight, other.weight)
+    assert_resume_is_exact(fresh, batches(30), cut=14)  # between the updates at steps 12 and 16
 
 
 def test_rigl_refuses_what_it_cannot_schedule(mlp):

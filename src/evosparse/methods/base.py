@@ -86,6 +86,15 @@ SCHEDULE_PARAMS: tuple[Param, ...] = (
 )
 
 
+def step_schedule(interval_help: str, until_help: str, interval: int = 100, until: float = 0.75) -> tuple[Param, ...]:
+    """Schedule parameters of methods that act on optimizer steps only (RigL, GMP)."""
+    return (
+        Param("update_unit", "step", "this method acts every N optimizer steps", choices=("step",)),
+        Param("update_interval", interval, interval_help, minimum=1),
+        Param("update_until", until, until_help, minimum=0.0, maximum=1.0),
+    )
+
+
 class Method:
     """Base class of a sparse-training method; subclasses register with :func:`register`.
 

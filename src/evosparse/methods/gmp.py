@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from evosparse.criteria.schedules import cubic_sparsity, last_update_step
 from evosparse.errors import UsageError
-from evosparse.methods.base import Method, Param, register
+from evosparse.methods.base import Method, Param, register, step_schedule
 from evosparse.methods.prune import prune_smallest_magnitude
 
 if TYPE_CHECKING:
@@ -29,14 +29,9 @@ class GMP(Method):
     starts_dense = True
     params = (
         Param("prune_begin", 0.0, "t0: fraction of training at which pruning begins", minimum=0.0, maximum=1.0),
-        Param("update_unit", "step", "GMP prunes every Δt optimizer steps", choices=("step",)),
-        Param("update_interval", 100, "Δt: optimizer steps between pruning steps", minimum=1),
-        Param(
-            "update_until",
-            0.75,
+        *step_schedule(
+            "Δt: optimizer steps between pruning steps",
             "the target is reached at the last pruning step before this fraction of training",
-            minimum=0.0,
-            maximum=1.0,
         ),
     )
 

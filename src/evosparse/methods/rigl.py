@@ -10,7 +10,7 @@ from evosparse.criteria.growth import top_scores_growth
 from evosparse.criteria.magnitude import weakest_of
 from evosparse.criteria.schedules import cosine_update_fraction
 from evosparse.errors import UsageError
-from evosparse.methods.base import Method, Param, register
+from evosparse.methods.base import Method, Param, register, step_schedule
 
 if TYPE_CHECKING:
     from evosparse.sparsifier import Sparsifier
@@ -38,14 +38,9 @@ class RigL(Method):
             minimum=0.0,
             maximum=1.0,
         ),
-        Param("update_unit", "step", "RigL updates every ΔT optimizer steps", choices=("step",)),
-        Param("update_interval", 100, "ΔT: optimizer steps between topology updates", minimum=1),
-        Param(
-            "update_until",
-            0.75,
+        *step_schedule(
+            "ΔT: optimizer steps between topology updates",
             "T_end: fraction of training after which the topology is fixed",
-            minimum=0.0,
-            maximum=1.0,
         ),
     )
 
