@@ -1,0 +1,166 @@
+"""Topology operations on a :class:`CsrLinear`, at cost O(nnz + changes) up to log factors, never O(out x in).
+
+Positions are flat int64 indices ``row * in_features + col`` — the same numbering as the flat
+positions of a dense (out, in) mask, so selections can be compared between backends. The CSR order
+(row-major) is increasing flat position, so the active positions come sorted for free.
+
+:func:`rewire` is the csr counterpart of :meth:`evosparse.topology.masks.Topology.rewire`: the same
+checks (prune ⊂ active, grow ⊂ inactive before the call, no duplicates) and the same effect on the
+optimizer: state of pruned connections disappears, grown connections start from zero state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from evosparse.backends.csr_layer import CsrLinear
+from evosparse.backends.csr_ops import CsrStructure
+from evosparse.backends.uniform_sampling import is_member, locate, sample_absent
+
+
+def active_positions(layer: CsrLinear) -> Tensor:
+    """Sorted flat positions (row · in_features + col, int64) of the active connections: O(nnz)."""
+    structure = layer.structure
+    return structure.row_indices * structure.shape[1] + structure.col_indices
+
+
+def active_values(layer: CsrLinear) -> Tensor:
+    """The active weights (detached), aligned with :func:`active_positions`."""
+    return layer.values.detach()
+
+
+def contains(layer: CsrLinear, positions: Tensor) -> Tensor:
+    """Whether each flat position is active (binary search in the sorted active positions)."""
+    keys = active_positions(layer)
+    return is_member(keys, positions.to(keys.device, torch.int64))
+
+
+def sample_inactive(layer: CsrLinear, count: int, generator: torch.Generator, exclude: Tensor | None = None) -> Tensor:
+    """``count`` distinct inactive positions, uniform without replacement, none in ``exclude``.
+
+    No dense mask: random positions are drawn and rejected when active, excluded or repeated
+    (expected O(count · log nnz)), with an exact enumeration of the free positions when the layer is
+    nearly full; see :func:`evosparse.backends.uniform_sampling.sample_absent` for the cost bounds.
+    """
+    out_features, in_features = layer.shape
+    return sample_absent(active_positions(layer), out_features * in_features, count, generator, exclude)
+
+
+@torch.no_grad()
+def rewire(
+    layer: CsrLinear,
+    prune: Tensor,
+    grow: Tensor,
+    grow_values: Tensor | float = 0.0,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> int:
+    """Deactivate flat positions ``prune``, activate ``grow`` with ``grow_values``; return the number changed.
+
+    ``prune`` must be active and ``grow`` inactive before the call, both without duplicates
+    (AssertionError otherwise, as in the masked backend). The values Parameter keeps its identity;
+    its gradient and every optimizer-state tensor shaped like it (SGD momentum, Adam moments, ...) are
+    carried to the new CSR order, with pruned entries dropped and grown entries zero. When the
+    number of connections is unchanged, all of them are updated in place (same storage).
+    Cost O(nnz log nnz) (two sorts of the new positions to build the CSR structure and its transpose).
+    """
+    keys = active_positions(layer)
+    prune = prune.to(keys.device, torch.int64).reshape(-1)
+    grow = grow.to(keys.device, torch.int64).reshape(-1)
+    merge = _Merge.plan(layer, keys, prune, grow)
+    values = layer.values
+    new_values = torch.as_tensor(grow_values, dtype=values.dtype, device=keys.device).reshape(-1)
+    if new_values.numel() not in (1, grow.numel()):
+        raise AssertionError(f"{new_values.numel()} grow values for {grow.numel()} grown positions")
+    new_values = new_values.expand(grow.numel())[merge.grow_order]
+
+    rows = torch.div(merge.new_keys, layer.in_features, rounding_mode="floor")
+    # The new positions are sorted and distinct by construction, so the structure is built directly.
+    structure = CsrStructure._from_sorted(rows, merge.new_keys - rows * layer.in_features, layer.shape)
+    values.data = _replaced(values.data, merge.realign(values.detach(), new_values))
+    if values.grad is not None:
+        values.grad = _replaced(values.grad, merge.realign(values.grad))
+    if optimizer is not None:
+        state = optimizer.state.get(values, {})
+        for name, tensor in list(state.items()):
+            if torch.is_tensor(tensor) and tensor.shape == merge.keep.shape:
+                state[name] = _replaced(tensor, merge.realign(tensor))
+    layer.structure = structure
+    return int(prune.numel() + grow.numel())
+
+
+@dataclass(frozen=True)
+class _Merge:
+    """Where each connection goes when a sorted list of positions loses ``prune`` and gains ``grow``.
+
+    ``keep`` marks the old entries that stay; they land at ``kept_slots`` of the new list, the grown
+    positions (sorted, ``grow_order`` maps them back to the caller's order) at ``grown_slots``.
+    """
+
+    keep: Tensor
+    kept_slots: Tensor
+    grown_slots: Tensor
+    grow_order: Tensor
+    new_keys: Tensor
+
+    @classmethod
+    def plan(cls, layer: CsrLinear, keys: Tensor, prune: Tensor, grow: Tensor) -> _Merge:
+        """Check the rewiring's preconditions (AssertionError) and plan the merge: O(nnz + changes · log nnz)."""
+        name = f"csr layer {layer.shape}"
+        prune_slots, found = locate(keys, torch.sort(prune).values)
+        if not bool(found.all()):
+            raise AssertionError(f"{name}: pruning an inactive connection")
+        keep = torch.ones(keys.numel(), dtype=torch.bool, device=keys.device)
+        keep[prune_slots] = False
+        grow_sorted, grow_order = torch.sort(grow)
+        if int(keep.sum()) != keys.numel() - prune.numel() or bool((grow_sorted[1:] == grow_sorted[:-1]).any()):
+            raise AssertionError(f"{name}: duplicate positions in a rewiring")
+        if grow.numel() and (int(grow_sorted[0]) < 0 or int(grow_sorted[-1]) >= layer.shape[0] * layer.shape[1]):
+            raise AssertionError(f"{name}: growing a position outside the weight")
+        if grow.numel() and bool(is_member(keys, grow_sorted).any()):
+            raise AssertionError(f"{name}: growing an active connection")
+        kept_keys = keys[keep]
+        grown_slots = torch.searchsorted(kept_keys, grow_sorted) + torch.arange(grow.numel(), device=keys.device)
+        is_grown = torch.zeros(kept_keys.numel() + grow.numel(), dtype=torch.bool, device=keys.device)
+        is_grown[grown_slots] = True
+        kept_slots = (~is_grown).nonzero().squeeze(1)
+        new_keys = torch.empty(is_grown.numel(), dtype=torch.int64, device=keys.device)
+        new_keys[kept_slots] = kept_keys
+        new_keys[grown_slots] = grow_sorted
+        return cls(keep, kept_slots, grown_slots, grow_order, new_keys)
+
+    def realign(self, old: Tensor, grown: Tensor | float = 0.0) -> Tensor:
+        """``old`` (one entry per old connection) in the new order: kept entries moved, ``grown`` at the new ones."""
+        new = old.new_empty(self.new_keys.numel())
+        new[self.kept_slots] = old[self.keep]
+        new[self.grown_slots] = torch.as_tensor(grown, dtype=old.dtype, device=old.device).expand(
+            self.grown_slots.numel()
+        )
+        return new
+
+
+def check(layer: CsrLinear) -> None:
+    """Assert the structure's invariants: values aligned with it, positions strictly increasing, in range."""
+    structure = layer.structure
+    assert layer.values.shape == (structure.nnz,), "values are not aligned with the CSR structure"
+    assert structure.crow_indices.numel() == structure.shape[0] + 1
+    assert int(structure.crow_indices[-1]) == structure.nnz
+    keys = active_positions(layer)
+    assert keys.numel() < 2 or bool((keys[1:] > keys[:-1]).all()), "CSR positions are not strictly increasing"
+    assert keys.numel() == 0 or (int(keys[0]) >= 0 and int(keys[-1]) < structure.shape[0] * structure.shape[1])
+
+
+def dense_mask_for_tests(layer: CsrLinear) -> Tensor:
+    """The (out, in) boolean mask of the active positions — O(out · in), for tests only."""
+    mask = torch.zeros(layer.shape, dtype=torch.bool, device=layer.structure.device)
+    mask[layer.structure.row_indices, layer.structure.col_indices] = True
+    return mask
+
+
+def _replaced(old: Tensor, new: Tensor) -> Tensor:
+    """``old`` overwritten with ``new`` when the shapes agree (keeping its storage), else ``new`` itself."""
+    if old.shape == new.shape:
+        return old.copy_(new)
+    return new
