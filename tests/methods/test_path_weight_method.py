@@ -227,7 +227,7 @@ def test_state_dict_round_trip_restores_values_trajectory_and_epoch_statistics()
 
 def test_models_without_a_chain_of_linear_layers_are_refused_in_one_line():
     conv = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))
-    with pytest.raises(UsageError, match="Conv2d; use method sensitivity"):
+    with pytest.raises(UsageError, match="Conv2d; sparsify only the fully connected part"):
         evosparse.sparsify(conv, None, "path_weight", density=0.5)
     two_heads = nn.ModuleDict({"a": nn.Linear(8, 6), "b": nn.Linear(8, 6)})
     with pytest.raises(UsageError, match="takes 8 inputs"):

@@ -253,7 +253,7 @@ def _build_presets() -> dict[str, Preset]:
         ),
         _switcher(
             "cifar10",
-            {"model": "resnet18"},
+            {"model": "resnet18", "sparsify": "fc", "augment": True},
             "Table 2: ResNet18 on CIFAR10",
             "only the fully connected layer is switched in the paper",
         ),

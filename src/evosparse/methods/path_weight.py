@@ -327,7 +327,8 @@ def check_linear_chain(layers: list[Any]) -> list[nn.Linear]:
         if not isinstance(layer.module, nn.Linear) or layer.attr != "weight":
             raise UsageError(
                 f"path_weight needs a chain of fully connected layers, but sparse layer {layer.name!r} is a "
-                f"{type(layer.module).__name__}; use method sensitivity for this model"
+                f"{type(layer.module).__name__}; sparsify only the fully connected part (--sparsify fc) or use "
+                "method sensitivity"
             )
         if index and layer.shape[1] != layers[index - 1].shape[0]:
             raise UsageError(
