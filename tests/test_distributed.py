@@ -2,6 +2,7 @@
 and optimizer state, although each trains on its own data (so local decisions would differ)."""
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,13 @@ from torch.nn.parallel import DistributedDataParallel
 import evosparse
 
 STEPS = 8
+
+
+def free_port() -> str:
+    """A TCP port on the loopback that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return str(probe.getsockname()[1])
 
 
 def worker(rank: int, world_size: int, folder: str, method: str) -> None:
@@ -62,7 +70,7 @@ def test_both_ranks_hold_identical_topologies_after_every_update(tmp_path, metho
 def test_torchrun_trains_through_the_cli_and_rank_zero_alone_writes(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
                "-m", "evosparse", "train", "--epochs", "2", "--hidden", "32", "--out", str(out), "--no-progress"]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

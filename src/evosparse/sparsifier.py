@@ -15,6 +15,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from evosparse.backends.csr_model import (
+    CsrTopology,
+    build_csr_topology,
+    check_backend,
+    check_convertible,
+    convert_to_csr,
+)
+from evosparse.backends.csr_ops import GradientTap
+from evosparse.backends.layer_view import CsrLayerView, SparseLayerView, masked_views
 from evosparse.distributed import TopologySync, current_context
 from evosparse.errors import UsageError
 from evosparse.methods import Method, get_method, resolve_params
@@ -61,6 +70,11 @@ class Sparsifier:
             ``keep`` keeps the model's own values (masked).
         total_steps: training length, needed when the method's ``update_until`` < 1.
         seed: seeds the generator used for masks, initialisation and random growth.
+        backend: ``masked`` (dense weights times boolean masks) or ``csr`` (every sparse ``nn.Linear``
+            becomes a :class:`~evosparse.backends.csr_layer.CsrLinear`, and the optimizer trains its
+            ``values``; only methods with ``supports_csr``). Linear layers whose weights are on the
+            ``meta`` device (a model built under ``torch.device("meta")``) are then drawn sparse
+            directly, never dense (:mod:`evosparse.backends.csr_build`).
         params: method parameters (see :func:`evosparse.methods.resolve_params`).
     """
 
@@ -78,9 +92,12 @@ class Sparsifier:
         exclude: Sequence[str] | None = None,
         total_steps: int | None = None,
         seed: int = 0,
+        backend: str = "masked",
         **params: Any,
     ) -> None:
         method_cls = get_method(method)
+        check_backend(method_cls, backend)
+        self.backend = backend
         self.hparams = resolve_params(method_cls, params)
         if method_cls.evolves and self.hparams["update_until"] < 1.0 and total_steps is None:
             raise UsageError("update_until < 1 needs total_steps, the length of training")
@@ -110,23 +127,53 @@ class Sparsifier:
             self.target_densities = [1.0] * len(shapes)
             self.target_budgets = [shape.numel() for shape in shapes]
         initial = [shape.numel() for shape in shapes] if method_cls.starts_dense else self.target_budgets
-        self.topology = Topology.build(found, initial, self.generator, optimizer=optimizer)
+        # Weights on the meta device have no storage: the csr backend builds them sparse directly.
+        direct = any(getattr(module, attr).is_meta for _, module, attr in found)
+        if backend == "csr":
+            check_convertible(found)
+        elif direct:
+            raise UsageError("the model's weights are on the meta device; only --backend csr can build them")
+        self.topology: Topology | CsrTopology = CsrTopology([], optimizer)  # filled after the method's checks
+        if not direct:
+            self.topology = Topology.build(found, initial, self.generator, optimizer=optimizer)
         self.density_target: float | None = None
         if method_cls.sparse:
-            self.density_target = density if density is not None else sum(self.target_budgets) / self.topology.total
+            total = sum(shape.numel() for shape in shapes)
+            self.density_target = density if density is not None else sum(self.target_budgets) / total
         context = current_context()
+        if context.active and backend == "csr":
+            raise UsageError("--backend csr runs in one process; distributed training needs --backend masked")
         if context.active and not method_cls.supports_distributed:
             raise UsageError(
                 f"method {method} trains modules of its own that DDP does not synchronise; run it in one process"
             )
         self.sync = TopologySync(context) if context.active else None
         self.method: Method = method_cls(self)  # validates its own settings before the model is touched
-        if method_cls.sparse:
+        if direct:
+            self.topology = build_csr_topology(model, found, initial, init, self.generator, optimizer)
+        elif method_cls.sparse:
             for layer in self.topology.layers:
                 initialise_sparse_weights(layer, init, self.generator)
-            self.topology.install_gradient_hooks()
-            if self.method.wants_gradients():
-                self.topology.gradient_observers.append(self.method.observe_gradient)
+        if backend == "csr":
+            self._start_csr(optimizer)
+        else:
+            self.views: list[SparseLayerView] = list(masked_views(self.topology))
+            if method_cls.sparse:
+                self.topology.install_gradient_hooks()
+                if self.method.wants_gradients():
+                    self.topology.gradient_observers.append(self.method.observe_gradient)
+
+    def _start_csr(self, optimizer: torch.optim.Optimizer | None) -> None:
+        """Convert the masked layers just built (unless built sparse directly) and give the method csr views."""
+        if isinstance(self.topology, Topology):
+            self.topology = convert_to_csr(self.model, self.topology)
+        self.method.topology = self.topology  # type: ignore[assignment]
+        self.views = [CsrLayerView(layer.module, optimizer) for layer in self.topology.layers]
+        if self.method.wants_gradients():
+            # Each backward pass leaves (x, grad_y) in the tap, from which the method reads dL/dW at
+            # inactive positions when it updates; no dense gradient exists on this backend.
+            for layer in self.topology.layers:
+                layer.module.tap = GradientTap()
 
     # -- schedule -------------------------------------------------------------------------------
 

@@ -50,7 +50,9 @@ def test_param_pairs_are_typed_by_the_method_and_override_toml(tmp_path):
         ({}, ["unknown=1"], "has no parameter 'unknown'"),
         ({"method": "static"}, ["zeta=0.3"], "has no parameter 'zeta'"),
         ({"nesterov": True, "optimizer": "adam"}, [], "nesterov needs"),
-        ({"backend": "csr"}, [], "csr backend"),
+        ({"backend": "csr", "method": "switcher"}, [], "method switcher has no csr implementation"),
+        ({"backend": "csr", "method": "dense"}, [], "needs a sparse method"),
+        ({"backend": "sparse"}, [], "unknown backend"),
     ],
 )
 def test_every_bad_value_fails_with_one_line(overrides, pairs, message):

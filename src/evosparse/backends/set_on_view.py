@@ -1,8 +1,7 @@
 """SET's topology update written once against :class:`SparseLayerView`, for both backends.
 
-Kept beside the view (not in ``methods/``) because it is the proof that a method needs to be
-written only once: the ``set`` method itself still runs on the masked ``Topology`` and will call
-:func:`set_update` per layer view when the engine gains ``--backend csr``.
+The ``set`` method (:mod:`evosparse.methods.set`) calls :func:`set_update` on each of the
+Sparsifier's layer views, on either backend.
 
 The selection reuses SET's own criteria (:func:`set_prune_selection`, :func:`weakest_of`) on the
 1-D vector of active values, which lists the active weights in increasing flat position, exactly

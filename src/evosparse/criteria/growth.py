@@ -18,7 +18,6 @@ def uniform_growth(mask: torch.Tensor, count: int, generator: torch.Generator) -
     return inactive[torch.randperm(inactive.numel(), generator=generator)[:count]]
 
 
-
 def source_weighted_growth(
     mask: torch.Tensor, count: int, source_weights: torch.Tensor, generator: torch.Generator
 ) -> torch.Tensor:
@@ -59,12 +58,19 @@ def top_scores_growth(scores: torch.Tensor, mask: torch.Tensor, count: int) -> t
 
     RigL's growth (Evci et al. 2020, section 3) passes the dense gradient magnitude |∂L/∂w| as scores.
     Pass the mask as it was *before* this update's pruning, so nothing pruned now is regrown now.
-    Positions come back on the scores' device, in no particular order.
+    Positions come back on the scores' device, best first; ties go to the smaller position.
     """
     if scores.shape != mask.shape:
         raise UsageError(f"need one score per position {tuple(mask.shape)}, got {tuple(scores.shape)}")
     inactive = (~mask.reshape(-1)).nonzero().squeeze(1).to(scores.device)
     if count > inactive.numel():
         raise UsageError(f"cannot grow {count} connections: only {inactive.numel()} positions are free")
-    candidate_scores = scores.detach().reshape(-1)[inactive]
-    return inactive[torch.topk(candidate_scores, count, sorted=False).indices]
+    return inactive[largest_first(scores.detach().reshape(-1)[inactive], count)]
+
+
+def largest_first(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Indices of the ``count`` largest ``scores``, equal scores going to the smaller index.
+
+    The deterministic tie rule lets backends that list the same candidates agree on the choice.
+    """
+    return torch.sort(scores, descending=True, stable=True).indices[:count]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evosparse.backends.csr_model import BACKENDS, check_backend
 from evosparse.errors import UsageError
 from evosparse.methods import get_method, resolve_params
 from evosparse.models import MODELS, default_distribution
@@ -21,7 +22,6 @@ from evosparse.topology.distributions import DISTRIBUTIONS
 from evosparse.topology.init import INIT_SCHEMES
 
 OPTIMIZERS = ("sgd", "adam")
-BACKENDS = ("masked", "csr")
 DEVICES = ("cpu", "cuda")
 
 
@@ -201,6 +201,7 @@ def validate(config: TrainConfig) -> None:
     _check_choice("init", config.init, INIT_SCHEMES)
     _check_choice("optimizer", config.optimizer, OPTIMIZERS)
     _check_choice("backend", config.backend, BACKENDS)
+    check_backend(method_cls, config.backend)
     _check_choice("device", config.device, DEVICES)
     if config.epochs < 1:
         raise UsageError(f"epochs must be at least 1, got {config.epochs}")
@@ -216,8 +217,6 @@ def validate(config: TrainConfig) -> None:
         raise UsageError(f"dropout must be below 1, got {config.dropout}")
     if config.nesterov and (config.optimizer != "sgd" or config.momentum == 0):
         raise UsageError("nesterov needs --optimizer sgd with a positive momentum")
-    if config.backend == "csr":
-        raise UsageError("the csr backend is not available yet in this version; use --backend masked")
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:

@@ -18,6 +18,7 @@ from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from evosparse.analysis.plots import plot_run_curves
+from evosparse.backends.csr_build import DIRECT_BUILD_ENTRIES
 from evosparse.data import Dataset, load_dataset
 from evosparse.data.augment import random_crop_flip
 from evosparse.distributed import DistributedContext, all_sum, context_from_environment, initialise, shard, shutdown
@@ -45,6 +46,24 @@ def resolve_device(name: str, context: DistributedContext | None = None) -> torc
     if name == "cuda" and context is not None and context.active:
         return torch.device("cuda", context.local_rank)
     return torch.device(name)
+
+
+def build_for_backend(config: TrainConfig, spec: ModelSpec, device: torch.device) -> nn.Module:
+    """The model on ``device``; for ``--backend csr`` with huge linear layers, a meta-device skeleton.
+
+    Above :data:`~evosparse.backends.csr_build.DIRECT_BUILD_ENTRIES` dense weight entries in its
+    linear layers, a csr model is left on the meta device (no storage) and the Sparsifier builds
+    its sparse layers directly; smaller ones are built as the masked backend builds them (same
+    random draws), so both backends start identical.
+    """
+    if config.backend == "csr":
+        with torch.device("meta"):
+            skeleton = build_model(config.model, spec)
+        linear_entries = sum(m.weight.numel() for m in skeleton.modules() if isinstance(m, nn.Linear))
+        if linear_entries > DIRECT_BUILD_ENTRIES:
+            return skeleton
+        torch.manual_seed(config.seed)
+    return build_model(config.model, spec).to(device)
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -116,7 +135,7 @@ class Trainer:
             hidden=tuple(config.hidden) if config.hidden else None,
             dropout=config.dropout,
         )
-        self.model = build_model(config.model, spec).to(self.device)
+        self.model = build_for_backend(config, spec, self.device)
         self.optimizer = make_optimizer(config, self.model)
         full, rest = divmod(self.data.x_train.shape[0], config.batch_size)
         self.steps_per_epoch = full + (rest >= self.context.world_size)
@@ -130,10 +149,12 @@ class Trainer:
             init=config.init,
             total_steps=config.epochs * self.steps_per_epoch,
             seed=config.seed,
+            backend=config.backend,
             include=getattr(self.model, "sparse_include", None),
             exclude=excluded_layers(self.model, config.sparsify),
             **config.params,
         )
+        self.model.to(self.device)  # a model built sparse directly (see build_for_backend) is on the CPU
         self.x_train, self.y_train = self.data.x_train.to(self.device), self.data.y_train.to(self.device)
         self.x_test, self.y_test = self.data.x_test.to(self.device), self.data.y_test.to(self.device)
         self.train_model: nn.Module = self.model

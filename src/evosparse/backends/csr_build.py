@@ -1,0 +1,65 @@
+"""Building csr layers directly from a sparse random draw, for models too large to exist densely.
+
+A model whose sparse ``nn.Linear`` weights live on the ``meta`` device (built under
+``torch.device("meta")``: shapes without storage) never has a dense weight. :func:`build_csr_layer`
+gives each such layer its random topology and sparse initialisation at cost O(nnz log nnz) time
+and O(nnz) memory, and the layer's bias a real value. The draw follows the same rules as the masked
+backend (every output unit gets one random input first, the rest uniform among free positions;
+He-normal values scaled by the active fan-in; PyTorch's default bias range) but not the same random
+stream, since the masked draw enumerates all out x in positions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from evosparse.backends.csr_layer import CsrLinear
+from evosparse.backends.uniform_sampling import sample_absent
+from evosparse.errors import UsageError
+
+#: Above this many dense weight entries in its sparse layers, ``evosparse train --backend csr``
+#: builds the model on the meta device and its layers with :func:`build_csr_layer` (2²⁸ entries:
+#: 1 GiB of float32 weights). Below it, the model is built densely and converted, exactly as the
+#: masked backend would build it.
+DIRECT_BUILD_ENTRIES = 1 << 28
+
+
+def random_positions(shape: tuple[int, int], count: int, generator: torch.Generator) -> torch.Tensor:
+    """``count`` distinct sorted flat positions of an (out, in) weight; each row gets one first if count ≥ out.
+
+    Mirrors :func:`evosparse.topology.masks.random_mask` (one random input per output unit, then
+    uniform without replacement) without any tensor of out x in entries.
+    """
+    out_features, in_features = shape
+    total = out_features * in_features
+    if not 0 <= count <= total:
+        raise UsageError(f"cannot place {count} connections in a {shape} weight")
+    first = torch.zeros(0, dtype=torch.int64)
+    if count >= out_features:
+        row_starts = torch.arange(out_features) * in_features
+        first = torch.randint(in_features, (out_features,), generator=generator) + row_starts
+    rest = sample_absent(first, total, count - first.numel(), generator)
+    return torch.sort(torch.cat([first, rest])).values
+
+
+def build_csr_layer(linear: nn.Linear, count: int, init: str, generator: torch.Generator) -> CsrLinear:
+    """A :class:`CsrLinear` for the (meta) ``linear``: ``count`` random connections, sparse-Kaiming values.
+
+    Values ~ N(0, 2 / fan_in) with fan_in the mean active inputs per unit (He et al. 2015, as
+    :func:`evosparse.topology.init.sparse_kaiming_std`); the bias ~ U(-1/√in, 1/√in), PyTorch's
+    default for ``nn.Linear``. ``init="keep"`` is refused: a meta weight has no values to keep.
+    """
+    if init != "sparse_kaiming":
+        raise UsageError(f"init {init!r} needs the model's own weights; a model built on the meta device has none")
+    shape = (linear.out_features, linear.in_features)
+    positions = random_positions(shape, count, generator)
+    std = math.sqrt(2.0) / math.sqrt(max(1.0, count / shape[0]))
+    values = torch.randn(count, generator=generator) * std
+    bias = None
+    if linear.bias is not None:
+        bound = 1.0 / math.sqrt(shape[1])
+        bias = (torch.rand(shape[0], generator=generator) * 2 - 1) * bound
+    return CsrLinear.from_positions(shape, positions, values, bias)

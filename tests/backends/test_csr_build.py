@@ -1,0 +1,81 @@
+"""Csr layers drawn sparse directly, for models on the meta device (no dense weight anywhere)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from evosparse import sparsify
+from evosparse.backends.csr_build import build_csr_layer, random_positions
+from evosparse.backends.csr_layer import CsrLinear
+from evosparse.engine import loop
+from evosparse.engine.config import build_config
+from evosparse.errors import UsageError
+
+
+@pytest.mark.parametrize("shape, count", [((7, 5), 7), ((7, 5), 35), ((7, 5), 3), ((1000, 10**9), 5000)])
+def test_random_positions_are_distinct_sorted_and_cover_every_row(shape, count):
+    positions = random_positions(shape, count, torch.Generator().manual_seed(0))
+    assert positions.numel() == count
+    assert (
+        bool((positions[1:] > positions[:-1]).all())
+        and 0 <= int(positions[0])
+        and int(positions[-1]) < shape[0] * shape[1]
+    )
+    if count >= shape[0]:
+        assert torch.unique(positions // shape[1]).numel() == shape[0]
+    with pytest.raises(UsageError, match="cannot place"):
+        random_positions(shape, shape[0] * shape[1] + 1, torch.Generator())
+
+
+def test_direct_layer_has_sparse_kaiming_values_and_a_default_range_bias():
+    with torch.device("meta"):
+        linear = nn.Linear(400, 300)
+    layer = build_csr_layer(linear, 12_000, "sparse_kaiming", torch.Generator().manual_seed(1))
+    assert layer.nnz == 12_000 and layer.shape == (300, 400)
+    assert layer.values.std().item() == pytest.approx((2 / 40) ** 0.5, rel=0.05)
+    assert layer.bias is not None and layer.bias.abs().max().item() <= 1 / 20
+    with pytest.raises(UsageError, match="meta device has none"):
+        build_csr_layer(linear, 10, "keep", torch.Generator())
+
+
+def test_sparsifier_builds_a_meta_model_sparse_and_trains_it():
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(20, 50_000), nn.ReLU(), nn.Linear(50_000, 5))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    sparsifier = sparsify(model, optimizer, "set", epsilon=1.0, seed=0, backend="csr")
+    assert all(not p.is_meta for p in model.parameters())
+    assert isinstance(model[0], CsrLinear) and isinstance(model[2], CsrLinear)
+    assert [view.active for view in sparsifier.views] == sparsifier.target_budgets
+    trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert trained == {id(p) for p in model.parameters()}
+    x, y = torch.randn(8, 20), torch.randint(0, 5, (8,))
+    nn.functional.cross_entropy(model(x), y).backward()
+    optimizer.step()
+    sparsifier.step()
+    sparsifier.end_epoch()  # a SET update on the csr structure
+    sparsifier.topology.check()
+
+
+def test_a_meta_model_needs_the_csr_backend():
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(4, 3))
+    with pytest.raises(UsageError, match="only --backend csr can build them"):
+        sparsify(model, None, "set", density=0.5)
+
+
+def test_the_engine_builds_huge_csr_models_directly(tmp_path, monkeypatch):
+    monkeypatch.setattr(loop, "DIRECT_BUILD_ENTRIES", 1000)
+    settings = {
+        "epochs": 2,
+        "hidden": "48,24",
+        "density": 0.2,
+        "batch_size": 64,
+        "backend": "csr",
+        "out": str(tmp_path),
+    }
+    result = loop.train(build_config(None, settings), progress=False)
+    assert result["backend"] == "csr"
+    assert result["epochs"][1]["train_loss"] < result["epochs"][0]["train_loss"]
+    assert result["final_test_acc"] > 0.5

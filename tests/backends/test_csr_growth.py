@@ -1,0 +1,39 @@
+"""Exact RigL growth on a CsrLinear from its GradientTap agrees with the dense gradient."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from backend_pairs import masked_linear
+
+from evosparse.backends.csr_growth import exact_top_inactive_gradients
+from evosparse.backends.csr_layer import CsrLinear
+from evosparse.backends.csr_ops import GradientTap
+from evosparse.errors import UsageError
+
+
+@pytest.mark.parametrize("block_positions", [1, 7, 40, 1 << 20])
+def test_exact_growth_is_the_top_of_the_dense_gradient_at_inactive_positions(block_positions):
+    linear, mask = masked_linear(9, 6, 0.4, seed=3)
+    layer = CsrLinear.from_linear(linear, mask)
+    layer.tap = GradientTap()
+    x = torch.randn(5, 9, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    layer(x).pow(2).sum().backward()
+    dense = torch.autograd.grad(linear(x).pow(2).sum(), linear.weight)[0]  # weight is zero off the mask
+    scores = dense.abs().reshape(-1)
+    inactive = (~mask).reshape(-1).nonzero().squeeze(1)
+    ranked = inactive[torch.argsort(scores[inactive], descending=True, stable=True)]
+    for count in (0, 1, 5, inactive.numel()):
+        grown = exact_top_inactive_gradients(layer, count, block_positions)
+        assert sorted(grown.tolist()) == sorted(ranked[:count].tolist())
+
+
+def test_exact_growth_needs_a_recorded_tap_and_enough_free_positions():
+    linear, mask = masked_linear(4, 3, 0.5, seed=0)
+    layer = CsrLinear.from_linear(linear, mask)
+    with pytest.raises(UsageError, match="no gradient was recorded"):
+        exact_top_inactive_gradients(layer, 1)
+    layer.tap = GradientTap()
+    layer(torch.randn(2, 4, dtype=torch.float64)).sum().backward()
+    with pytest.raises(UsageError, match="only"):
+        exact_top_inactive_gradients(layer, 12 - layer.nnz + 1)
