@@ -259,6 +259,22 @@ def analyze(run_dir: Annotated[Path, typer.Argument(help="folder of a finished o
 
 
 @app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="folder of a `train` run (its checkpoint is read)")],
+    out: Annotated[Optional[Path], typer.Option(help="file to write (default RUN_DIR/model.safetensors)")] = None,
+) -> None:
+    """Write the run's trained sparse model as safetensors (CSR arrays + metadata) for inference."""
+    from evosparse.engine.export_run import export_run
+
+    report = export_run(run_dir, out)
+    typer.echo(
+        f"{report.sparse_layers} sparse layers -> {report.path}: {report.file_bytes:,} bytes, "
+        f"{report.file_bytes / report.dense_bytes:.1%} of the {report.dense_bytes:,} bytes of dense float32 "
+        "parameters; load it with evosparse.backends.export.load_exported"
+    )
+
+
+@app.command()
 def methods() -> None:
     """List every registered method with its parameters and their defaults."""
     from evosparse.methods import METHODS

@@ -128,7 +128,7 @@ class Trainer:
             shape = self.data.input_shape
             raise UsageError(f"--augment crops and flips images; {config.dataset} samples have shape {shape}")
         torch.manual_seed(config.seed)
-        spec = ModelSpec(
+        self.spec = spec = ModelSpec(
             self.data.input_shape,
             self.data.num_classes,
             sequence=self.data.y_train.dim() == 2,
@@ -183,7 +183,7 @@ class Trainer:
             "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
         }
 
-    def restore(self, resume: bool) -> None:
+    def restore(self, resume: bool, ignore: tuple[str, ...] = ()) -> None:
         """Continue from ``out/checkpoint.pt`` when resuming; refuse to overwrite a run otherwise."""
         if not self.checkpoint_path.exists():
             if resume:
@@ -192,7 +192,7 @@ class Trainer:
         if not resume:
             raise UsageError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
         state = load_checkpoint(self.checkpoint_path)
-        difference = config_difference(state.get("config", {}), self.config)
+        difference = config_difference(state.get("config", {}), self.config, ignore=ignore)
         if difference:
             key, before, now = difference
             raise UsageError(f"the checkpoint in {self.out} was made with {key}={before!r}, this run has {now!r}")
