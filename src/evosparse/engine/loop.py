@@ -329,6 +329,7 @@ class Trainer:
             "density_target": self.sparsifier.density_target,
             "params_dense": self.sparsifier.topology.total,
             "params_extra_training": self.sparsifier.method.extra_parameters(),
+            "method_log": self.sparsifier.method.log(),
             "optimizer": {
                 "name": config.optimizer,
                 "lr": config.lr,

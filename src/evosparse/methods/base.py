@@ -154,6 +154,10 @@ class Method:
         """Evolve the topology; return the number of mask positions that changed."""
         return 0
 
+    def log(self) -> list[dict[str, Any]]:
+        """Per-update records worth keeping in result.json (e.g. time-varying parameter trajectories)."""
+        return []
+
     def extra_parameters(self) -> int:
         """Parameters the method adds for training only (LiSET's skip layers, switcher networks)."""
         return 0

@@ -161,8 +161,12 @@ class NodeImportanceEvolution(Method):
         if self.hparams["time_varying"]:
             self.values = self.rule.next_values(self.values, self.start_values, c_prim, c_sec)
 
+    def log(self) -> list[dict[str, Any]]:
+        """The trajectory: one record per update (values used, C_prim, C_sec, removed, grown)."""
+        return [dict(entry) for entry in self.trajectory]
+
     def state_dict(self) -> dict[str, Any]:
-        return {"values": dict(self.values), "trajectory": [dict(entry) for entry in self.trajectory]}
+        return {"values": dict(self.values), "trajectory": self.log()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if set(state.get("values", {})) != set(self.adapted) or "trajectory" not in state:
