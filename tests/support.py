@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import urllib.request
 from collections.abc import Callable
 
 import pytest
@@ -81,3 +82,16 @@ def killed_then_resumed(make_config: Callable[[], object], monkeypatch, kill_aft
         loop.train(make_config(), progress=False)
     monkeypatch.setattr(loop, "save_checkpoint", real_save)
     return loop.train(make_config(), resume=True, progress=False)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Fail any download that is not a local file, so a broken test cannot reach the internet."""
+    real = urllib.request.urlopen
+
+    def local_only(request, *args, **kwargs):
+        url = request.full_url if isinstance(request, urllib.request.Request) else request
+        assert url.startswith("file:"), f"test tried to download {url}"
+        return real(request, *args, **kwargs)
+
+    monkeypatch.setattr(urllib.request, "urlopen", local_only)

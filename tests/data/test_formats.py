@@ -16,7 +16,6 @@ import pickle
 import shutil
 import subprocess
 import tarfile
-import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -30,20 +29,9 @@ from evosparse.data.idx import IDX_TYPES, parse_idx, read_idx
 from evosparse.data.safe_pickle import load_numpy_pickle
 from evosparse.data.unix_compress import decompress
 from evosparse.errors import DataError
+from support import no_network  # noqa: E402, F401  (the fixture, used through pytestmark)
 
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """Fail any download that is not a local file, so a broken test cannot reach the internet."""
-    real = urllib.request.urlopen
-
-    def local_only(request, *args, **kwargs):
-        url = request.full_url if isinstance(request, urllib.request.Request) else request
-        assert url.startswith("file:"), f"test tried to download {url}"
-        return real(request, *args, **kwargs)
-
-    monkeypatch.setattr(urllib.request, "urlopen", local_only)
-
+pytestmark = pytest.mark.usefixtures("no_network")
 
 # --- IDX --------------------------------------------------------------------------------------
 

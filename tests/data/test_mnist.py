@@ -7,7 +7,6 @@ import hashlib
 import importlib.machinery
 import os
 import pickle
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -16,23 +15,15 @@ import pytest
 from evosparse.data import fashion_mnist, mnist
 from evosparse.data.idx import MNIST_STYLE_FILES
 from evosparse.errors import DataError
+from support import no_network  # noqa: E402, F401  (the fixture, used through pytestmark)
+
+pytestmark = pytest.mark.usefixtures("no_network")
 
 TRAIN, TEST, HELD_OUT = 12, 5, 4
 
 LOADERS = {"mnist": (mnist, mnist.load_mnist), "fashion-mnist": (fashion_mnist, fashion_mnist.load_fashion_mnist)}
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """Fail any download that is not a local file, so a broken test cannot reach the internet."""
-    real = urllib.request.urlopen
-
-    def local_only(request, *args, **kwargs):
-        url = request.full_url if isinstance(request, urllib.request.Request) else request
-        assert url.startswith("file:"), f"test tried to download {url}"
-        return real(request, *args, **kwargs)
-
-    monkeypatch.setattr(urllib.request, "urlopen", local_only)
 
 
 @pytest.fixture

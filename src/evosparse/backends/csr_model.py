@@ -21,7 +21,7 @@ from evosparse.backends import csr_topology
 from evosparse.backends.csr_build import build_csr_layer
 from evosparse.backends.csr_layer import CsrLinear
 from evosparse.errors import UsageError
-from evosparse.topology.masks import SparseLayer, Topology
+from evosparse.topology.masks import LayerCounts, SparseLayer, Topology
 
 if TYPE_CHECKING:
     from evosparse.methods.base import Method
@@ -69,7 +69,7 @@ class CsrSparseLayer:
         return self.shape[0]
 
 
-class CsrTopology:
+class CsrTopology(LayerCounts):
     """The csr counterpart of :class:`~evosparse.topology.masks.Topology` for the Sparsifier's bookkeeping.
 
     The structure lives in the :class:`CsrLinear` modules (and their ``state_dict``); there are no
@@ -79,17 +79,6 @@ class CsrTopology:
     def __init__(self, layers: list[CsrSparseLayer], optimizer: torch.optim.Optimizer | None) -> None:
         self.layers = layers
         self.optimizer = optimizer
-
-    @property
-    def total(self) -> int:
-        return sum(layer.numel for layer in self.layers)
-
-    @property
-    def active(self) -> int:
-        return sum(layer.active for layer in self.layers)
-
-    def density(self) -> float:
-        return self.active / self.total
 
     def apply_masks(self) -> None:
         """Nothing to do: inactive connections are not stored."""

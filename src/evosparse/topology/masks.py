@@ -14,6 +14,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -124,7 +125,24 @@ def random_mask(
     return flat.view(shape)
 
 
-class Topology:
+class LayerCounts:
+    """Connection counts over ``self.layers`` (anything with ``numel`` and ``active``), for both backends."""
+
+    layers: Sequence[Any]
+
+    @property
+    def total(self) -> int:
+        return sum(layer.numel for layer in self.layers)
+
+    @property
+    def active(self) -> int:
+        return sum(layer.active for layer in self.layers)
+
+    def density(self) -> float:
+        return self.active / self.total
+
+
+class Topology(LayerCounts):
     """The masks of a model's sparse parameters, and the only code that changes them."""
 
     def __init__(self, layers: list[SparseLayer], optimizer: torch.optim.Optimizer | None = None) -> None:
@@ -195,19 +213,6 @@ class Topology:
             assert not weight.detach()[~layer.mask].any(), f"{layer.name}: masked weights are not zero"
             if fixed_budget:
                 assert layer.active == layer.budget, f"{layer.name}: {layer.active} active != budget {layer.budget}"
-
-    # -- counts ---------------------------------------------------------------------------------
-
-    @property
-    def total(self) -> int:
-        return sum(layer.numel for layer in self.layers)
-
-    @property
-    def active(self) -> int:
-        return sum(layer.active for layer in self.layers)
-
-    def density(self) -> float:
-        return self.active / self.total
 
     # -- change ---------------------------------------------------------------------------------
 
