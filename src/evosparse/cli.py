@@ -179,7 +179,7 @@ def train(**options: Any) -> None:
         return
     typer.echo(
         f"{result['method']} on {result['dataset']}: test accuracy {result['final_test_acc']:.4f} "
-        f"(best {result['best_test_acc']:.4f}, ARA {result['ara']:.4f}) at density {result['density_final']:.4f} "
+        f"(best {result['best_test_acc']:.4f}, ARA {result['ara']:.4f}) at density {result['density_final']:.4g} "
         f"({result['params_active']:,}/{result['params_dense']:,} weights), {len(result['epochs'])} epochs "
         f"in {result['wall_time_s']:.1f} s -> {settings.out}"
     )
