@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import time
 
 import torch
+from timing import best_time
 
 from evosparse.analysis import graph_metrics, matrix_graph_metrics
 
@@ -24,16 +24,6 @@ def random_masks(widths: tuple[int, ...], density: float, generator: torch.Gener
     """One random (n_out, n_in) boolean mask per layer, nn.Linear.weight orientation."""
     pairs = itertools.pairwise(widths)
     return [torch.rand(n_out, n_in, generator=generator) < density for n_in, n_out in pairs]
-
-
-def best_time(repeats: int, work) -> tuple[float, dict]:
-    """Best wall time of ``repeats`` calls of ``work`` and the last result."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = work()
-        times.append(time.perf_counter() - start)
-    return min(times), result
 
 
 def report(name: str, seconds: float, metrics: dict) -> None:

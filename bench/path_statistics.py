@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import time
 import warnings
 
 import torch
+from timing import best_time
 
 from evosparse.criteria.path_weight import path_quantile, path_statistics
 
@@ -30,16 +30,6 @@ def random_layers(density: float, layout: str, generator: torch.Generator) -> li
         matrix = torch.rand(n_in, n_out, generator=generator) * mask
         layers.append(matrix.to_sparse_csr() if layout == "csr" else matrix)
     return layers
-
-
-def best_time(repeats: int, work) -> tuple[float, object]:
-    """Best wall time of ``repeats`` calls of ``work`` and the last result."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = work()
-        times.append(time.perf_counter() - start)
-    return min(times), result
 
 
 def main() -> None:
