@@ -95,3 +95,32 @@ def no_network(monkeypatch):
         return real(request, *args, **kwargs)
 
     monkeypatch.setattr(urllib.request, "urlopen", local_only)
+
+
+def digits_accuracies(model, method: str, epochs: int, lr: float, **sparsify_kwargs):
+    """Train ``model`` on digits in a plain user loop with ``evosparse.sparsify``.
+
+    Returns the test accuracy after each epoch (evaluated before the epoch's topology update) and the
+    sparsifier.
+    """
+    import evosparse
+    from evosparse.data import load_dataset
+
+    data = load_dataset("digits")
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    sparsifier = evosparse.sparsify(model, optimizer, method=method, **sparsify_kwargs)
+    generator = torch.Generator().manual_seed(0)
+    accuracies = []
+    for _ in range(epochs):
+        model.train()
+        for batch in torch.randperm(len(data.x_train), generator=generator).split(32):
+            loss = F.cross_entropy(model(data.x_train[batch]), data.y_train[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            sparsifier.step()
+        model.eval()
+        with torch.no_grad():
+            accuracies.append((model(data.x_test).argmax(1) == data.y_test).float().mean().item())
+        sparsifier.end_epoch()
+    return accuracies, sparsifier

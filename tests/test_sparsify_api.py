@@ -3,32 +3,16 @@
 import pytest
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 import evosparse
-from evosparse.data import load_dataset
 from evosparse.errors import UsageError
+from support import digits_accuracies
 
 
 def train_digits(method: str, epochs: int = 6, **kwargs) -> list[float]:
-    data = load_dataset("digits")
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
-    s = evosparse.sparsify(model, optimizer, method=method, **kwargs)
-    accuracies = []
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(epochs):
-        for batch in torch.randperm(len(data.x_train), generator=generator).split(32):
-            loss = F.cross_entropy(model(data.x_train[batch]), data.y_train[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            s.step()
-        with torch.no_grad():
-            accuracies.append((model(data.x_test).argmax(1) == data.y_test).float().mean().item())
-        s.end_epoch()
-    return accuracies
+    return digits_accuracies(model, method, epochs, lr=0.02, **kwargs)[0]
 
 
 @pytest.mark.parametrize("method", ["set", "static", "dense"])

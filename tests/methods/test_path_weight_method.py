@@ -17,9 +17,9 @@ import evosparse
 from conftest import small_mlp
 from evosparse.criteria.path_weight import MAX_EXACT_PATHS
 from evosparse.criteria.time_varying import TimeVaryingRule
-from evosparse.data import load_dataset
 from evosparse.errors import UsageError
 from evosparse.methods.path_weight import smallest_within_capacity
+from support import digits_accuracies
 
 
 def linear_inputs(model: nn.Sequential, x: torch.Tensor) -> list[torch.Tensor]:
@@ -238,25 +238,9 @@ def test_models_without_a_chain_of_linear_layers_are_refused_in_one_line():
 
 def train_digits(method: str, epochs: int, **params) -> list[float]:
     """Test accuracy after each epoch of a 64-128-64-10 sparse MLP on digits (evaluation before update)."""
-    data = load_dataset("digits")
     torch.manual_seed(0)
-    model = small_mlp((64, 128, 64, 10))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    sparsifier = evosparse.sparsify(model, optimizer, method, density=0.15, **params)
-    generator = torch.Generator().manual_seed(0)
-    accuracies = []
-    for _ in range(epochs):
-        model.train()
-        for batch in torch.randperm(len(data.x_train), generator=generator).split(32):
-            loss = F.cross_entropy(model(data.x_train[batch]), data.y_train[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            sparsifier.step()
-        model.eval()
-        with torch.no_grad():
-            accuracies.append((model(data.x_test).argmax(1) == data.y_test).float().mean().item())
-        sparsifier.end_epoch()
+    accuracies, sparsifier = digits_accuracies(small_mlp((64, 128, 64, 10)), method, epochs, lr=0.05,
+                                               density=0.15, **params)
     assert sparsifier.take_stats().connections_changed > 0
     return accuracies
 
