@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from evosparse.errors import UsageError
+from evosparse.topology.init import GROW_INITS
 from evosparse.topology.masks import Topology
 
 if TYPE_CHECKING:
@@ -84,6 +85,15 @@ SCHEDULE_PARAMS: tuple[Param, ...] = (
         "update_until", 1.0, "stop updating after this fraction of training (RigL's T_end)", minimum=0.0, maximum=1.0
     ),
 )
+
+
+def grow_params(default: str, why: str = "") -> tuple[Param, ...]:
+    """How grown weights start (``grow_init``, one of ``GROW_INITS``) and their ``grow_std`` when normal."""
+    return (
+        Param("grow_init", default, "initial value of grown weights" + (f" ({why})" if why else ""),
+              choices=GROW_INITS),
+        Param("grow_std", 0.01, "standard deviation of grown weights when grow_init=normal", minimum=0.0),
+    )
 
 
 def step_schedule(interval_help: str, until_help: str, interval: int = 100, until: float = 0.75) -> tuple[Param, ...]:

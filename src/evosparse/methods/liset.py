@@ -19,8 +19,8 @@ from torch import nn
 from evosparse.criteria.growth import source_weighted_growth
 from evosparse.criteria.magnitude import set_prune_selection, weakest_of
 from evosparse.errors import UsageError
-from evosparse.methods.base import SCHEDULE_PARAMS, Method, Param, register
-from evosparse.topology.init import GROW_INITS, grown_weight_values
+from evosparse.methods.base import SCHEDULE_PARAMS, Method, Param, grow_params, register
+from evosparse.topology.init import grown_weight_values
 
 if TYPE_CHECKING:
     from evosparse.sparsifier import Sparsifier
@@ -68,8 +68,7 @@ class LiSET(Method):
             minimum=0.0,
             maximum=1.0,
         ),
-        Param("grow_init", "normal", "initial value of grown weights (as SET)", choices=GROW_INITS),
-        Param("grow_std", 0.01, "standard deviation of grown weights when grow_init=normal", minimum=0.0),
+        *grow_params("normal", "as the original SET"),
         Param(
             "output_size",
             0,

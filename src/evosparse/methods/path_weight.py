@@ -59,8 +59,8 @@ from evosparse.criteria.time_varying import (
     source_of,
 )
 from evosparse.errors import UsageError
-from evosparse.methods.base import SCHEDULE_PARAMS, Method, Param, register
-from evosparse.topology.init import GROW_INITS, grown_weight_values
+from evosparse.methods.base import SCHEDULE_PARAMS, Method, Param, grow_params, register
+from evosparse.topology.init import grown_weight_values
 
 if TYPE_CHECKING:
     from evosparse.sparsifier import Sparsifier
@@ -81,8 +81,7 @@ EVOLUTION_PARAMS: tuple[Param, ...] = (
         minimum=0.0,
     ),
     Param("time_varying", False, "adapt the parameters after every update (eq. 7-9, K1=2 K2=0.5 K3=0.1 K4=0.5)"),
-    Param("grow_init", "normal", "initial value of grown weights", choices=GROW_INITS),
-    Param("grow_std", 0.01, "standard deviation of grown weights when grow_init=normal", minimum=0.0),
+    *grow_params("normal"),
     *SCHEDULE_PARAMS,
 )
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from evosparse.backends.set_on_view import set_update
-from evosparse.methods.base import SCHEDULE_PARAMS, Method, Param, register
-from evosparse.topology.init import GROW_INITS
+from evosparse.methods.base import SCHEDULE_PARAMS, Method, Param, grow_params, register
 
 
 @register
@@ -26,13 +25,7 @@ class SET(Method):
     supports_csr: ClassVar[bool] = True
     params = (
         Param("zeta", 0.3, "fraction of each layer's active weights replaced per update", minimum=0.0, maximum=1.0),
-        Param(
-            "grow_init",
-            "zero",
-            "initial value of grown weights (zero measured best; SET used small Gaussian)",
-            choices=GROW_INITS,
-        ),
-        Param("grow_std", 0.01, "standard deviation of grown weights when grow_init=normal", minimum=0.0),
+        *grow_params("zero", "zero measured best; SET used small Gaussian"),
         *SCHEDULE_PARAMS,
     )
 
