@@ -192,7 +192,8 @@ class Sparsifier:
             return False
         if self.total_steps is None:
             return True
-        return step < self.hparams["update_until"] * self.total_steps
+        final = self.method.updates_after_final_epoch and step >= self.total_steps
+        return final or step < self.hparams["update_until"] * self.total_steps
 
     def _update(self) -> None:
         started = time.perf_counter()
@@ -218,7 +219,7 @@ class Sparsifier:
             self._update()
 
     def end_epoch(self) -> None:
-        """Call after every epoch: runs epoch-scheduled updates (never after the final epoch)."""
+        """Call after every epoch: runs epoch-scheduled updates (after the final one only where a method asks)."""
         self.epoch += 1
         if self.method.sparse and self._update_due("epoch", self.epoch, self.global_step):
             self._update()
@@ -231,8 +232,12 @@ class Sparsifier:
     # -- reporting ------------------------------------------------------------------------------
 
     def density(self) -> float:
-        """Fraction of the sparsifiable weights that are active."""
-        return self.topology.density()
+        """Fraction of the sparsifiable weights that are active (for gating methods: non-zero gates)."""
+        return self.active_connections() / self.topology.total
+
+    def active_connections(self) -> int:
+        """Number of sparsifiable weights the model computes with now."""
+        return self.method.active_connections()
 
     def layer_reports(self) -> list[LayerReport]:
         return [

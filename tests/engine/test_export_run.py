@@ -28,6 +28,24 @@ def test_an_exported_run_predicts_like_the_trained_model(tmp_path, backend):
     assert torch.equal(mine.argmax(1), reference.argmax(1))
 
 
+@pytest.mark.parametrize("epochs", [2, 3])  # ending with a switcher epoch, then with a task epoch
+@pytest.mark.parametrize("mode", ["connection", "neuron"])
+def test_an_exported_switcher_run_predicts_like_the_gated_model(tmp_path, mode, epochs):
+    out = tmp_path / "run"
+    settings = {"method": "switcher", "epochs": epochs, "hidden": "32", "density": 0.4, "out": str(out)}
+    train(build_config(None, settings, [f"mode={mode}"]), progress=False)
+    report = export_run(out)
+    trained = Trainer(build_config(None, settings, [f"mode={mode}"]), progress=False)
+    trained.restore(resume=True)
+    trained.model.eval()
+    exported = load_exported(report.path)
+    x = load_dataset("digits").x_test
+    with torch.no_grad():
+        mine, reference = exported(x), trained.model(x)
+    torch.testing.assert_close(mine, reference, rtol=1e-5, atol=1e-5)
+    assert report.file_bytes < report.dense_bytes
+
+
 def test_export_of_a_folder_without_a_run_exits_2_in_one_line(tmp_path, capsys):
     assert main(["export", str(tmp_path)]) == 2
     err = capsys.readouterr().err

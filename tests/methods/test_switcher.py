@@ -39,6 +39,8 @@ def manual_forward(model: nn.Module, x: torch.Tensor, weights: list[torch.Tensor
 
 
 def setup(mode="connection", optimizer="sgd", sizes=(20, 16, 12, 5), **params):
+    """A small MLP under the switcher; the paper's phase order unless ``first_phase`` says otherwise."""
+    params.setdefault("first_phase", "switcher")
     model = small_mlp(sizes)
     if optimizer == "adam":
         opt = torch.optim.Adam(model.parameters(), lr=0.01, weight_decay=1e-3)
@@ -152,16 +154,19 @@ def test_masks_and_density_follow_the_gates_after_a_switcher_epoch(mode):
     for slot, values in enumerate(gates):
         method.switchers[slot] = FixedGates(values)
     train_steps(model, opt, sparsifier)
-    assert sparsifier.density() == 1.0  # masks move only when the switcher epoch ends
+    expected_masks = [
+        (z != 0) if mode == "connection" else (z != 0)[None, :].expand(layer.shape)
+        for layer, z in zip(sparsifier.topology.layers, gates)
+    ]
+    active = sum(int(mask.sum()) for mask in expected_masks)
+    assert sparsifier.topology.active == sparsifier.topology.total  # masks move only when the epoch ends
+    assert sparsifier.density() == pytest.approx(active / sparsifier.topology.total)  # the gates' density
     sparsifier.end_epoch()
-    active = 0
-    for layer, z in zip(sparsifier.topology.layers, gates):
-        expected = (z != 0) if mode == "connection" else (z != 0)[None, :].expand(layer.shape)
+    for layer, expected in zip(sparsifier.topology.layers, expected_masks):
         assert torch.equal(layer.mask, expected)
         assert not layer.weight[~layer.mask].any()
-        active += int(expected.sum())
     assert sparsifier.density() == pytest.approx(active / sparsifier.topology.total)
-    assert method.gate_density() == pytest.approx(sparsifier.density())
+    assert method.active_connections() == sparsifier.topology.active
     assert sparsifier.take_stats().connections_changed == sparsifier.topology.total - active
 
 
@@ -194,7 +199,7 @@ def test_switcher_epochs_compute_with_the_switched_off_weights(mode):
         method.switchers[slot] = FixedGates(random_gates(method.gate_shape(slot), generator))
     sparsifier.end_epoch()  # switcher epoch 0 ends: masks follow the gates, weights become dormant
     sparsifier.end_epoch()  # task epoch 1 (no steps) ends
-    assert sparsifier.density() < 1.0
+    assert sparsifier.topology.active < sparsifier.topology.total
     ones = [torch.ones(method.gate_shape(slot)) for slot in range(len(method.gated))]
     for slot, values in enumerate(ones):
         method.switchers[slot] = FixedGates(values)
@@ -250,6 +255,30 @@ def test_task_epochs_leave_the_switchers_their_state_and_the_gates_unchanged(mod
     assert all(not torch.equal(a, b) for a, b in zip(params, model.parameters()))
 
 
+@pytest.mark.parametrize("mode", ["connection", "neuron"])
+def test_by_default_the_task_network_trains_first_then_the_switchers(mode):
+    model, opt, sparsifier = setup(mode, first_phase="task")
+    method = sparsifier.method
+    for epoch, trained in enumerate(["task", "switchers", "task"]):
+        params = [p.detach().clone() for p in model.parameters()]
+        switchers = [p.detach().clone() for p in method.switchers.parameters()]
+        train_steps(model, opt, sparsifier, seed=epoch)
+        task_moved = any(not torch.equal(a, b) for a, b in zip(params, model.parameters()))
+        switchers_moved = any(not torch.equal(a, b) for a, b in zip(switchers, method.switchers.parameters()))
+        assert (task_moved, switchers_moved) == (trained == "task", trained == "switchers")
+        sparsifier.end_epoch()
+
+
+@pytest.mark.parametrize("mode", ["connection", "neuron"])
+def test_a_first_task_epoch_trains_under_the_budget_from_its_first_step(mode):
+    _, _, sparsifier = setup(mode, first_phase="task", target_density=0.3)
+    method = sparsifier.method
+    for slot, layer in enumerate(sparsifier.topology.layers):
+        assert torch.equal(layer.mask, method.connection_gates(slot) != 0)
+        assert int((method.gate(slot) != 0).sum()) == round(0.3 * method.gate(slot).numel())
+    assert sparsifier.density() == pytest.approx(sparsifier.topology.active / sparsifier.topology.total)
+
+
 def test_accumulated_switcher_steps_equal_one_step_on_the_joined_batch():
     """switcher_interval=2 on batches A, B gives the same switchers as interval 1 on A∪B (mean loss)."""
     generator = torch.Generator().manual_seed(4)
@@ -298,7 +327,7 @@ def test_exported_model_gives_the_gated_outputs_with_exact_zeros(mode, epochs):
         train_steps(model, opt, sparsifier, seed=epoch)
         sparsifier.end_epoch()
     train_steps(model, opt, sparsifier, seed=9)  # in the middle of an epoch
-    plain = sparsifier.method.export_model()
+    plain, masks = sparsifier.method.export_model()
     x = torch.randn(10, 20)
     model.eval()
     plain.eval()

@@ -32,11 +32,11 @@ def export_run(run_dir: Path, path: Path | None = None) -> ExportReport:
     trainer = Trainer(config, progress=False)
     trainer.restore(resume=True, ignore=("out",))  # the folder may have moved since training
     sparsifier = trainer.sparsifier
-    masks = sparsifier.topology.state_dict() if sparsifier.backend == "masked" else None
+    model, masks = sparsifier.method.export_model()
     target = path or run_dir / EXPORT_NAME
-    export_model(trainer.model, target, masks, model_name=config.model, spec=trainer.spec)
+    export_model(model, target, masks, model_name=config.model, spec=trainer.spec)
     sparse_names = {layer.name for layer in sparsifier.topology.layers}
-    other = sum(p.numel() for name, p in trainer.model.named_parameters() if not _is_sparse(name, sparse_names))
+    other = sum(p.numel() for name, p in model.named_parameters() if not _is_sparse(name, sparse_names))
     dense_bytes = 4 * (sparsifier.topology.total + other)
     return ExportReport(target, target.stat().st_size, dense_bytes, len(sparse_names))
 

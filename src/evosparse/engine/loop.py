@@ -291,7 +291,7 @@ class Trainer:
         result = build_result(
             header=self._header(),
             epochs=self.epochs,
-            params_active=self.sparsifier.topology.active,
+            params_active=self.sparsifier.active_connections(),
             density_final=self.sparsifier.density(),
             wall_time_s=self._wall(started),
         )

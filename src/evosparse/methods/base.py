@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+from torch import nn
 
 from evosparse.errors import UsageError
 from evosparse.topology.init import GROW_INITS
@@ -134,6 +135,9 @@ class Method:
     #: ``False`` for methods that train modules of their own (skip layers, switchers) which DDP would not
     #: keep in sync across ranks.
     supports_distributed: ClassVar[bool] = True
+    #: ``True`` for methods whose update after the final epoch only settles what training reached (the
+    #: switcher fixes its last gates as masks); other methods never change the evaluated final model.
+    updates_after_final_epoch: ClassVar[bool] = False
 
     def __init__(self, sparsifier: Sparsifier) -> None:
         self.sparsifier = sparsifier
@@ -167,6 +171,15 @@ class Method:
     def log(self) -> list[dict[str, Any]]:
         """Per-update records worth keeping in result.json (e.g. time-varying parameter trajectories)."""
         return []
+
+    def active_connections(self) -> int:
+        """Sparsifiable weights the model computes with now: the masks' count, unless a method gates them."""
+        return self.topology.active
+
+    def export_model(self) -> tuple[nn.Module, dict[str, torch.Tensor] | None]:
+        """The model to export for inference and the masks of its sparse weights (None: csr layers hold theirs)."""
+        masks = self.topology.state_dict() if self.sparsifier.backend == "masked" else None
+        return self.sparsifier.model, masks
 
     def extra_parameters(self) -> int:
         """Parameters the method adds for training only (LiSET's skip layers, switcher networks)."""
