@@ -39,9 +39,11 @@ def worker(rank: int, folder: str) -> None:
     broadcast = median_seconds(lambda: sync.adopt_leader_topology(topology, before, 0), together=True)
     if rank == 0:
         update = median_seconds(sparsifier.method.update, together=False)
-        print(f"LeNet-300-100 at density 0.05, 2 gloo ranks: one SET update {update * 1e3:.2f} ms; "
-              f"the rank-0 broadcast of masks and weights {broadcast * 1e3:.2f} ms "
-              f"({broadcast / update:.2f}× the update)")
+        print(
+            f"LeNet-300-100 at density 0.05, 2 gloo ranks: one SET update {update * 1e3:.2f} ms; "
+            f"the rank-0 broadcast of masks and weights {broadcast * 1e3:.2f} ms "
+            f"({broadcast / update:.2f}× the update)"
+        )
     dist.destroy_process_group()
 
 

@@ -47,9 +47,7 @@ def main() -> None:
 
     generator = torch.Generator().manual_seed(0)
     layers = random_layers(args.density, args.layout, generator)
-    connections = sum(
-        int((m.values() if m.layout == torch.sparse_csr else m).count_nonzero()) for m in layers
-    )
+    connections = sum(int((m.values() if m.layout == torch.sparse_csr else m).count_nonzero()) for m in layers)
     stats_time, stats = best_time(args.repeats, lambda: path_statistics(layers))
     quantile_time, quantile = best_time(
         args.repeats, lambda: path_quantile(layers, 0.1, samples=args.samples, generator=generator)
@@ -61,9 +59,7 @@ def main() -> None:
     print(f"connections          {connections}")
     print(f"paths                {stats.total_paths:.4g}")
     print(f"path_statistics      {stats_time:.3f} s")
-    print(
-        f"path_quantile ({args.samples} samples) {quantile_time:.3f} s  (q=0.1 -> {quantile:.4g})"
-    )
+    print(f"path_quantile ({args.samples} samples) {quantile_time:.3f} s  (q=0.1 -> {quantile:.4g})")
     print(f"total                {stats_time + quantile_time:.3f} s  (target < 2 s)")
 
 

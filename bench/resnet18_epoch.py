@@ -75,16 +75,22 @@ def main() -> None:
     on_cuda = args.device.startswith("cuda")
     device_name = torch.cuda.get_device_name(0) if on_cuda else f"CPU, {torch.get_num_threads()} threads"
     print(f"command: python {shlex.join(sys.argv)}")
-    print(f"torch {torch.__version__}, {device_name}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
-          f"load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"torch {torch.__version__}, {device_name}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
     times = step_times(args)
     median, best = statistics.median(times), min(times)
     batches_per_epoch = math.ceil(args.epoch_size / args.batch_size)
-    print(f"per batch of {args.batch_size}: median {median * 1e3:.0f} ms, best {best * 1e3:.0f} ms "
-          f"over {len(times)} batches ({', '.join(f'{t * 1e3:.0f}' for t in times)} ms)")
+    print(
+        f"per batch of {args.batch_size}: median {median * 1e3:.0f} ms, best {best * 1e3:.0f} ms "
+        f"over {len(times)} batches ({', '.join(f'{t * 1e3:.0f}' for t in times)} ms)"
+    )
     epoch = median * batches_per_epoch
-    print(f"epoch of {args.epoch_size} images = {batches_per_epoch} batches: {epoch:.1f} s ({epoch / 60:.1f} min) "
-          f"from the median, {best * batches_per_epoch:.1f} s from the best")
+    print(
+        f"epoch of {args.epoch_size} images = {batches_per_epoch} batches: {epoch:.1f} s ({epoch / 60:.1f} min) "
+        f"from the median, {best * batches_per_epoch:.1f} s from the best"
+    )
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 

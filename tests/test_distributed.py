@@ -48,11 +48,16 @@ def worker(rank: int, world_size: int, folder: str, method: str) -> None:
             state = {
                 f"{layer.name}.{kind}": tensor.clone()
                 for layer in s.topology.layers
-                for kind, tensor in (("mask", layer.mask), ("weight", layer.weight.detach()),
-                                     ("momentum", optimizer.state[layer.weight]["momentum_buffer"]))
+                for kind, tensor in (
+                    ("mask", layer.mask),
+                    ("weight", layer.weight.detach()),
+                    ("momentum", optimizer.state[layer.weight]["momentum_buffer"]),
+                )
             }
-            torch.save({**state, "changed": torch.tensor(s.take_stats().connections_changed)},
-                       Path(folder) / f"rank{rank}_step{step}.pt")
+            torch.save(
+                {**state, "changed": torch.tensor(s.take_stats().connections_changed)},
+                Path(folder) / f"rank{rank}_step{step}.pt",
+            )
     dist.destroy_process_group()
 
 
@@ -70,8 +75,25 @@ def test_both_ranks_hold_identical_topologies_after_every_update(tmp_path, metho
 def test_torchrun_trains_through_the_cli_and_rank_zero_alone_writes(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
-               "-m", "evosparse", "train", "--epochs", "2", "--hidden", "32", "--out", str(out), "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        free_port(),
+        "-m",
+        "evosparse",
+        "train",
+        "--epochs",
+        "2",
+        "--hidden",
+        "32",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("set on digits") == 1  # only rank 0 reports

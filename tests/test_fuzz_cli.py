@@ -15,9 +15,29 @@ VALUES = st.one_of(
     st.sampled_from(["0", "-1", "1", "2", "0.5", "1e9", "-0.3", "nan", "inf", "", "abc", "300,100", "8", "1,0"]),
     st.text(alphabet=string.printable, max_size=8),
 )
-OPTIONS = ["--method", "--dataset", "--model", "--hidden", "--density", "--epsilon", "--distribution",
-           "--epochs", "--batch-size", "--lr", "--optimizer", "--momentum", "--weight-decay", "--seed",
-           "--backend", "--device", "--param", "--init", "--sparsify", "--dropout", "--target"]
+OPTIONS = [
+    "--method",
+    "--dataset",
+    "--model",
+    "--hidden",
+    "--density",
+    "--epsilon",
+    "--distribution",
+    "--epochs",
+    "--batch-size",
+    "--lr",
+    "--optimizer",
+    "--momentum",
+    "--weight-decay",
+    "--seed",
+    "--backend",
+    "--device",
+    "--param",
+    "--init",
+    "--sparsify",
+    "--dropout",
+    "--target",
+]
 SAFE = ["--epochs", "1", "--hidden", "8", "--no-progress"]
 
 
@@ -49,8 +69,10 @@ def test_random_options(tmp_path_factory, pairs):
 
 
 toml_lines = st.lists(
-    st.tuples(st.sampled_from(["method", "density", "epochs", "lr", "hidden", "params", "zeta", "[params]", "x"]),
-              st.sampled_from(['"set"', "0.2", "-1", "[8]", '"8"', "{}", "true", "1e400", "=", '"', "[1, 2"])),
+    st.tuples(
+        st.sampled_from(["method", "density", "epochs", "lr", "hidden", "params", "zeta", "[params]", "x"]),
+        st.sampled_from(['"set"', "0.2", "-1", "[8]", '"8"', "{}", "true", "1e400", "=", '"', "[1, 2"]),
+    ),
     max_size=5,
 )
 
@@ -64,8 +86,11 @@ def test_random_toml_files(tmp_path_factory, lines, noise):
     assert_clean(*run(["train", *SAFE, "--config", str(config), "--out", str(folder / "o")]))
 
 
-cells = st.one_of(st.integers(-5, 5).map(str), st.floats(-3, 3).map(str),
-                  st.sampled_from(["a", "b", "", " ", "x,y", '"q"', "1e5", "nan"]))
+cells = st.one_of(
+    st.integers(-5, 5).map(str),
+    st.floats(-3, 3).map(str),
+    st.sampled_from(["a", "b", "", " ", "x,y", '"q"', "1e5", "nan"]),
+)
 
 
 @fuzz

@@ -25,9 +25,7 @@ from evosparse.errors import UsageError
 
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
 
-FAST = settings(
-    max_examples=120, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
-)
+FAST = settings(max_examples=120, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 
 @dataclass
@@ -44,14 +42,10 @@ class BruteForce:
 def brute_force(mats: list[np.ndarray]) -> BruteForce:
     widths = [mats[0].shape[0]] + [m.shape[1] for m in mats]
     candidates = np.array(list(itertools.product(*map(range, widths))), dtype=np.int64)
-    along = np.stack(
-        [m[candidates[:, k], candidates[:, k + 1]] for k, m in enumerate(mats)], axis=1
-    )
+    along = np.stack([m[candidates[:, k], candidates[:, k + 1]] for k, m in enumerate(mats)], axis=1)
     real = (along > 0).all(axis=1)
     paths, importance = candidates[real], along[real].prod(axis=1)
-    node_importance = [
-        np.bincount(paths[:, k], weights=importance, minlength=w) for k, w in enumerate(widths)
-    ]
+    node_importance = [np.bincount(paths[:, k], weights=importance, minlength=w) for k, w in enumerate(widths)]
     edge_max_path, edge_path_count = [], []
     for k, m in enumerate(mats):
         strongest, count = np.zeros(m.shape), np.zeros(m.shape)
@@ -146,9 +140,7 @@ def test_explicit_zeros_in_a_sparse_tensor_are_absent_connections():
 def test_net_without_paths_is_all_zero_and_has_no_quantile():
     stats = path_statistics(tensors(NO_PATH))
     assert stats.total_paths == 0
-    assert all(
-        not t.any() for t in stats.node_importance + stats.edge_max_path + stats.edge_path_count
-    )
+    assert all(not t.any() for t in stats.node_importance + stats.edge_max_path + stats.edge_path_count)
     with pytest.raises(UsageError, match="no input-to-output path"):
         path_quantile(tensors(NO_PATH), 0.5)
     with pytest.raises(UsageError, match="no input-to-output path"):
@@ -199,9 +191,7 @@ def test_exact_quantile_matches_brute_force(mats, q):
     assert path_quantile(tensors(mats), q) == close(expected, rel=1e-10)
 
 
-@pytest.mark.parametrize(
-    ("q", "value"), [(0.0, 1), (0.1, 1), (0.15, 2), (0.5, 5), (0.7, 7), (0.99, 10), (1.0, 10)]
-)
+@pytest.mark.parametrize(("q", "value"), [(0.0, 1), (0.1, 1), (0.15, 2), (0.5, 5), (0.7, 7), (0.99, 10), (1.0, 10)])
 def test_quantile_is_the_lower_nearest_rank_one(q, value):
     one_layer = [torch.tensor([[3.0, 7.0, 1.0, 10.0, 5.0, 2.0, 9.0, 4.0, 8.0, 6.0]])]
     assert path_quantile(one_layer, q) == close(value)
@@ -217,8 +207,7 @@ def medium_net(seed: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     widths = [8, 10, 12, 10, 6]
     return [
-        np.where(rng.random((a, b)) < 0.5, 0.0, rng.lognormal(0.0, 1.5, (a, b)))
-        for a, b in itertools.pairwise(widths)
+        np.where(rng.random((a, b)) < 0.5, 0.0, rng.lognormal(0.0, 1.5, (a, b))) for a, b in itertools.pairwise(widths)
     ]
 
 
@@ -231,13 +220,9 @@ def test_sampled_quantile_is_within_a_few_percent_in_rank(seed, q):
     generator = torch.Generator().manual_seed(seed)
     estimate = path_quantile(tensors(mats), q, samples=20_000, generator=generator)
     lowest_rank = np.searchsorted(importance, estimate * (1 - 1e-9), side="left") / importance.size
-    highest_rank = (
-        np.searchsorted(importance, estimate * (1 + 1e-9), side="right") / importance.size
-    )
+    highest_rank = np.searchsorted(importance, estimate * (1 + 1e-9), side="right") / importance.size
     assert lowest_rank - 0.02 <= q <= highest_rank + 0.02
-    assert path_quantile(tensors(mats), q) == close(
-        importance[nearest_rank(q, importance.size) - 1]
-    )
+    assert path_quantile(tensors(mats), q) == close(importance[nearest_rank(q, importance.size) - 1])
 
 
 # Input 0 starts 1 path, input 1 starts 7: a walk choosing uniformly among connections would pick
@@ -310,9 +295,7 @@ def test_scales_beyond_float64_cancel_along_the_path(first):
     mats = [np.full((2, 2), first)] * 6 + [np.full((2, 2), 1 / first)] * 6
     stats = path_statistics(tensors(mats))
     for got in stats.node_importance:
-        np.testing.assert_allclose(
-            got.numpy(), 2.0**12, rtol=1e-9
-        )  # 2**13 paths, half through each node
+        np.testing.assert_allclose(got.numpy(), 2.0**12, rtol=1e-9)  # 2**13 paths, half through each node
     for got in stats.edge_max_path:
         np.testing.assert_allclose(got.numpy(), 1.0, rtol=1e-9)
     assert path_quantile(tensors(mats), 0.3) == close(1.0)
@@ -326,9 +309,7 @@ def test_huge_path_counts_stay_finite_and_sampleable():
     for count in stats.edge_path_count:
         np.testing.assert_allclose(count.numpy(), float(width) ** (depth - 1), rtol=1e-12)
     for importance in stats.node_importance:
-        np.testing.assert_allclose(
-            importance.numpy(), float(width) ** depth * 0.5**depth, rtol=1e-9
-        )
+        np.testing.assert_allclose(importance.numpy(), float(width) ** depth * 0.5**depth, rtol=1e-9)
     for strongest in stats.edge_max_path:
         np.testing.assert_allclose(strongest.numpy(), 0.5**depth, rtol=1e-9)
     assert path_quantile(mats, 0.1, samples=1000) == close(0.5**depth)

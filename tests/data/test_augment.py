@@ -23,9 +23,12 @@ def matching_windows(image: torch.Tensor, crop: torch.Tensor, padding: int) -> l
     found = []
     for top in range(2 * padding + 1):
         for left in range(2 * padding + 1):
-            window = padded[:, top:top + height, left:left + width]
-            found += [(top, left, flipped) for flipped, candidate in ((False, window), (True, window.flip(-1)))
-                      if torch.equal(candidate, crop)]
+            window = padded[:, top : top + height, left : left + width]
+            found += [
+                (top, left, flipped)
+                for flipped, candidate in ((False, window), (True, window.flip(-1)))
+                if torch.equal(candidate, crop)
+            ]
     return found
 
 
@@ -35,8 +38,9 @@ def window_matches(images: torch.Tensor, crops: torch.Tensor, padding: int) -> t
     padded = F.pad(images, (padding, padding, padding, padding))
     windows = padded.unfold(2, height, 1).unfold(3, width, 1)  # (n, c, tops, lefts, h, w)
     target = crops[:, :, None, None]
-    return torch.stack([(windows == target).all(-1).all(-1).all(1),
-                        (windows.flip(-1) == target).all(-1).all(-1).all(1)], dim=-1).flatten(1)
+    return torch.stack(
+        [(windows == target).all(-1).all(-1).all(1), (windows.flip(-1) == target).all(-1).all(-1).all(1)], dim=-1
+    ).flatten(1)
 
 
 def test_each_crop_is_one_window_of_its_own_padded_image():
@@ -48,8 +52,14 @@ def test_each_crop_is_one_window_of_its_own_padded_image():
 
 
 @settings(max_examples=30, deadline=None)
-@given(batch=st.integers(1, 6), channels=st.integers(1, 3), height=st.integers(1, 9), width=st.integers(1, 9),
-       padding=st.integers(0, 4), seed=st.integers(0, 2**31))
+@given(
+    batch=st.integers(1, 6),
+    channels=st.integers(1, 3),
+    height=st.integers(1, 9),
+    width=st.integers(1, 9),
+    padding=st.integers(0, 4),
+    seed=st.integers(0, 2**31),
+)
 def test_any_shape_and_padding_gives_windows_of_the_padded_input(batch, channels, height, width, padding, seed):
     # Distinct positive values make every window distinguishable from the others and from the padding.
     images = torch.randperm(batch * channels * height * width, generator=generator(seed)).add(1.0)
@@ -69,7 +79,7 @@ def test_offsets_are_uniform_and_half_the_images_are_flipped():
     flipped = found % 2 == 1
     offsets = torch.bincount(found // 2, minlength=(2 * padding + 1) ** 2)
     assert abs(flipped.float().mean().item() - 0.5) < 0.04  # about 3.5 standard deviations
-    assert offsets.min() > 100 and offsets.max() < 220      # 160 expected per offset, sd ≈ 12.4
+    assert offsets.min() > 100 and offsets.max() < 220  # 160 expected per offset, sd ≈ 12.4
     # Flips are drawn independently of the offsets: both halves cover every offset.
     assert (torch.bincount(found[flipped] // 2, minlength=25) > 0).all()
     assert (torch.bincount(found[~flipped] // 2, minlength=25) > 0).all()
@@ -100,10 +110,13 @@ def test_without_padding_only_flips_happen_and_the_input_is_untouched():
     assert (same ^ mirrored).all() and 0 < mirrored.sum() < 64
 
 
-@pytest.mark.parametrize("images,padding,message", [
-    (torch.zeros(3, 32, 32), 4, "batch, channels, height, width"),
-    (torch.zeros(2, 3, 32, 32), -1, "non-negative"),
-])
+@pytest.mark.parametrize(
+    "images,padding,message",
+    [
+        (torch.zeros(3, 32, 32), 4, "batch, channels, height, width"),
+        (torch.zeros(2, 3, 32, 32), -1, "non-negative"),
+    ],
+)
 def test_bad_inputs_are_usage_errors(images, padding, message):
     with pytest.raises(UsageError, match=message):
         random_crop_flip(images, generator(), padding)

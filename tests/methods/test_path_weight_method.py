@@ -239,8 +239,9 @@ def test_models_without_a_chain_of_linear_layers_are_refused_in_one_line():
 def train_digits(method: str, epochs: int, **params) -> list[float]:
     """Test accuracy after each epoch of a 64-128-64-10 sparse MLP on digits (evaluation before update)."""
     torch.manual_seed(0)
-    accuracies, sparsifier = digits_accuracies(small_mlp((64, 128, 64, 10)), method, epochs, lr=0.05,
-                                               density=0.15, **params)
+    accuracies, sparsifier = digits_accuracies(
+        small_mlp((64, 128, 64, 10)), method, epochs, lr=0.05, density=0.15, **params
+    )
     assert sparsifier.take_stats().connections_changed > 0
     return accuracies
 

@@ -48,8 +48,12 @@ def test_logits_have_one_row_per_image_and_one_column_per_class(name, shape, cla
 
 
 def test_lenet5_caffe_on_mnist_has_431080_parameters():
-    by_hand = (conv_params(1, 20, 5) + conv_params(20, 50, 5)   # 520 + 25,050
-               + linear_params(50 * 4 * 4, 500) + linear_params(500, 10))  # 400,500 + 5,010
+    by_hand = (
+        conv_params(1, 20, 5)
+        + conv_params(20, 50, 5)  # 520 + 25,050
+        + linear_params(50 * 4 * 4, 500)
+        + linear_params(500, 10)
+    )  # 400,500 + 5,010
     assert by_hand == 431_080
     model = build("lenet5", MNIST_SHAPE)
     assert parameter_count(model) == 431_080
@@ -95,10 +99,15 @@ def test_resnet18_keeps_full_resolution_until_the_second_stage():
     assert model.stages(model.stem(x)).shape == (2, 512, 4, 4)
 
 
-@pytest.mark.parametrize("make", [
-    lambda: LeNet5(1, 10, 13), lambda: SmallCNN(3, 10, 4),
-    lambda: SmallCNN(3, 10, 32, channels=()), lambda: SmallCNN(3, 10, 32, fc_hidden=(0,)),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: LeNet5(1, 10, 13),
+        lambda: SmallCNN(3, 10, 4),
+        lambda: SmallCNN(3, 10, 32, channels=()),
+        lambda: SmallCNN(3, 10, 32, fc_hidden=(0,)),
+    ],
+)
 def test_impossible_sizes_are_usage_errors(make):
     with pytest.raises(UsageError):
         make()

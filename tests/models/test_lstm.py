@@ -16,8 +16,17 @@ def text_file(tmp_path):
 
 def lstm_config(text_file, out, method="set", **overrides):
     values = {
-        "dataset": f"text:{text_file}", "model": "lstm", "hidden": "32", "method": method, "density": 0.3,
-        "optimizer": "adam", "lr": 0.01, "batch_size": 8, "epochs": 3, "out": str(out), **overrides,
+        "dataset": f"text:{text_file}",
+        "model": "lstm",
+        "hidden": "32",
+        "method": method,
+        "density": 0.3,
+        "optimizer": "adam",
+        "lr": 0.01,
+        "batch_size": 8,
+        "epochs": 3,
+        "out": str(out),
+        **overrides,
     }
     return build_config(None, values, [])
 

@@ -67,13 +67,9 @@ class _Layer:
         """``values`` (one per edge) as a tensor with the shape and layout of the input matrix."""
         if self.layout == torch.sparse_coo:
             indices = torch.stack([self.rows, self.cols])
-            return torch.sparse_coo_tensor(
-                indices, values, self.shape, is_coalesced=True, check_invariants=False
-            )
+            return torch.sparse_coo_tensor(indices, values, self.shape, is_coalesced=True, check_invariants=False)
         if self.layout == torch.sparse_csr:
-            return torch.sparse_csr_tensor(
-                self.row_starts, self.cols, values, self.shape, check_invariants=False
-            )
+            return torch.sparse_csr_tensor(self.row_starts, self.cols, values, self.shape, check_invariants=False)
         dense = torch.zeros(self.shape, dtype=torch.float64, device=values.device)
         dense.view(-1).index_copy_(0, self.keys, values)
         return dense
@@ -95,11 +91,7 @@ def path_statistics(abs_weights: Sequence[Tensor]) -> PathStats:
     node_importance = [torch.exp(f + b) for f, b in zip(sum_forward, sum_backward, strict=True)]
     edge_max_path = [
         layer.per_edge(
-            torch.exp(
-                _at(max_forward[k], layer.rows)
-                + layer.log_values
-                + _at(max_backward[k + 1], layer.cols)
-            )
+            torch.exp(_at(max_forward[k], layer.rows) + layer.log_values + _at(max_backward[k + 1], layer.cols))
         )
         for k, layer in enumerate(layers)
     ]
@@ -134,9 +126,7 @@ def path_quantile(
     completions = _path_counts(layers)[1]
     total = float(completions[0].sum())
     if total == 0:
-        raise UsageError(
-            "the network has no input-to-output path, so path importance has no quantile"
-        )
+        raise UsageError("the network has no input-to-output path, so path importance has no quantile")
     if samples is None:
         if total > MAX_EXACT_PATHS:
             raise UsageError(
@@ -146,16 +136,12 @@ def path_quantile(
         log_importance = _all_log_path_importances(layers, completions)
     else:
         edges = _sample_edges(layers, completions, samples, generator)
-        log_importance = sum(
-            _at(layer.log_values, edge) for layer, edge in zip(layers, edges, strict=True)
-        )
+        log_importance = sum(_at(layer.log_values, edge) for layer, edge in zip(layers, edges, strict=True))
     rank = max(1, math.ceil(q * log_importance.numel() * (1 - _RANK_TOLERANCE)))
     return math.exp(float(torch.kthvalue(log_importance, rank).values))
 
 
-def sample_paths(
-    abs_weights: Sequence[Tensor], samples: int, generator: torch.Generator | None = None
-) -> Tensor:
+def sample_paths(abs_weights: Sequence[Tensor], samples: int, generator: torch.Generator | None = None) -> Tensor:
     """Draw ``samples`` input-to-output paths uniformly (with replacement) among all paths.
 
     Returns an int64 tensor of shape (samples, len(abs_weights) + 1) whose row s lists the node
@@ -166,9 +152,7 @@ def sample_paths(
     _check_samples(samples)
     layers = _as_layers(abs_weights)
     edges = _sample_edges(layers, _path_counts(layers)[1], samples, generator)
-    nodes = [_at(layers[0].rows, edges[0])] + [
-        _at(layer.cols, edge) for layer, edge in zip(layers, edges, strict=True)
-    ]
+    nodes = [_at(layers[0].rows, edges[0])] + [_at(layer.cols, edge) for layer, edge in zip(layers, edges, strict=True)]
     return torch.stack(nodes, dim=1)
 
 
@@ -204,15 +188,11 @@ def _check_matrix(k: int, matrix: Tensor) -> None:
     if not isinstance(matrix, Tensor):
         raise UsageError(f"abs_weights[{k}] is a {type(matrix).__name__}, not a torch.Tensor")
     if matrix.layout not in (torch.strided, torch.sparse_coo, torch.sparse_csr):
-        raise UsageError(
-            f"abs_weights[{k}] has layout {matrix.layout}; use dense, sparse COO or CSR"
-        )
+        raise UsageError(f"abs_weights[{k}] has layout {matrix.layout}; use dense, sparse COO or CSR")
     if matrix.dim() != 2 or (matrix.is_sparse and matrix.dense_dim() != 0):
         raise UsageError(f"abs_weights[{k}] must be a 2-D matrix, got shape {tuple(matrix.shape)}")
     if min(matrix.shape) == 0:
-        raise UsageError(
-            f"abs_weights[{k}] has shape {tuple(matrix.shape)}; every layer needs nodes"
-        )
+        raise UsageError(f"abs_weights[{k}] has shape {tuple(matrix.shape)}; every layer needs nodes")
     if matrix.is_complex():
         raise UsageError(f"abs_weights[{k}] is complex; path importance needs real magnitudes")
     values = _stored_values(matrix)
@@ -264,9 +244,7 @@ def _edge_list(matrix: Tensor) -> _Layer:
 _Reduce = Callable[[Tensor, Tensor, int], Tensor]
 
 
-def _sweep(
-    layers: list[_Layer], reduce: _Reduce, *, weighted: bool, start: float
-) -> tuple[list[Tensor], list[Tensor]]:
+def _sweep(layers: list[_Layer], reduce: _Reduce, *, weighted: bool, start: float) -> tuple[list[Tensor], list[Tensor]]:
     """Forward and backward dynamic programme: one tensor per layer of nodes, input layer first.
 
     Forward value of node j = reduce over incoming edges (i, j) of (value of i [+ log A_ij]),
@@ -326,9 +304,7 @@ def _all_log_path_importances(layers: list[_Layer], completions: list[Tensor]) -
         first_useful = torch.cumsum(degree, 0) - degree
         branches = _at(degree, ends)
         parent = torch.repeat_interleave(torch.arange(ends.numel(), device=device), branches)
-        branch = torch.arange(parent.numel(), device=device) - _at(
-            torch.cumsum(branches, 0) - branches, parent
-        )
+        branch = torch.arange(parent.numel(), device=device) - _at(torch.cumsum(branches, 0) - branches, parent)
         edge = _at(useful, _at(first_useful, _at(ends, parent)) + branch)
         log_importance = _at(log_importance, parent) + _at(layer.log_values, edge)
         ends = _at(layer.cols, edge)
@@ -346,9 +322,7 @@ def _sample_edges(
     if total == 0:
         raise UsageError("the network has no input-to-output path to sample")
     if not torch.isfinite(total):
-        raise UsageError(
-            "the network has more paths than float64 can count, so they cannot be sampled"
-        )
+        raise UsageError("the network has more paths than float64 can count, so they cannot be sampled")
     device = total.device
     everything = torch.zeros(samples, dtype=torch.int64, device=device)
     node = _draw_in_segments(
@@ -360,9 +334,7 @@ def _sample_edges(
     edges = []
     for k, layer in enumerate(layers):
         source_count = _at(completions[k], layer.rows)
-        share = torch.where(
-            source_count > 0, _at(completions[k + 1], layer.cols) / source_count, 0.0
-        )
+        share = torch.where(source_count > 0, _at(completions[k + 1], layer.cols) / source_count, 0.0)
         edge = _draw_in_segments(
             torch.cumsum(share, 0),
             _at(layer.row_starts, node),
@@ -374,16 +346,12 @@ def _sample_edges(
     return edges
 
 
-def _draw_in_segments(
-    cumulative: Tensor, starts: Tensor, ends: Tensor, generator: torch.Generator | None
-) -> Tensor:
+def _draw_in_segments(cumulative: Tensor, starts: Tensor, ends: Tensor, generator: torch.Generator | None) -> Tensor:
     """For each (start, end) draw an index in [start, end) with probability proportional to the
     increments of ``cumulative`` (a running sum of non-negative weights) over that segment."""
     before = torch.where(starts > 0, _at(cumulative, (starts - 1).clamp(min=0)), 0.0)
     span = _at(cumulative, ends - 1) - before
-    uniform = torch.rand(
-        starts.shape, dtype=torch.float64, generator=generator, device=cumulative.device
-    )
+    uniform = torch.rand(starts.shape, dtype=torch.float64, generator=generator, device=cumulative.device)
     drawn = torch.searchsorted(cumulative, before + uniform * span, right=True)
     return torch.minimum(drawn, ends - 1)  # rounding may push a target past its segment's end
 

@@ -38,9 +38,7 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
         try:
             return _ALLOWED[(module, name)]
         except KeyError:
-            raise DataError(
-                f"refusing to unpickle {module}.{name}: the file may only contain NumPy arrays"
-            ) from None
+            raise DataError(f"refusing to unpickle {module}.{name}: the file may only contain NumPy arrays") from None
 
 
 def load_numpy_pickle(stream: IO[bytes], encoding: str = "latin1") -> Any:

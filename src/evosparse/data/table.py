@@ -24,9 +24,7 @@ from evosparse.errors import DataError, UsageError
 _SHOWN_COLUMNS = 12
 
 
-def load_csv(
-    path: str | Path, target: str | None = None, test_fraction: float = 0.2, split_seed: int = 0
-) -> Dataset:
+def load_csv(path: str | Path, target: str | None = None, test_fraction: float = 0.2, split_seed: int = 0) -> Dataset:
     """Read a CSV table into a standardised train/test Dataset named ``csv:PATH``.
 
     Raises :class:`DataError` for a missing or empty file, ragged rows, fewer than two columns or
@@ -117,13 +115,9 @@ def _feature_matrix(
     try:
         values = np.array(cells, dtype=np.float64)
     except ValueError:
-        r, c = next(
-            (r, c) for r, row in enumerate(cells) for c, cell in enumerate(row) if not _is_number(cell)
-        )
+        r, c = next((r, c) for r, row in enumerate(cells) for c, cell in enumerate(row) if not _is_number(cell))
         shown = repr(cells[r][c]) if cells[r][c] else "an empty cell"
-        raise DataError(
-            f"{path} line {lines[r]}, column {names[columns[c]]!r}: {shown} is not a number"
-        ) from None
+        raise DataError(f"{path} line {lines[r]}, column {names[columns[c]]!r}: {shown} is not a number") from None
     non_finite = np.argwhere(~np.isfinite(values))
     if len(non_finite):
         r, c = non_finite[0]
@@ -156,9 +150,7 @@ def _split(
     if test_rows < 1 or rows - test_rows < 2:
         raise DataError(f"{path} has {rows} data rows, too few for a train/test split")
     stratifiable = (
-        min(Counter(labels.tolist()).values()) >= 2
-        and test_rows >= num_classes
-        and rows - test_rows >= num_classes
+        min(Counter(labels.tolist()).values()) >= 2 and test_rows >= num_classes and rows - test_rows >= num_classes
     )
     x_train, x_test, y_train, y_test = train_test_split(
         features,

@@ -91,8 +91,9 @@ SCHEDULE_PARAMS: tuple[Param, ...] = (
 def grow_params(default: str, why: str = "") -> tuple[Param, ...]:
     """How grown weights start (``grow_init``, one of ``GROW_INITS``) and their ``grow_std`` when normal."""
     return (
-        Param("grow_init", default, "initial value of grown weights" + (f" ({why})" if why else ""),
-              choices=GROW_INITS),
+        Param(
+            "grow_init", default, "initial value of grown weights" + (f" ({why})" if why else ""), choices=GROW_INITS
+        ),
         Param("grow_std", 0.01, "standard deviation of grown weights when grow_init=normal", minimum=0.0),
     )
 

@@ -29,12 +29,15 @@ class SmallCNN(nn.Module):
     ) -> None:
         super().__init__()
         if not channels or any(c < 1 for c in [*channels, *fc_hidden]):
-            raise UsageError(f"conv channels and hidden sizes must be positive, "
-                             f"got {list(channels)} and {list(fc_hidden)}")
+            raise UsageError(
+                f"conv channels and hidden sizes must be positive, got {list(channels)} and {list(fc_hidden)}"
+            )
         side = image_size // 2 ** len(channels)
         if side < 1:
-            raise UsageError(f"{len(channels)} pooling stages need images of at least "
-                             f"{2 ** len(channels)}×{2 ** len(channels)} pixels, got {image_size}×{image_size}")
+            raise UsageError(
+                f"{len(channels)} pooling stages need images of at least "
+                f"{2 ** len(channels)}×{2 ** len(channels)} pixels, got {image_size}×{image_size}"
+            )
         blocks: list[nn.Module] = []
         for n_in, n_out in zip([in_channels, *channels[:-1]], channels):
             blocks += [nn.Conv2d(n_in, n_out, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]

@@ -18,8 +18,9 @@ class CharLSTM(nn.Module):
     def __init__(self, vocabulary: int, hidden: int = 512, layers: int = 1, dropout: float = 0.0) -> None:
         super().__init__()
         self.vocabulary = vocabulary
-        self.lstm = nn.LSTM(vocabulary, hidden, num_layers=layers, batch_first=True,
-                            dropout=dropout if layers > 1 else 0.0)
+        self.lstm = nn.LSTM(
+            vocabulary, hidden, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0
+        )
         self.dropout = nn.Dropout(dropout)
         self.decoder = nn.Linear(hidden, vocabulary)
         self.architecture = [vocabulary, *([hidden] * layers), vocabulary]

@@ -50,10 +50,12 @@ class ResNet18(nn.Module):
         super().__init__()
         self.stem = nn.Sequential(_conv3x3(in_channels, STAGE_WIDTHS[0]), nn.BatchNorm2d(STAGE_WIDTHS[0]), nn.ReLU())
         inputs = (STAGE_WIDTHS[0], *STAGE_WIDTHS[:-1])
-        self.stages = nn.Sequential(*(
-            _stage(n_in, width, blocks, stride=1 if index == 0 else 2)
-            for index, (n_in, width, blocks) in enumerate(zip(inputs, STAGE_WIDTHS, BLOCKS_PER_STAGE))
-        ))
+        self.stages = nn.Sequential(
+            *(
+                _stage(n_in, width, blocks, stride=1 if index == 0 else 2)
+                for index, (n_in, width, blocks) in enumerate(zip(inputs, STAGE_WIDTHS, BLOCKS_PER_STAGE))
+            )
+        )
         self.fc = nn.Linear(STAGE_WIDTHS[-1], num_classes)
         self.architecture = [in_channels, *STAGE_WIDTHS, num_classes]
         for module in self.modules():
