@@ -68,6 +68,18 @@ def random_gates(shape, generator, zero_fraction=0.5):
     return torch.where(torch.rand(shape, generator=generator) < zero_fraction, torch.zeros(shape), gates)
 
 
+def fix_gates(method, gates):
+    """Replace every switcher of ``method`` by one that outputs the given gates; return the gates."""
+    for slot, values in enumerate(gates):
+        method.switchers[slot] = FixedGates(values)
+    return gates
+
+
+def fix_random_gates(method, generator):
+    """Replace every switcher by one that outputs random gates (half of them 0); return the gates."""
+    return fix_gates(method, [random_gates(method.gate_shape(slot), generator) for slot in range(len(method.gated))])
+
+
 def clone_state(optimizer):
     return {
         id(p): {k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()} for p, s in optimizer.state.items()
@@ -126,9 +138,7 @@ def test_zero_gates_remove_exactly_those_connections(mode):
     model, _, sparsifier = setup(mode)
     method = sparsifier.method
     generator = torch.Generator().manual_seed(1)
-    gates = [random_gates(method.gate_shape(slot), generator) for slot in range(len(method.gated))]
-    for slot, values in enumerate(gates):
-        method.switchers[slot] = FixedGates(values)
+    gates = fix_random_gates(method, generator)
     x = torch.randn(8, 20, generator=generator)
     model.eval()
     gated = model(x)
@@ -150,9 +160,7 @@ def test_masks_and_density_follow_the_gates_after_a_switcher_epoch(mode):
     model, opt, sparsifier = setup(mode)
     method = sparsifier.method
     generator = torch.Generator().manual_seed(2)
-    gates = [random_gates(method.gate_shape(slot), generator) for slot in range(len(method.gated))]
-    for slot, values in enumerate(gates):
-        method.switchers[slot] = FixedGates(values)
+    gates = fix_random_gates(method, generator)
     train_steps(model, opt, sparsifier)
     expected_masks = [
         (z != 0) if mode == "connection" else (z != 0)[None, :].expand(layer.shape)
@@ -195,14 +203,11 @@ def test_switcher_epochs_compute_with_the_switched_off_weights(mode):
     method = sparsifier.method
     generator = torch.Generator().manual_seed(5)
     original = [layer.weight.detach().clone() for layer in linear_layers(model)]
-    for slot in range(len(method.gated)):
-        method.switchers[slot] = FixedGates(random_gates(method.gate_shape(slot), generator))
+    fix_random_gates(method, generator)
     sparsifier.end_epoch()  # switcher epoch 0 ends: masks follow the gates, weights become dormant
     sparsifier.end_epoch()  # task epoch 1 (no steps) ends
     assert sparsifier.topology.active < sparsifier.topology.total
-    ones = [torch.ones(method.gate_shape(slot)) for slot in range(len(method.gated))]
-    for slot, values in enumerate(ones):
-        method.switchers[slot] = FixedGates(values)
+    fix_gates(method, [torch.ones(method.gate_shape(slot)) for slot in range(len(method.gated))])
     x = torch.randn(8, 20, generator=generator)
     model.eval()
     assert torch.allclose(model(x), manual_forward(model, x, original), atol=1e-6)
