@@ -46,7 +46,7 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
     ),
     "target": (Annotated[Optional[str], typer.Option(help="label column of a csv:PATH dataset")], None),
     "data_dir": (Annotated[Optional[str], typer.Option(help="dataset cache folder")], None),
-    "model": (Annotated[Optional[str], typer.Option(help="mlp, lstm, lenet5, cnn or resnet18")], None),
+    "model": (Annotated[Optional[str], typer.Option(help="mlp, lstm, lenet5, cnn, resnet18 or vae")], None),
     "hidden": (Annotated[Optional[str], typer.Option(help="hidden sizes, e.g. 300,100")], None),
     "dropout": (Annotated[Optional[float], typer.Option(help="dropout between hidden layers")], None),
     "density": (
@@ -64,10 +64,24 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
         Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="random crop + flip of images")],
         None,
     ),
+    "train_fraction": (
+        Annotated[
+            Optional[float],
+            typer.Option(help="share of the training set used, in (0, 1]: per class, drawn by the seed"),
+        ],
+        None,
+    ),
+    "train_fractions": (
+        Annotated[
+            Optional[str],
+            typer.Option(help="compare at several training-set shares, e.g. 1.0,0.6,0.4 (a column each)"),
+        ],
+        None,
+    ),
     "epochs": (Annotated[Optional[int], typer.Option(help="number of epochs")], None),
     "batch_size": (Annotated[Optional[int], typer.Option(help="mini-batch size")], None),
     "lr": (Annotated[Optional[float], typer.Option(help="learning rate")], None),
-    "optimizer": (Annotated[Optional[str], typer.Option(help="sgd or adam")], None),
+    "optimizer": (Annotated[Optional[str], typer.Option(help="sgd, adam or rmsprop")], None),
     "momentum": (Annotated[Optional[float], typer.Option(help="SGD momentum")], None),
     "nesterov": (
         Annotated[Optional[bool], typer.Option("--nesterov/--no-nesterov", help="Nesterov momentum")],
@@ -92,6 +106,27 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
         None,
     ),
     "out": (Annotated[Optional[str], typer.Option(help="output folder")], None),
+    "fixed_topology_from": (
+        Annotated[
+            Optional[str],
+            typer.Option(help="train static from scratch on the final masks of this finished run (AWS 5.1)"),
+        ],
+        None,
+    ),
+    "width_scale": (
+        Annotated[
+            Optional[str],
+            typer.Option(help="scale the hidden widths: auto-wide, auto-small (dense baselines) or a factor"),
+        ],
+        None,
+    ),
+    "learned_from": (
+        Annotated[
+            Optional[str],
+            typer.Option(help="learned-static's source method (default: the first evolving one listed)"),
+        ],
+        None,
+    ),
     "resume": (Annotated[bool, typer.Option(help="continue the run checkpointed in --out")], False),
     "progress": (Annotated[bool, typer.Option(help="show a progress bar")], True),
 }
@@ -111,6 +146,7 @@ SETUP_OPTIONS = (
     "init",
     "sparsify",
     "augment",
+    "train_fraction",
     "epochs",
     "batch_size",
     "lr",
@@ -166,37 +202,55 @@ def command_line(ctx: typer.Context) -> str:
 
 
 @app.command()
-@with_options("method", *SETUP_OPTIONS, "resume")
+@with_options("method", *SETUP_OPTIONS, "resume", "target_acc", "fixed_topology_from", "width_scale")
 def train(**options: Any) -> None:
     """Train one sparse network and write result.json, metrics.csv, curves.png and a checkpoint."""
     from evosparse.distributed import context_from_environment
+    from evosparse.engine.compare import check_targets
     from evosparse.engine.config import build_config
     from evosparse.engine.loop import train as run_training
+    from evosparse.engine.objectives import ACCURACY, result_metric
+    from evosparse.metrics import epoch_reaching
 
     settings = build_config(options["config"], config_values(options), options["param"] or [])
+    targets = check_targets(options["target_acc"]) if options["target_acc"] else ()
     result = run_training(settings, resume=options["resume"], progress=options["progress"])
     if not context_from_environment().is_leader:
         return
     typer.echo(
-        f"{result['method']} on {result['dataset']}: test accuracy {result['final_test_acc']:.4f} "
+        f"{result['method']} on {result['dataset']}: test {result_metric(result).label} {result['final_test_acc']:.4f} "
         f"(best {result['best_test_acc']:.4f}, ARA {result['ara']:.4f}) at density {result['density_final']:.4g} "
         f"({result['params_active']:,}/{result['params_dense']:,} weights), {len(result['epochs'])} epochs "
         f"in {result['wall_time_s']:.1f} s -> {settings.out}"
     )
+    if targets and result_metric(result) == ACCURACY:
+        curve = [epoch["test_acc"] for epoch in result["epochs"]]
+        reached = [epoch_reaching(curve, target) for target in targets]
+        cells = [f"{t:g}: {'never' if e is None else e}" for t, e in zip(targets, reached)]
+        typer.echo("first epoch reaching " + ", ".join(cells))
 
 
-def run_and_report(comparison: Any, progress: bool) -> None:
-    """Run a comparison with one status line per run on stderr; print its table and files on stdout."""
+def run_and_report(comparison: Any, progress: bool, fractions: str | None = None) -> None:
+    """Run a comparison (once per training-set share in ``fractions`` when given) with one status line
+    per run on stderr; print its table and files on stdout."""
     from evosparse.engine.compare import markdown_table, run_comparison
+    from evosparse.engine.fractions import fraction_table, run_fraction_comparison
 
     console = Console(stderr=True)
-    summary = run_comparison(comparison, progress=progress, report=lambda line: console.print(line, highlight=False))
-    typer.echo(markdown_table(summary), nl=False)
-    typer.echo(f"-> {comparison.out / 'summary.md'}, summary.json, curves.png")
+
+    def report(line: str) -> None:
+        console.print(line, highlight=False)
+
+    if fractions is None:
+        typer.echo(markdown_table(run_comparison(comparison, progress=progress, report=report)), nl=False)
+    else:
+        summary = run_fraction_comparison(comparison, fractions, progress=progress, report=report)
+        typer.echo(fraction_table(summary), nl=False)
+    typer.echo(f"-> {comparison.out / 'summary.md'}, summary.json, curves.png, generalisation.png")
 
 
 @app.command()
-@with_options("methods", "seeds", "target_acc", *SETUP_OPTIONS)
+@with_options("methods", "seeds", "target_acc", "train_fractions", "learned_from", *SETUP_OPTIONS)
 def compare(ctx: typer.Context, **options: Any) -> None:
     """Train every method with the same data, model, budget and seeds; write summary.json, summary.md
     and curves.png. Runs already in --out are reused, so an interrupted comparison continues."""
@@ -210,8 +264,9 @@ def compare(ctx: typer.Context, **options: Any) -> None:
         param_pairs=options["param"] or [],
         targets=options["target_acc"] or DEFAULT_TARGETS,
         command=command_line(ctx),
+        learned_from=options["learned_from"],
     )
-    run_and_report(comparison, options["progress"])
+    run_and_report(comparison, options["progress"], options["train_fractions"])
 
 
 @app.command()

@@ -6,7 +6,7 @@ import pytest
 import torch
 from backend_pairs import masked_linear
 
-from evosparse.backends.csr_growth import exact_top_inactive_gradients
+from evosparse.backends.csr_growth import exact_top_inactive_gradients, inactive_gradient_blocks
 from evosparse.backends.csr_layer import CsrLinear
 from evosparse.backends.csr_ops import GradientTap
 from evosparse.errors import UsageError
@@ -37,3 +37,18 @@ def test_exact_growth_needs_a_recorded_tap_and_enough_free_positions():
     layer(torch.randn(2, 4, dtype=torch.float64)).sum().backward()
     with pytest.raises(UsageError, match="only"):
         exact_top_inactive_gradients(layer, 12 - layer.nnz + 1)
+
+
+@pytest.mark.parametrize("block_positions", [1, 10, 1 << 20])
+def test_gradient_blocks_cover_every_inactive_position_in_order_with_the_dense_gradient(block_positions):
+    linear, mask = masked_linear(7, 8, 0.3, seed=4)
+    layer = CsrLinear.from_linear(linear, mask)
+    layer.tap = GradientTap()
+    x = torch.randn(5, 7, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    layer(x).pow(2).sum().backward()
+    dense = torch.autograd.grad(linear(x).pow(2).sum(), linear.weight)[0].reshape(-1)
+    blocks = list(inactive_gradient_blocks(layer, block_positions))
+    positions = torch.cat([positions for positions, _ in blocks])
+    assert len(blocks) > (1 if block_positions < 56 else 0)
+    assert torch.equal(positions, (~mask).reshape(-1).nonzero().squeeze(1))
+    torch.testing.assert_close(torch.cat([gradients for _, gradients in blocks]), dense[positions])

@@ -265,6 +265,27 @@ def test_rewire_carries_a_pending_gradient():
     assert torch.equal(layer.values.grad, expected[csr_topology.active_positions(layer)])
 
 
+@pytest.mark.parametrize("net_change", [-2, 3])
+def test_a_rewire_that_changes_the_count_allows_backward_while_the_last_graph_is_alive(net_change):
+    """A training loop keeps its last ``loss`` (and with it autograd's record of the old values' size)
+    alive into the next step; the next backward pass must accept the new number of connections."""
+    layer, mask = csr_layer(8, 6, 0.4, seed=10)
+    hooked = []
+    layer.values.register_post_accumulate_grad_hook(lambda values: hooked.append(values.grad.numel()))
+    x = torch.randn(4, 8, dtype=F64, generator=torch.Generator().manual_seed(10))
+    loss = layer(x).pow(2).sum()
+    loss.backward()
+    positions, inactive = csr_topology.active_positions(layer), (~mask.reshape(-1)).nonzero().squeeze(1)
+    csr_topology.rewire(layer, positions[:3], inactive[: 3 + net_change])
+    layer.values.grad = None
+    loss = layer(x).pow(2).sum()
+    loss.backward()
+    dense = layer.to_dense_weight().requires_grad_()
+    (dense_grad,) = torch.autograd.grad(F.linear(x, dense, layer.bias).pow(2).sum(), [dense])
+    assert torch.allclose(layer.values.grad, dense_grad.reshape(-1)[csr_topology.active_positions(layer)])
+    assert hooked == [int(mask.sum()), int(mask.sum()) + net_change]  # hooks on the values stay in place
+
+
 def test_check_catches_a_misaligned_layer():
     layer, _ = csr_layer(6, 5, 0.5, seed=8)
     layer.values.data = layer.values.data[:-1]

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from evosparse.engine.config import build_config
+from evosparse.engine.config import build_config, config_difference
 from evosparse.errors import UsageError
 
 
@@ -84,3 +84,14 @@ def test_missing_and_unreadable_config_files(tmp_path):
     binary.write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(UsageError, match="config file"):
         build_config(binary, {}, [])
+
+
+def test_a_saved_run_without_a_later_added_method_parameter_counts_as_its_default():
+    config = build_config(None, {"method": "rigl"}, [])
+    saved = config.to_dict()
+    newest = next(iter(saved["params"]))
+    saved["params"] = {key: value for key, value in saved["params"].items() if key != newest}
+    assert config_difference(saved, config) is None
+    changed = build_config(None, {"method": "rigl"}, [f"alpha={config.params['alpha'] / 2}"])
+    assert config_difference(saved, changed)[0] == "params"
+    assert config_difference({**saved, "method": "set"}, config)[0] == "method"

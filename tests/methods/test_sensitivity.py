@@ -180,9 +180,13 @@ def test_state_dict_round_trip_keeps_the_epochs_gradient_statistics():
         build(conv_net(), form="inverse")
 
 
-@pytest.mark.parametrize("params", [{"form": "relative"}, {"form": "paper"}, {"time_varying": True}])
-def test_sensitivity_learns_digits(params):
-    accuracies = train_digits("sensitivity", 6, **params)
+@pytest.mark.parametrize(
+    ("params", "epochs"),
+    # |g/w| learns erratically (it ranks tiny weights first; see docs/results.md), so it gets more epochs
+    [({"form": "relative"}, 6), ({"form": "paper"}, 8), ({"time_varying": True}, 6)],
+)
+def test_sensitivity_learns_digits(params, epochs):
+    accuracies = train_digits("sensitivity", epochs, **params)
     assert_learns(accuracies)
 
 

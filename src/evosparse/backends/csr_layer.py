@@ -126,9 +126,23 @@ class CsrLinear(nn.Module):
         """Let a saved layer with a different nnz load: resize ``values`` (same Parameter) first."""
         saved = state_dict.get(prefix + "values")
         if isinstance(saved, Tensor) and saved.dim() == 1 and saved.shape != self.values.shape:
-            self.values.data = self.values.data.new_empty(saved.shape)
+            set_parameter_data(self.values, self.values.data.new_empty(saved.shape))
             self.values.grad = None
         super()._load_from_state_dict(state_dict, prefix, *args)
+
+
+def set_parameter_data(parameter: nn.Parameter, data: Tensor) -> None:
+    """``parameter.data = data``, also when ``data`` has another shape (the Parameter keeps its identity).
+
+    Autograd keeps one gradient accumulator per leaf, made with the leaf's shape and reused while any
+    graph through the leaf is alive (a training loop's last ``loss`` keeps one); assigning ``.data``
+    renews it only when the dtype or device changes, so a resized leaf would fail the next backward
+    pass ("expected shape compatible with" the old size). Passing through another dtype renews it;
+    hooks registered on the Parameter are kept.
+    """
+    if data.shape != parameter.shape:
+        parameter.data = data.new_empty(0, dtype=torch.float64 if data.dtype != torch.float64 else torch.float32)
+    parameter.data = data
 
 
 def structure_from_csr_arrays(crow_indices: Tensor, col_indices: Tensor, shape: tuple[int, int]) -> CsrStructure:

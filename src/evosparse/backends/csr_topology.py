@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from evosparse.backends.csr_layer import CsrLinear
+from evosparse.backends.csr_layer import CsrLinear, set_parameter_data
 from evosparse.backends.csr_ops import CsrStructure
 from evosparse.backends.uniform_sampling import is_member, locate, sample_absent
 
@@ -79,7 +79,7 @@ def rewire(
     rows = torch.div(merge.new_keys, layer.in_features, rounding_mode="floor")
     # The new positions are sorted and distinct by construction, so the structure is built directly.
     structure = CsrStructure._from_sorted(rows, merge.new_keys - rows * layer.in_features, layer.shape)
-    values.data = _replaced(values.data, merge.realign(values.detach(), new_values))
+    set_parameter_data(values, _replaced(values.data, merge.realign(values.detach(), new_values)))
     if values.grad is not None:
         values.grad = _replaced(values.grad, merge.realign(values.grad))
     if optimizer is not None:

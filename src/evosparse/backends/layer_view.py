@@ -20,6 +20,7 @@ from torch import Tensor
 
 from evosparse.backends import csr_topology
 from evosparse.backends.csr_layer import CsrLinear
+from evosparse.backends.source_sampling import free_per_source, source_weighted_sample
 from evosparse.backends.uniform_sampling import sample_absent
 from evosparse.topology.masks import SparseLayer, Topology
 
@@ -70,6 +71,18 @@ class SparseLayerView(ABC):
         generator state and the same topology.
         """
         return sample_absent(self.active_positions(), self.numel, count, generator, exclude)
+
+    def sample_inactive_by_source(self, count: int, source_weights: Tensor, generator: torch.Generator) -> Tensor:
+        """``count`` distinct inactive positions whose source (input unit or channel) is drawn ∝ ``source_weights``.
+
+        See :func:`~evosparse.backends.source_sampling.source_weighted_sample`; implemented once for
+        every backend, so both draw the same positions.
+        """
+        return source_weighted_sample(self.active_positions(), self.shape, count, source_weights, generator)
+
+    def free_per_source(self) -> Tensor:
+        """Number of inactive positions of each source (int64, on the CPU)."""
+        return free_per_source(self.active_positions(), self.shape)
 
 
 class CsrLayerView(SparseLayerView):

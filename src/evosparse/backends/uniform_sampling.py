@@ -86,6 +86,14 @@ def complement(sorted_values: Tensor, total: int) -> Tensor:
     return starts[gap_of_entry] + entries - first_entry_of_gap[gap_of_entry]
 
 
+def distinct_with_first_draw(values: Tensor) -> tuple[Tensor, Tensor]:
+    """The sorted distinct entries of ``values`` and, for each, the index of its first occurrence."""
+    distinct, inverse = torch.unique(values, sorted=True, return_inverse=True)
+    draw_index = torch.arange(values.numel(), device=values.device)
+    first = torch.full((distinct.numel(),), values.numel(), dtype=torch.int64, device=values.device)
+    return distinct, first.scatter_reduce_(0, inverse, draw_index, reduce="amin")
+
+
 def _sorted_union(sorted_values: Tensor, extra: Tensor) -> Tensor:
     """Sorted distinct union of a sorted distinct tensor and any other int64 tensor."""
     return torch.unique(torch.cat([sorted_values, extra.reshape(-1)]), sorted=True)
@@ -107,17 +115,9 @@ def _sample_by_rejection(blocked: Tensor, total: int, count: int, generator: tor
         free_now = total - blocked.numel() - chosen.numel()
         draws = math.ceil(needed * total / free_now * _DRAW_MARGIN) + 16
         candidates = torch.randint(total, (draws,), generator=generator, device=generator.device)
-        distinct, first_draw = _distinct_with_first_draw(candidates.to(blocked.device))
+        distinct, first_draw = distinct_with_first_draw(candidates.to(blocked.device))
         accepted = ~is_member(blocked, distinct) & ~is_member(chosen_sorted, distinct)
         in_draw_order = torch.sort(first_draw[accepted]).indices[:needed]
         chosen = torch.cat([chosen, distinct[accepted][in_draw_order]])
         chosen_sorted = torch.sort(chosen).values
     return chosen
-
-
-def _distinct_with_first_draw(values: Tensor) -> tuple[Tensor, Tensor]:
-    """The sorted distinct entries of ``values`` and, for each, the index of its first occurrence."""
-    distinct, inverse = torch.unique(values, sorted=True, return_inverse=True)
-    draw_index = torch.arange(values.numel(), device=values.device)
-    first = torch.full((distinct.numel(),), values.numel(), dtype=torch.int64, device=values.device)
-    return distinct, first.scatter_reduce_(0, inverse, draw_index, reduce="amin")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from evosparse.backends.source_sampling import source_weighted_sample
 from evosparse.errors import UsageError
 
 
@@ -24,33 +25,17 @@ def source_weighted_growth(
     """``count`` inactive positions whose *source* (input) neuron is drawn ∝ ``source_weights``.
 
     The two-stage rule of Path-Weight/Sensitivity (eq. 6, 11) and LiSET: pick the source neuron i with
-    probability ∝ w_i, then a target uniformly among i's inactive positions. Drawing many without
-    replacement is done in one pass (Efraimidis–Spirakis keys with per-position weight
-    w_i / free_i, whose first draw is exactly the two-stage rule). Positions whose source has weight 0
-    are used only if the positive-weight ones run out, uniformly.
+    probability ∝ w_i, then a target uniformly among i's inactive positions; many draws are made without
+    replacement by successive sampling with per-position weight w_i / free_i (Efraimidis–Spirakis). Positions
+    whose source has weight 0 are used only if the positive-weight ones run out, uniformly. The sampler is
+    :func:`evosparse.backends.source_sampling.source_weighted_sample`, which needs only the active positions.
 
     ``mask`` is shaped like the weight, ``(out, in, ...)``: sources are the second axis (input units of a
     linear layer, input channels of a convolution). ``source_weights`` has one non-negative entry per
     source.
     """
-    if source_weights.shape != (mask.shape[1],):
-        raise UsageError(f"need one source weight per input unit ({mask.shape[1]}), got {tuple(source_weights.shape)}")
-    weights = source_weights.detach().to("cpu", torch.float64).clamp_min(0)
-    if not torch.isfinite(weights).all():
-        raise UsageError("source weights must be finite")
-    free = ~mask.detach().cpu()
-    source_of = torch.arange(mask.shape[1]).view(1, -1, *([1] * (mask.dim() - 2))).expand(mask.shape)
-    inactive = free.reshape(-1).nonzero().squeeze(1)
-    if count > inactive.numel():
-        raise UsageError(f"cannot grow {count} connections: only {inactive.numel()} positions are free")
-    sources = source_of.reshape(-1)[inactive]
-    free_per_source = free.transpose(0, 1).reshape(mask.shape[1], -1).sum(dim=1).to(torch.float64)
-    position_weight = weights[sources] / free_per_source[sources].clamp_min(1)
-    uniform = torch.rand(inactive.numel(), generator=generator, dtype=torch.float64)
-    keys = torch.where(position_weight > 0, uniform.log() / position_weight, -torch.inf)
-    keys = torch.where(position_weight > 0, keys, -1e300 + uniform)  # zero-weight sources: last, random order
-    chosen = torch.topk(keys, count).indices
-    return inactive[chosen]
+    active = mask.detach().reshape(-1).nonzero().squeeze(1)
+    return source_weighted_sample(active, tuple(mask.shape), count, source_weights, generator)
 
 
 def top_scores_growth(scores: torch.Tensor, mask: torch.Tensor, count: int) -> torch.Tensor:

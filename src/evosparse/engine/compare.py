@@ -12,12 +12,15 @@ A run is reused or resumed only when its checkpoint was made with exactly the re
 configuration (a finished run's folder may have moved); otherwise the comparison stops before any
 training with one line naming the first differing setting. We refuse rather than retrain into a
 fresh folder, so that a folder always holds the runs its ``summary.json`` describes.
-Outputs: ``summary.json``, ``summary.md``, ``curves.png``.
+Outputs: ``summary.json``, ``summary.md``, ``curves.png`` and ``generalisation.png`` (test against
+training loss; summary.md has the accuracy at matched training loss, see
+:mod:`evosparse.analysis.generalisation`).
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import statistics
 from collections.abc import Callable, Mapping, Sequence
@@ -29,9 +32,12 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from evosparse.analysis.generalisation import generalisation_markdown, generalisation_summary, plot_generalisation
 from evosparse.engine.checkpoint import CHECKPOINT_NAME, atomic_write_bytes, atomic_write_text, load_checkpoint
 from evosparse.engine.config import TrainConfig, build_config, config_difference, parse_param_pairs, read_toml
 from evosparse.engine.loop import train
+from evosparse.engine.objectives import ACCURACY, result_metric
+from evosparse.engine.variants import base_method, learned_source, run_order, variant_settings
 from evosparse.errors import EvosparseError, UsageError
 from evosparse.methods import get_method
 from evosparse.metrics import epoch_reaching
@@ -42,7 +48,7 @@ DEFAULT_SEEDS = 3
 DEFAULT_TARGETS: tuple[float, ...] = (0.97,)
 RESULT_NAME = "result.json"
 #: Settings that differ between the runs of one comparison; every other setting is shared.
-PER_RUN_KEYS = ("method", "params", "seed", "out")
+PER_RUN_KEYS = ("method", "params", "seed", "out", "fixed_topology_from", "width_scale")
 
 RunKey = tuple[str, int]
 
@@ -53,6 +59,8 @@ class Comparison:
 
     ``settings`` holds :class:`TrainConfig` values common to every run (``None``-free; the keys in
     ``PER_RUN_KEYS`` excluded); ``params`` the raw parameter overrides of each method.
+    ``run_subfolder`` (e.g. ``f0.6`` for a share of the training set) goes between the method's
+    folder and the seed's.
     """
 
     methods: tuple[str, ...]
@@ -62,24 +70,30 @@ class Comparison:
     params: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
     targets: tuple[float, ...] = DEFAULT_TARGETS
     command: str = ""
+    run_subfolder: str = ""
+    #: The method whose final masks ``learned-static`` holds (None: the first evolving one listed).
+    learned_from: str | None = None
 
     def run_folder(self, method: str, seed: int) -> Path:
-        return self.out / method / f"seed{seed}"
+        return self.out / method / self.run_subfolder / f"seed{seed}"
 
     def configs(self) -> dict[RunKey, TrainConfig]:
-        """The validated configuration of every run, methods outer and seeds inner (no training)."""
+        """The validated configuration of every run, methods outer (in training order: ``learned-static``
+        after its source) and seeds inner (no training)."""
+        source = learned_source(self.methods, self.learned_from)
         return {
             (method, seed): build_config(
                 None,
                 {
                     **self.settings,
-                    "method": method,
+                    **variant_settings(method, seed, source, self.run_folder),
+                    "method": base_method(method),
                     "seed": seed,
                     "out": str(self.run_folder(method, seed)),
                     "params": dict(self.params.get(method, {})),
                 },
             )
-            for method in self.methods
+            for method in run_order(self.methods)
             for seed in self.seeds
         }
 
@@ -95,7 +109,7 @@ def parse_methods(methods: str | Sequence[str]) -> tuple[str, ...]:
     if "" in names:
         raise UsageError(f"--methods has an empty name in {','.join(names)!r}")
     for name in names:
-        get_method(name)
+        get_method(base_method(name))
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise UsageError(f"--methods lists {repeated[0]} more than once")
@@ -136,7 +150,7 @@ def distribute_params(methods: Sequence[str], raw: Mapping[str, object]) -> dict
     for key, value in raw.items():
         if key in targeted:
             continue
-        takers = [method for method in methods if key in {p.name for p in get_method(method).params}]
+        takers = [method for method in methods if key in {p.name for p in get_method(base_method(method)).params}]
         if not takers:
             raise UsageError(f"no method among {', '.join(methods)} has a parameter {key!r}")
         for method in takers:
@@ -158,6 +172,7 @@ def plan_comparison(
     param_pairs: Sequence[str] = (),
     targets: Sequence[float] = DEFAULT_TARGETS,
     command: str = "",
+    learned_from: str | None = None,
 ) -> Comparison:
     """Build a :class:`Comparison` from CLI-shaped input: TOML file ← flags (``None`` = not given).
 
@@ -187,6 +202,7 @@ def plan_comparison(
         params=distribute_params(names, raw_params),
         targets=check_targets(targets),
         command=command,
+        learned_from=learned_from,
     )
     comparison.configs()
     return comparison
@@ -248,19 +264,35 @@ def run_comparison(
     Every folder is checked before any training, so changed settings fail at once; ``report``
     receives one line per run (``[2/6] set seed 1: trained, final accuracy 0.9531``).
     """
-    configs = comparison.configs()
-    states = {key: existing_state(config) for key, config in configs.items()}
-    results: dict[RunKey, dict[str, Any]] = {}
-    verbs = {"new": "trained", "resume": "resumed", "reuse": "reused"}
-    for index, (key, config) in enumerate(configs.items(), start=1):
-        results[key] = run_one(config, states[key], progress)
-        report(
-            f"[{index}/{len(configs)}] {key[0]} seed {key[1]}: {verbs[states[key]]}, "
-            f"final accuracy {results[key]['final_test_acc']:.4f}"
-        )
-    summary = summarize(comparison, configs, results)
+    [summary] = run_comparisons([comparison], progress=progress, report=report)
     write_outputs(comparison.out, summary)
     return summary
+
+
+def run_comparisons(
+    comparisons: Sequence[Comparison], *, progress: bool = True, report: Callable[[str], None] = lambda line: None
+) -> list[dict[str, Any]]:
+    """Run (or reuse) every run of several comparisons and return their summaries (writing none).
+
+    Every folder of every comparison is checked before any training, so changed settings fail at once.
+    """
+    configs = [comparison.configs() for comparison in comparisons]
+    states = [{key: existing_state(config) for key, config in runs.items()} for runs in configs]
+    numbers = itertools.count(1)
+    total = sum(map(len, configs))
+    verbs = {"new": "trained", "resume": "resumed", "reuse": "reused"}
+    summaries = []
+    for comparison, runs, run_states in zip(comparisons, configs, states):
+        results: dict[RunKey, dict[str, Any]] = {}
+        for (method, seed), config in runs.items():
+            results[(method, seed)] = run_one(config, run_states[(method, seed)], progress)
+            where = " ".join(filter(None, (method, comparison.run_subfolder, f"seed {seed}")))
+            report(
+                f"[{next(numbers)}/{total}] {where}: {verbs[run_states[(method, seed)]]}, "
+                f"final {result_metric(results[(method, seed)]).label} {results[(method, seed)]['final_test_acc']:.4f}"
+            )
+        summaries.append(summarize(comparison, runs, results))
+    return summaries
 
 
 # -- summarising ---------------------------------------------------------------------------------
@@ -296,6 +328,7 @@ def method_summary(
     return {
         "method_params": results[0]["method_params"],
         "runs": list(folders),
+        "architecture": results[0]["architecture"],
         "final_acc": spread([r["final_test_acc"] for r in results]),
         "best_acc": spread([r["best_test_acc"] for r in results]),
         "ara": spread([r["ara"] for r in results]),
@@ -318,15 +351,22 @@ def method_summary(
 def summarize(
     comparison: Comparison, configs: Mapping[RunKey, TrainConfig], results: Mapping[RunKey, Mapping[str, Any]]
 ) -> dict[str, Any]:
-    """The content of summary.json: the shared setup, and each method's numbers over the seeds."""
+    """The content of summary.json: the shared setup, and each method's numbers over the seeds.
+
+    ``metric`` names what the accuracy fields hold; targets (accuracies) apply only to accuracy.
+    """
     first = next(iter(configs.values())).to_dict()
+    metric = result_metric(next(iter(results.values())))
+    targets = comparison.targets if metric == ACCURACY else ()
+    unscaled = [result for result in results.values() if not result.get("width_scaling")]
     return {
         "schema": SUMMARY_SCHEMA,
         "command": comparison.command,
         "setup": {key: value for key, value in first.items() if key not in PER_RUN_KEYS},
-        "architecture": next(iter(results.values()))["architecture"],
+        "architecture": (unscaled or list(results.values()))[0]["architecture"],
+        "metric": metric.name,
         "seeds": list(comparison.seeds),
-        "targets": list(comparison.targets),
+        "targets": list(targets),
         "methods": {
             method: method_summary(
                 [results[(method, seed)] for seed in comparison.seeds],
@@ -334,10 +374,13 @@ def summarize(
                     comparison.run_folder(method, seed).relative_to(comparison.out).as_posix()
                     for seed in comparison.seeds
                 ],
-                comparison.targets,
+                targets,
             )
             for method in comparison.methods
         },
+        "generalisation": generalisation_summary(
+            {method: [results[(method, seed)] for seed in comparison.seeds] for method in comparison.methods}
+        ),
     }
 
 
@@ -357,10 +400,11 @@ def _reached(entry: Mapping[str, Any]) -> str:
 def markdown_table(summary: Mapping[str, Any]) -> str:
     """The comparison as a Markdown table, one row per method."""
     targets = [target_key(t) for t in summary["targets"]]
+    metric = result_metric(summary)
     header = [
         "method",
-        "final acc",
-        "best acc",
+        f"final {metric.short}",
+        f"best {metric.short}",
         "ARA",
         *(f"epoch to {t}" for t in targets),
         "active params",
@@ -391,23 +435,32 @@ def budget_text(setup: Mapping[str, Any]) -> str:
     return f"density {setup['density'] if setup['density'] is not None else TrainConfig.DEFAULT_DENSITY}"
 
 
+def setup_line(summary: Mapping[str, Any]) -> str:
+    """The shared setup in one sentence: data, model, budget, optimisation, seeds."""
+    setup = summary["setup"]
+    share = setup.get("train_fraction", 1.0)
+    return (
+        f"{setup['dataset']}{'' if share == 1.0 else f' ({share * 100:g}% of the training set)'}, "
+        f"{setup['model']} {'-'.join(map(str, summary['architecture']))}, "
+        f"{budget_text(setup)} ({setup['distribution'] or default_distribution(setup['model'])}), "
+        f"{setup['epochs']} epochs, {setup['optimizer']} lr {setup['lr']}, batch {setup['batch_size']}, "
+        f"seeds {', '.join(map(str, summary['seeds']))}."
+    )
+
+
 def render_markdown(summary: Mapping[str, Any]) -> str:
     """summary.md: the command that produced it, the setup, the table, how to read it, the curves."""
-    setup = summary["setup"]
-    budget = budget_text(setup)
     seeds = summary["seeds"]
     return (
         "# Comparison\n\n"
         f"```\n{summary['command']}\n```\n\n"
-        f"{setup['dataset']}, {setup['model']} {'-'.join(map(str, summary['architecture']))}, "
-        f"{budget} ({setup['distribution'] or default_distribution(setup['model'])}), "
-        f"{setup['epochs']} epochs, {setup['optimizer']} lr {setup['lr']}, batch {setup['batch_size']}, "
-        f"seeds {', '.join(map(str, seeds))}.\n\n"
+        f"{setup_line(summary)}\n\n"
         + markdown_table(summary)
         + f"\nMean ± sample standard deviation over {len(seeds)} seed(s). *Epoch to T*: first epoch at which "
         "the mean accuracy curve reaches T (in brackets: how many runs reach it on their own). "
         "*s/epoch*: training plus topology updates, without evaluation; *topology s/epoch*: the topology "
-        "updates alone.\n\n![test accuracy per epoch](curves.png)\n"
+        "updates alone.\n\n![test accuracy per epoch](curves.png)\n\n"
+        + generalisation_markdown(summary["generalisation"], metric_label=result_metric(summary).label)
     )
 
 
@@ -425,7 +478,7 @@ def plot_comparison(path: Path, summary: Mapping[str, Any]) -> None:
         axis.fill_between(epochs, low, high, color=color, alpha=0.2, linewidth=0)
     setup = summary["setup"]
     title = f"{setup['dataset']}, {budget_text(setup)}: mean ± std over {len(summary['seeds'])} seed(s)"
-    axis.set(xlabel="epoch", ylabel="test accuracy", title=title)
+    axis.set(xlabel="epoch", ylabel=f"test {result_metric(summary).label}", title=title)
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.grid(alpha=0.3)
     axis.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
@@ -434,8 +487,15 @@ def plot_comparison(path: Path, summary: Mapping[str, Any]) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def generalisation_title(summary: Mapping[str, Any]) -> str:
+    """The title of generalisation.png: data, budget and how many seeds each point averages."""
+    setup = summary["setup"]
+    return f"{setup['dataset']}, {budget_text(setup)}: mean over {len(summary['seeds'])} seed(s) per epoch"
+
+
 def write_outputs(out: Path, summary: Mapping[str, Any]) -> None:
-    """Write summary.json, summary.md and curves.png atomically into ``out``."""
+    """Write summary.json, summary.md, curves.png and generalisation.png atomically into ``out``."""
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(out / "summary.md", render_markdown(summary))
     plot_comparison(out / "curves.png", summary)
+    plot_generalisation(out / "generalisation.png", summary["generalisation"], generalisation_title(summary))

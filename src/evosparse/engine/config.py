@@ -15,13 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from evosparse.backends.csr_model import BACKENDS, check_backend
+from evosparse.data.subset import check_fraction
+from evosparse.engine.width_scaling import AUTO_MODES, parse_width_scale
 from evosparse.errors import UsageError
 from evosparse.methods import get_method, resolve_params
 from evosparse.models import MODELS, default_distribution
 from evosparse.topology.distributions import DISTRIBUTIONS
 from evosparse.topology.init import INIT_SCHEMES
 
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "rmsprop")
 DEVICES = ("cpu", "cuda")
 
 
@@ -36,13 +38,18 @@ class TrainConfig:
     data_dir: str | None = None
     model: str = "mlp"
     hidden: list[int] | None = None
+    #: ``auto-wide``, ``auto-small`` or a factor (as text) for the hidden widths; see ``width_scaling``.
+    width_scale: str | None = None
     dropout: float = 0.0
     density: float | None = None
     epsilon: float | None = None
     distribution: str | None = None
     init: str = "sparse_kaiming"
+    #: Run folder whose final masks a ``static`` run holds fixed (AWS Section 5.1); see ``fixed_topology``.
+    fixed_topology_from: str | None = None
     sparsify: str = "all"
     augment: bool = False
+    train_fraction: float = 1.0
     epochs: int = 30
     batch_size: int = 32
     lr: float = 0.05
@@ -91,11 +98,14 @@ def config_difference(
     """The first setting where a checkpoint's saved config differs from ``config``, or ``None``.
 
     A key missing from ``saved`` (a checkpoint written before that setting existed) counts as the
-    setting's default, which is what such a run used.
+    setting's default, which is what such a run used; the same holds for a method parameter missing
+    from the saved ``params``.
     """
     defaults = TrainConfig().to_dict()
     for key, value in config.to_dict().items():
         before = saved.get(key, defaults[key])
+        if key == "params" and isinstance(before, Mapping) and saved.get("method") == config.method:
+            before = {**resolve_params(get_method(config.method), {}), **before}
         if key not in ignore and before != value:
             return key, before, value
     return None
@@ -144,6 +154,8 @@ def _coerce_field(name: str, value: object) -> object:
     kind = _FIELD_TYPES[name]
     if name == "hidden":
         return None if value is None else parse_hidden(value)
+    if name == "width_scale":
+        return None if value is None else parse_width_scale(value)
     if name == "params":
         if not isinstance(value, Mapping):
             raise UsageError("params must be a table of method parameters")
@@ -174,6 +186,8 @@ def build_config(
     if toml_path is not None:
         values.update(read_toml(toml_path))
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    if values.get("fixed_topology_from") is not None:
+        values.setdefault("method", "static")  # a fixed topology trains with static's semantics
     unknown = sorted(set(values) - set(_FIELD_TYPES))
     if unknown:
         raise UsageError(f"unknown configuration key {unknown[0]!r}")
@@ -203,6 +217,7 @@ def validate(config: TrainConfig) -> None:
     _check_choice("backend", config.backend, BACKENDS)
     check_backend(method_cls, config.backend)
     _check_choice("device", config.device, DEVICES)
+    check_fraction(config.train_fraction)
     if config.epochs < 1:
         raise UsageError(f"epochs must be at least 1, got {config.epochs}")
     if config.batch_size < 1:
@@ -217,6 +232,13 @@ def validate(config: TrainConfig) -> None:
         raise UsageError(f"dropout must be below 1, got {config.dropout}")
     if config.nesterov and (config.optimizer != "sgd" or config.momentum == 0):
         raise UsageError("nesterov needs --optimizer sgd with a positive momentum")
+    if config.fixed_topology_from is not None and (config.method != "static" or config.backend != "masked"):
+        raise UsageError(
+            "--fixed-topology-from trains with --method static on --backend masked, "
+            f"not --method {config.method} on --backend {config.backend}"
+        )
+    if config.width_scale in AUTO_MODES and config.method != "dense":
+        raise UsageError(f"--width-scale {config.width_scale} sizes a dense baseline: use it with --method dense")
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:

@@ -14,24 +14,25 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
-from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from evosparse.analysis.plots import plot_run_curves
 from evosparse.backends.csr_build import DIRECT_BUILD_ENTRIES
 from evosparse.data import Dataset, load_dataset
 from evosparse.data.augment import random_crop_flip
+from evosparse.data.subset import subset_training
 from evosparse.distributed import DistributedContext, all_sum, context_from_environment, initialise, shard, shutdown
 from evosparse.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from evosparse.engine.config import TrainConfig, config_difference
+from evosparse.engine.fixed_topology import hold_fixed_topology
+from evosparse.engine.objectives import Classification, Objective, objective_for
 from evosparse.engine.records import EpochRecord, build_result, write_metrics_csv, write_result
 from evosparse.engine.snapshots import save_snapshot
+from evosparse.engine.width_scaling import scale_widths
 from evosparse.errors import EvosparseError, UsageError
 from evosparse.models import ModelSpec, architecture_of, build_model
 from evosparse.models.parts import select_layers
 from evosparse.sparsifier import Sparsifier
-
-EVAL_BATCH = 2048
 
 
 def excluded_layers(model: nn.Module, part: str) -> list[str]:
@@ -67,9 +68,12 @@ def build_for_backend(config: TrainConfig, spec: ModelSpec, device: torch.device
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD (momentum, Nesterov, weight decay) or Adam over all of ``model``'s parameters."""
+    """SGD (momentum, Nesterov, weight decay), Adam or RMSProp (PyTorch's defaults otherwise, no momentum)
+    over all of ``model``'s parameters."""
     if config.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "rmsprop":
+        return torch.optim.RMSprop(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(
         model.parameters(),
         lr=config.lr,
@@ -86,21 +90,14 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> Iterator[to
     yield from order.split(batch_size)
 
 
-def flat_predictions(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N·T, C) logits and (N·T,) targets: sequence models are scored per time step (per character)."""
-    return logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
-
-
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` on (x, y) per predicted label, in eval mode."""
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, objective: Objective | None = None
+) -> tuple[float, float]:
+    """Mean loss and metric of ``model`` on (x, y) in eval mode: cross-entropy and accuracy per predicted
+    label unless another ``objective`` is given (a VAE's: −ELBO twice)."""
     model.eval()
-    loss_sum, correct = 0.0, 0
-    for start in range(0, x.shape[0], EVAL_BATCH):
-        logits, target = flat_predictions(model(x[start : start + EVAL_BATCH]), y[start : start + EVAL_BATCH])
-        loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
-        correct += int((logits.argmax(dim=1) == target).sum().item())
-    return loss_sum / y.numel(), correct / y.numel()
+    return (objective or Classification()).evaluate(model, x, y)
 
 
 class Trainer:
@@ -121,8 +118,12 @@ class Trainer:
                 f"{self.context.world_size} processes"
             )
         initialise(self.context, self.device)
-        self.data: Dataset = load_dataset(
-            config.dataset, data_dir=Path(config.data_dir) if config.data_dir else None, target=config.target
+        self.data: Dataset = subset_training(
+            load_dataset(
+                config.dataset, data_dir=Path(config.data_dir) if config.data_dir else None, target=config.target
+            ),
+            config.train_fraction,
+            config.seed,
         )
         if config.augment and len(self.data.input_shape) != 3:
             shape = self.data.input_shape
@@ -135,7 +136,8 @@ class Trainer:
             hidden=tuple(config.hidden) if config.hidden else None,
             dropout=config.dropout,
         )
-        self.model = build_for_backend(config, spec, self.device)
+        self.spec, self.width_scaling = scale_widths(config, spec)
+        self.model = build_for_backend(config, self.spec, self.device)
         self.optimizer = make_optimizer(config, self.model)
         full, rest = divmod(self.data.x_train.shape[0], config.batch_size)
         self.steps_per_epoch = full + (rest >= self.context.world_size)
@@ -154,6 +156,9 @@ class Trainer:
             exclude=excluded_layers(self.model, config.sparsify),
             **config.params,
         )
+        if config.fixed_topology_from is not None:
+            hold_fixed_topology(self.sparsifier, config)
+        self.objective = objective_for(self.model, self.data)
         self.model.to(self.device)  # a model built sparse directly (see build_for_backend) is on the CPU
         self.x_train, self.y_train = self.data.x_train.to(self.device), self.data.y_train.to(self.device)
         self.x_test, self.y_test = self.data.x_test.to(self.device), self.data.y_test.to(self.device)
@@ -225,7 +230,7 @@ class Trainer:
             inputs = self.x_train[batch]
             if self.config.augment:
                 inputs = random_crop_flip(inputs, augment_generator)
-            loss = F.cross_entropy(*flat_predictions(self.train_model(inputs), self.y_train[batch]))
+            loss = self.objective.loss(self.train_model, inputs, self.y_train[batch])
             [step_loss] = all_sum([loss.item() * batch.numel()], self.context)
             if not math.isfinite(step_loss):
                 raise EvosparseError(
@@ -264,7 +269,7 @@ class Trainer:
                 train_loss = self.train_epoch(epoch, advance)
                 step_stats = self.sparsifier.take_stats()
                 train_time = time.perf_counter() - epoch_started - step_stats.seconds
-                test_loss, test_acc = evaluate(self.model, self.x_test, self.y_test)
+                test_loss, test_acc = evaluate(self.model, self.x_test, self.y_test, self.objective)
                 density = self.sparsifier.density()
                 leader = self.context.is_leader
                 if leader and self.config.snapshots and self.sparsifier.method.sparse:
@@ -287,13 +292,15 @@ class Trainer:
                     write_metrics_csv(self.out / "metrics.csv", self.epochs)
                     save_checkpoint(self.checkpoint_path, self._checkpoint_state(self._wall(started)))
                 if progress:
-                    progress.update(task, description=f"epoch {epoch}/{config.epochs} acc {test_acc:.4f}")
+                    shown = f"{self.objective.metric.label} {test_acc:.4f}"
+                    progress.update(task, description=f"epoch {epoch}/{config.epochs} {shown}")
         result = build_result(
             header=self._header(),
             epochs=self.epochs,
             params_active=self.sparsifier.active_connections(),
             density_final=self.sparsifier.density(),
             wall_time_s=self._wall(started),
+            metric=self.objective.metric,
         )
         if self.context.is_leader:
             write_result(self.out / "result.json", result)
@@ -341,6 +348,10 @@ class Trainer:
             "distribution": config.effective_distribution,
             "sparsify": config.sparsify,
             "augment": config.augment,
+            "width_scaling": self.width_scaling.to_dict() if self.width_scaling else None,
+            "fixed_topology_from": config.fixed_topology_from,
+            "train_fraction": config.train_fraction,
+            "train_samples": self.data.x_train.shape[0],
             "layers": [
                 {
                     "name": r.name,

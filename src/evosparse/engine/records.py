@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from evosparse.engine.checkpoint import atomic_write_text
+from evosparse.engine.objectives import ACCURACY, Metric
 from evosparse.metrics import ara
 
 SCHEMA_VERSION = 1
@@ -52,8 +53,12 @@ def build_result(
     params_active: int,
     density_final: float,
     wall_time_s: float,
+    metric: Metric = ACCURACY,
 ) -> dict[str, Any]:
-    """Assemble result.json: the run's identity (``header``), per-epoch records and summary numbers."""
+    """Assemble result.json: the run's identity (``header``), per-epoch records and summary numbers.
+
+    ``metric`` is what ``test_acc`` holds (accuracy, or a VAE's −ELBO); the best epoch is its best value.
+    """
     accuracies = [record.test_acc for record in epochs]
     return {
         "schema": SCHEMA_VERSION,
@@ -62,7 +67,8 @@ def build_result(
         "params_active": params_active,
         "epochs": [asdict(record) for record in epochs],
         "final_test_acc": accuracies[-1],
-        "best_test_acc": max(accuracies),
+        "best_test_acc": metric.best(accuracies),
+        "metric": metric.name,
         "ara": ara(accuracies),
         "wall_time_s": wall_time_s,
     }

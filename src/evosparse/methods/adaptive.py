@@ -22,21 +22,47 @@ Two modes:
   plays no role. The number pruned is capped at the layer's free positions (a dense layer swaps
   nothing), and a position pruned in an update is never activated in the same update.
 
-Growth needs the dense gradient at inactive positions; it is taken from the sparsifier's gradient
-hook (no second backward pass) at the last training step before the update, as the paper's
-per-step algorithm uses the current gradient. With β₀ < 1 only the sampled candidate positions'
-gradients are kept; the candidates are drawn (from the method's generator) at the first training
-step after each update, so a run resumed from a checkpoint draws the same ones.
+Growth needs the dense gradient at inactive positions; it is taken at the last training step
+before the update (no second backward pass), as the paper's per-step algorithm uses the current
+gradient. On the masked backend it comes from the sparsifier's gradient hook; with β₀ < 1 only the
+sampled candidate positions' gradients are kept, and the candidates are drawn (from the method's
+generator, for all layers at once) at the first training step after each update, so a run resumed
+from a checkpoint draws the same ones.
+
+On the csr backend no dense gradient exists: each layer's
+:class:`~evosparse.backends.csr_ops.GradientTap` keeps the last step's layer input X and output
+gradient dY, and ∂L/∂w[i, j] = Σ_b dY[b, i] · X[b, j] is computed only where it is needed, an SDDMM
+over those positions (:meth:`~evosparse.backends.csr_ops.GradientTap.gradient_at`), exactly equal to
+the dense gradient there:
+
+* deterministic: every inactive position is scored, block of rows by block of rows
+  (:func:`~evosparse.backends.csr_growth.inactive_gradient_blocks`), keeping only the running
+  largest (and ties at the cut): the same choice as the masked backend, in O(out · in · batch) time
+  but O(block + grown + ties at the cut) memory;
+* stochastic with β₀ < 1: the candidates are drawn at the update (the same draw the masked backend
+  makes, as nothing else uses the generator in between) and the gradient is computed at them only,
+  O(candidates · batch). That is the paper's own sampling of a fraction β₀ of the inactive
+  positions (here exactly round(β₀ · free) of them, uniformly without replacement), so the csr
+  backend adds no approximation to it; the gradient is that of the last mini-batch before the
+  update, on both backends (the paper updates after every step, this library on its schedule);
+* stochastic with β₀ = 1 scores every inactive position at once, so on csr it lists all of them:
+  O(out · in) time and memory, like the masked backend. Use β₀ < 1 for large layers.
+
+Both modes are written once against the layer views; only where the gradient is read from differs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from evosparse.backends.csr_growth import inactive_gradient_blocks
+from evosparse.backends.csr_ops import GradientTap
+from evosparse.backends.layer_view import CsrLayerView, SparseLayerView
+from evosparse.backends.uniform_sampling import complement
 from evosparse.criteria.magnitude import weakest_of
 from evosparse.errors import UsageError
 from evosparse.methods.base import SCHEDULE_PARAMS, Method, Param, register
@@ -45,6 +71,7 @@ if TYPE_CHECKING:
     from evosparse.sparsifier import Sparsifier
 
 MODES = ("deterministic", "stochastic")
+_NO_GRADIENT = "adaptive grows by gradient: run a training step (backward + step) before each update"
 #: Parameters that only the stochastic form reads; the deterministic preset refuses changed values.
 STOCHASTIC_ONLY = ("beta0", "beta1", "g", "s", "l", "alpha")
 
@@ -90,12 +117,34 @@ def largest_with_random_ties(scores: torch.Tensor, count: int, generator: torch.
     return torch.cat([above, tied[chosen.to(tied.device)]])
 
 
-def magnitude_threshold_prune(weight: torch.Tensor, mask: torch.Tensor, k: float) -> tuple[torch.Tensor, float]:
-    """The g → ∞ pruning set: active positions with |w| < k·W̄, and W̄ (mean |w| over the active ones)."""
-    active = mask.view(-1).nonzero().squeeze(1)
-    magnitude = weight.detach().view(-1)[active].abs()
-    mean = float(magnitude.mean()) if active.numel() else 0.0
-    return active[magnitude < k * mean], mean
+def largest_in_blocks(
+    blocks: Iterable[tuple[torch.Tensor, torch.Tensor]], count: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positions, gradients) of the ``count`` largest |gradient| over ``blocks`` of (positions, gradients).
+
+    The same choice, and the same use of ``generator``, as :func:`largest_with_random_ties` on all
+    blocks concatenated (ties at the cut broken uniformly at random), keeping in memory only the
+    entries at or above the running cut: O(count + ties + block) instead of every position.
+    """
+    positions, gradients = torch.zeros(0, dtype=torch.long), torch.zeros(0)
+    for block_positions, block_gradients in blocks:
+        positions = torch.cat([positions.to(block_positions.device), block_positions])
+        gradients = torch.cat([gradients.to(block_gradients), block_gradients])
+        if positions.numel() > count > 0:
+            keep = gradients.abs() >= torch.topk(gradients.abs(), count).values[-1]
+            positions, gradients = positions[keep.to(positions.device)], gradients[keep]
+    chosen = largest_with_random_ties(gradients.abs(), count, generator)
+    return positions[chosen.to(positions.device)], gradients[chosen]
+
+
+def magnitude_threshold_prune(view: SparseLayerView, k: float) -> tuple[torch.Tensor, float]:
+    """The g → ∞ pruning set: active positions with |w| < k·W̄, the weakest first when capped at the layer's
+    free positions, and W̄ (mean |w| over the active ones)."""
+    positions, values = view.active_positions(), view.active_values()
+    magnitude = values.abs()
+    mean = float(magnitude.mean()) if values.numel() else 0.0
+    below = weakest_of(values, (magnitude < k * mean).nonzero().squeeze(1), view.numel - view.active)
+    return positions[below.to(positions.device)], mean
 
 
 @dataclass
@@ -120,6 +169,7 @@ class AdaptiveWeightSparsity(Method):
     name = "adaptive"
     summary = "Adaptive Weight Sparsity: prune below k·mean|w|, grow largest |gradient| (ICLR 2018 subm.)"
     evolves = True
+    supports_csr: ClassVar[bool] = True
     params = (
         Param("mode", "deterministic", "the paper's experimental fixed-budget limit, or the stochastic form", MODES),
         Param("k", 0.5, "pruning threshold: weights with |w| < k·mean|w| are pruned (paper: 0.25 or 0.5)", minimum=0.0),
@@ -143,6 +193,7 @@ class AdaptiveWeightSparsity(Method):
             changed = [name for name in STOCHASTIC_ONLY if self.hparams[name] != defaults[name]]
             if changed:
                 raise UsageError(f"parameter {changed[0]} has no effect in deterministic mode; add mode=stochastic")
+        #: Masked backend: the last step's gradient of each layer (flat; only at the candidates when β₀ < 1).
         self._gradients: dict[int, torch.Tensor] = {}
         self._candidates: dict[int, torch.Tensor] = {}
 
@@ -169,30 +220,65 @@ class AdaptiveWeightSparsity(Method):
             kept.copy_(flat)
 
     def _growth_candidates(self, index: int) -> torch.Tensor:
-        """The inactive positions growth may choose from (a β₀-sample in stochastic mode, drawn once per update)."""
-        if index not in self._candidates:
-            inactive = (~self.topology.layers[index].mask.view(-1)).nonzero().squeeze(1)
-            fraction = self.hparams["beta0"] if self.stochastic else 1.0
-            self._candidates[index] = sample_fraction(inactive, fraction, self.generator)
+        """The inactive positions stochastic growth chooses from: a β₀-sample (every layer's drawn at once,
+        in layer order, on the first need after an update), or all of them in increasing order when β₀ = 1."""
+        if not self._candidates:
+            for layer_index, view in enumerate(self.sparsifier.views):
+                if self._sampled_growth:
+                    count = round(self.hparams["beta0"] * (view.numel - view.active))
+                    self._candidates[layer_index] = view.sample_inactive(count, self.generator)
+                else:
+                    self._candidates[layer_index] = complement(view.active_positions(), view.numel)
         return self._candidates[index]
 
     def _candidate_gradients(self, index: int) -> torch.Tensor:
         """∂L/∂w of the last training step at the growth candidates of layer ``index``."""
+        candidates = self._growth_candidates(index)
+        view = self.sparsifier.views[index]
+        if isinstance(view, CsrLayerView):
+            in_features = view.shape[1]
+            return self._tap(view).gradient_at(candidates // in_features, candidates % in_features)
+        kept = self._kept_gradient(index)
+        return kept if self._sampled_growth else kept[candidates]
+
+    def _inactive_gradients(self, index: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(positions, ∂L/∂w) of the last training step at every inactive position, in increasing position
+        order: in one block on the masked backend, block of rows by block of rows on csr."""
+        view = self.sparsifier.views[index]
+        if isinstance(view, CsrLayerView):
+            self._tap(view)  # refuse an empty tap with this method's message, before any work
+            return inactive_gradient_blocks(view.layer)
+        kept = self._kept_gradient(index)
+        inactive = complement(view.active_positions(), view.numel)
+        return iter([(inactive, kept[inactive.to(kept.device)])])
+
+    def _kept_gradient(self, index: int) -> torch.Tensor:
+        """The gradient kept by :meth:`observe_gradient` for layer ``index`` (masked backend)."""
         if index not in self._gradients:
-            raise UsageError("adaptive grows by gradient: run a training step (backward + step) before each update")
-        kept = self._gradients[index]
-        return kept if self._sampled_growth else kept[self._growth_candidates(index)]
+            raise UsageError(_NO_GRADIENT)
+        return self._gradients[index]
+
+    @staticmethod
+    def _tap(view: CsrLayerView) -> GradientTap:
+        """The csr layer's tap, once a backward pass has filled it."""
+        tap = view.layer.tap
+        if tap is None or not tap.recorded:
+            raise UsageError(_NO_GRADIENT)
+        return tap
 
     def _forget_gradients(self) -> None:
+        """Drop the kept gradients, candidates and (csr) the taps' recorded batch, which belong to the old topology."""
         self._gradients.clear()
         self._candidates.clear()
+        for view in self.sparsifier.views:
+            if isinstance(view, CsrLayerView) and view.layer.tap is not None:
+                view.layer.tap.clear()
 
     # -- shared pieces --------------------------------------------------------------------------
 
     def target_fraction(self, index: int) -> float:
         """α for layer ``index``: the ``alpha`` parameter, or the layer's target budget / size."""
-        layer = self.topology.layers[index]
-        return self.hparams["alpha"] or self.sparsifier.target_budgets[index] / layer.numel
+        return self.hparams["alpha"] or self.sparsifier.target_budgets[index] / self.sparsifier.views[index].numel
 
     def new_weights(self, gradients: torch.Tensor, mean_magnitude: float) -> torch.Tensor:
         """C_g·∂L/∂w + U(−r, r), with r = 2·k·W̄ unless the ``r`` parameter is set (AWS, Section 3)."""
@@ -209,14 +295,16 @@ class AdaptiveWeightSparsity(Method):
 
     def pruning_stage(self, index: int) -> Stage:
         """Sample β₁ of the active weights and compute each one's P(1→0)."""
-        layer = self.topology.layers[index]
-        active = layer.mask.view(-1).nonzero().squeeze(1)
-        sampled = sample_fraction(active, self.hparams["beta1"], self.generator)
-        magnitude = layer.weight.detach().view(-1)[sampled].abs().to(torch.float64)
+        view = self.sparsifier.views[index]
+        active, values = view.active_positions(), view.active_values()
+        sampled = sample_fraction(
+            torch.arange(active.numel(), device=active.device), self.hparams["beta1"], self.generator
+        )
+        magnitude = values[sampled.to(values.device)].abs().to(torch.float64)
         mean = float(magnitude.mean()) if sampled.numel() else 0.0
         h = self.hparams
         probability = prune_probability(magnitude, mean, h["k"], h["g"], h["s"], *self._fractions(index))
-        return Stage(sampled, probability, mean)
+        return Stage(active[sampled], probability, mean)
 
     def growth_stage(self, index: int) -> Stage:
         """The growth candidates (inactive before this update) with each one's P(0→1)."""
@@ -230,8 +318,8 @@ class AdaptiveWeightSparsity(Method):
 
     def _fractions(self, index: int) -> tuple[float, float]:
         """(a, α): the layer's active fraction now and its target."""
-        layer = self.topology.layers[index]
-        return layer.active / layer.numel, self.target_fraction(index)
+        view = self.sparsifier.views[index]
+        return view.active / view.numel, self.target_fraction(index)
 
     def _draw(self, stage: Stage) -> torch.Tensor:
         hits = torch.rand(stage.probabilities.numel(), generator=self.generator, dtype=torch.float64)
@@ -239,28 +327,28 @@ class AdaptiveWeightSparsity(Method):
 
     def _stochastic_update(self, index: int) -> int:
         pruning, growth = self.pruning_stage(index), self.growth_stage(index)
-        prune = pruning.positions[self._draw(pruning)]
+        prune = pruning.positions[self._draw(pruning).to(pruning.positions.device)]
         chosen = self._draw(growth)
+        assert growth.gradients is not None
         values = self.new_weights(growth.gradients[chosen], pruning.reference)
-        return self.topology.rewire(index, prune, growth.positions[chosen], values)
+        grow = growth.positions[chosen.to(growth.positions.device)]
+        return self.sparsifier.views[index].rewire(prune, grow, values)
 
     # -- deterministic preset -------------------------------------------------------------------
 
     def _deterministic_update(self, index: int) -> int:
-        layer = self.topology.layers[index]
-        prune, mean = magnitude_threshold_prune(layer.weight, layer.mask, self.hparams["k"])
-        prune = weakest_of(layer.weight, prune, layer.numel - layer.active)
+        view = self.sparsifier.views[index]
+        prune, mean = magnitude_threshold_prune(view, self.hparams["k"])
         if prune.numel() == 0:
             return 0
-        candidates = self._growth_candidates(index)
-        gradients = self._candidate_gradients(index)
-        chosen = largest_with_random_ties(gradients.abs(), prune.numel(), self.generator)
-        values = self.new_weights(gradients[chosen], mean)
-        return self.topology.rewire(index, prune, candidates[chosen], values)
+        grow, gradients = largest_in_blocks(self._inactive_gradients(index), prune.numel(), self.generator)
+        return view.rewire(prune, grow, self.new_weights(gradients, mean))
 
     def update(self) -> int:
+        if self.stochastic:
+            self._growth_candidates(0)  # every layer's, before any other draw: the masked backend's order
         step = self._stochastic_update if self.stochastic else self._deterministic_update
-        changed = sum(step(index) for index in range(len(self.topology.layers)))
+        changed = sum(step(index) for index in range(len(self.sparsifier.views)))
         self._forget_gradients()
         return changed
 

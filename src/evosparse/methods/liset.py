@@ -5,19 +5,26 @@ output; during training its output is added to the model's logits before the los
 inputs of layer k carry linear features the main network has not used yet. Growth in layer k then
 favours connections from those inputs. Evaluation and saved models use the main network only: the
 skip layers live in the method, not in the model, and act only while ``model.training``.
+
+The topology update is written once against the layer views
+(:class:`~evosparse.backends.layer_view.SparseLayerView`): SET's pruning
+(:func:`~evosparse.backends.set_on_view.set_prune_positions`) and growth by source
+(:meth:`~evosparse.backends.layer_view.SparseLayerView.sample_inactive_by_source`) read only the
+active positions, so the masked and csr backends make the same choices and nothing of size out x in
+is formed on csr. The skip layers are dense but small (inputs x outputs of the model).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
-from evosparse.criteria.growth import source_weighted_growth
-from evosparse.criteria.magnitude import set_prune_selection, weakest_of
+from evosparse.backends.late_binding import LayerSetup
+from evosparse.backends.set_on_view import set_prune_positions
 from evosparse.errors import UsageError
 from evosparse.methods.base import SCHEDULE_PARAMS, Method, Param, grow_params, register
 from evosparse.topology.init import grown_weight_values
@@ -58,6 +65,7 @@ class LiSET(Method):
     summary = "SET whose growth favours inputs used by dense skip layers to the output (Radu 2021)"
     evolves = True
     supports_distributed = False
+    supports_csr: ClassVar[bool] = True
     params = (
         Param("gamma", 0.0, "γ: large → uniform growth (SET), small → growth concentrated on strong inputs"),
         Param("zeta", 0.3, "fraction of each layer's active weights replaced per update", minimum=0.0, maximum=1.0),
@@ -95,13 +103,22 @@ class LiSET(Method):
         self._reinitialise_skip_layers()
         optimizer.add_param_group({"params": list(self.skip_layers.parameters())})
         self._inputs: dict[int, torch.Tensor] = {}
+        self.layer_setup = LayerSetup(self, self._catch_layer_inputs)
+        self.add_hook(self.sparsifier.model.register_forward_hook(self._add_skip_outputs))
+
+    def _catch_layer_inputs(self) -> None:
+        """A forward pre-hook on every (final) sparse layer keeps its input for the skip layers."""
         for index, layer in enumerate(self.topology.layers):
             self.add_hook(layer.module.register_forward_pre_hook(self._input_catcher(index)))
-        self.add_hook(self.sparsifier.model.register_forward_hook(self._add_skip_outputs))
 
     # -- construction ---------------------------------------------------------------------------
 
     def _require_linear_layers(self) -> None:
+        if not self.topology.layers:
+            raise UsageError(
+                "liset builds its skip layers before the csr layers of a model on the meta device exist; "
+                "build the model on a real device"
+            )
         for layer in self.topology.layers:
             if not isinstance(layer.module, nn.Linear) or layer.attr != "weight":
                 raise UsageError(
@@ -159,30 +176,32 @@ class LiSET(Method):
     # -- evolution --------------------------------------------------------------------------------
 
     def growth_weights(self, index: int) -> torch.Tensor:
-        """Per-source weights for :func:`source_weighted_growth` giving each free position weight w̃_i.
+        """Per-source weights for growth by source giving each free position weight w̃_i.
 
-        ``source_weighted_growth`` spreads a source's weight over its free positions, so passing
-        w̃_i · free_i makes every free position (i, j) weigh w̃_i, as eq. 2 asks.
+        Growth by source spreads a source's weight over its free positions, so passing w̃_i · free_i
+        makes every free position (i, j) weigh w̃_i, as eq. 2 asks.
         """
-        layer = self.topology.layers[index]
-        free_per_source = (~layer.mask).sum(dim=0).to("cpu", torch.float64)
+        free_per_source = self.sparsifier.views[index].free_per_source().to(torch.float64)
         return source_preference(self.skip_layers[index].weight, self.hparams["gamma"]).cpu() * free_per_source
 
     def growth_selection(self, index: int, count: int) -> torch.Tensor:
         """``count`` free flat positions of layer ``index``, each drawn with weight w̃ of its source."""
-        mask = self.topology.layers[index].mask
-        return source_weighted_growth(mask, count, self.growth_weights(index), self.generator)
+        view = self.sparsifier.views[index]
+        return view.sample_inactive_by_source(count, self.growth_weights(index), self.generator)
 
     def update(self) -> int:
         changed = 0
-        for index, layer in enumerate(self.topology.layers):
-            prune = set_prune_selection(layer.weight, layer.mask, self.hparams["zeta"])
-            prune = weakest_of(layer.weight, prune, layer.numel - layer.active)
+        for index, view in enumerate(self.sparsifier.views):
+            prune = set_prune_positions(view, self.hparams["zeta"])
             grow = self.growth_selection(index, prune.numel())
             values = grown_weight_values(
-                layer, grow.numel(), self.hparams["grow_init"], self.generator, self.hparams["grow_std"]
+                view,  # type: ignore[arg-type]  # reads only ``active`` and ``fan_out_axis_size``
+                grow.numel(),
+                self.hparams["grow_init"],
+                self.generator,
+                self.hparams["grow_std"],
             )
-            changed += self.topology.rewire(index, prune, grow, values)
+            changed += view.rewire(prune, grow, values)
         self._reinitialise_skip_layers()
         return changed
 

@@ -33,6 +33,11 @@ How we read the points the paper leaves open (also in docs/design.md):
 * **Scope.** Paths need a chain of fully connected layers: every sparse layer must be an
   ``nn.Linear`` whose input size equals the previous sparse layer's output size (in the order the
   model defines them). Other models get a one-line error pointing at ``sensitivity``.
+* **Backends.** Everything reads the topology through the layer views
+  (:class:`~evosparse.backends.layer_view.SparseLayerView`): path statistics take the active
+  connections as a sparse matrix, growth draws from the active positions alone
+  (:meth:`~evosparse.backends.layer_view.SparseLayerView.sample_inactive_by_source`), so the masked and
+  the csr backend choose the same connections and nothing of size out x in is formed on csr.
 * **Defaults** (the paper gives none): λ = 0.9, ζ = 0.3, δ = 1. On LeNet-300-100 at density 0.05 after
   one MNIST epoch, λ = 0.5 makes only ~4% of the connections candidates (~1.3% replaced per update,
   nearly a static network), λ = 0.9 ~29% (~9% replaced); over 10 epochs (3 seeds) λ = 0.9 reached
@@ -50,7 +55,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from evosparse.criteria.growth import source_weighted_growth
+from evosparse.backends.csr_layer import CsrLinear
+from evosparse.backends.late_binding import LayerSetup
+from evosparse.backends.layer_view import SparseLayerView
+from evosparse.backends.uniform_sampling import locate
 from evosparse.criteria.path_weight import MAX_EXACT_PATHS, path_quantile, path_statistics
 from evosparse.criteria.time_varying import (
     TimeVaryingRule,
@@ -123,15 +131,17 @@ class NodeImportanceEvolution(Method):
     def update(self) -> int:
         selection = self.select()
         changed, grown = 0, 0
-        for index, prune in enumerate(selection.prune):
-            layer = self.topology.layers[index]
-            free = layer.numel - layer.active
-            count = min(int(round(self.values["delta"] * prune.numel())), free)
-            grow = source_weighted_growth(layer.mask, count, selection.node_importance[index], self.generator)
+        for view, prune, importance in zip(self.sparsifier.views, selection.prune, selection.node_importance):
+            count = min(int(round(self.values["delta"] * prune.numel())), view.numel - view.active)
+            grow = view.sample_inactive_by_source(count, importance, self.generator)
             values = grown_weight_values(
-                layer, grow.numel(), self.hparams["grow_init"], self.generator, self.hparams["grow_std"]
+                view,  # type: ignore[arg-type]  # reads only ``active`` and ``fan_out_axis_size``
+                grow.numel(),
+                self.hparams["grow_init"],
+                self.generator,
+                self.hparams["grow_std"],
             )
-            changed += self.topology.rewire(index, prune, grow, values)
+            changed += view.rewire(prune, grow, values)
             grown += grow.numel()
         self._record_and_adapt(selection, grown)
         return changed
@@ -140,8 +150,8 @@ class NodeImportanceEvolution(Method):
         """Log this update's parameters and criteria; in the time-varying version apply eq. 9."""
         removed_sources = torch.cat(
             [
-                importance.cpu()[source_of(layer.shape, prune.cpu())]
-                for importance, prune, layer in zip(selection.node_importance, selection.prune, self.topology.layers)
+                importance.cpu()[source_of(view.shape, prune.cpu())]
+                for importance, prune, view in zip(selection.node_importance, selection.prune, self.sparsifier.views)
             ]
         )
         c_prim = primary_criterion(selection.node_importance)
@@ -255,6 +265,7 @@ class PathWeight(NodeImportanceEvolution):
     name = "path_weight"
     summary = "prune the weakest connections on weak paths, grow from important nodes (Naji et al.)"
     adapted = ("lam", "zeta", "delta")
+    supports_csr: ClassVar[bool] = True
     params = (
         Param(
             "lam",
@@ -276,6 +287,12 @@ class PathWeight(NodeImportanceEvolution):
 
     def __init__(self, sparsifier: Sparsifier) -> None:
         super().__init__(sparsifier)
+        check_linear_chain(self.topology.layers)  # refuse before the model is touched
+        self.feature_norms: FeatureNorms
+        self.layer_setup = LayerSetup(self, self._gather_feature_norms)
+
+    def _gather_feature_norms(self) -> None:
+        """|F_k| gathering: a forward pre-hook on every (final) sparse layer."""
         modules = check_linear_chain(self.topology.layers)
         self.feature_norms = FeatureNorms(modules)
         for index, module in enumerate(modules):
@@ -292,42 +309,78 @@ class PathWeight(NodeImportanceEvolution):
         return path_quantile(abs_weights, self.values["lam"], samples=samples, generator=self.generator)
 
     def select(self) -> Selection:
+        self.layer_setup.ensure()
+        views = self.sparsifier.views
         norms = [max(norm, _MIN_FEATURE_NORM) for norm in self.feature_norms.means()]
         self.feature_norms.reset()
-        abs_weights = [normalised_weight_matrix(layer.weight, norm) for layer, norm in zip(self.topology.layers, norms)]
+        abs_weights = [normalised_weight_matrix(view, norm) for view, norm in zip(views, norms)]
         stats = path_statistics(abs_weights)
         threshold = self.weak_path_quantile(abs_weights, stats.total_paths) * _BELOW_QUANTILE
         candidates, scores = [], []
-        for layer, norm, strongest in zip(self.topology.layers, norms, stats.edge_max_path):
-            weak = (layer.mask & (strongest.t() < threshold)).view(-1).nonzero().squeeze(1)
-            candidates.append(weak.cpu())
-            scores.append((layer.weight.detach().view(-1)[weak].to(torch.float64).abs() / norm).cpu())
+        for view, norm, strongest in zip(views, norms, stats.edge_max_path):
+            positions, values = view.active_positions(), view.active_values()
+            weak = (strongest_path_per_connection(strongest, view) < threshold).nonzero().squeeze(1)
+            candidates.append(positions[weak.to(positions.device)].cpu())
+            scores.append((values[weak.to(values.device)].to(torch.float64).abs() / norm).cpu())
         count = int(round(self.values["zeta"] * sum(c.numel() for c in candidates)))
-        capacity = [layer.numel - layer.active for layer in self.topology.layers]
+        capacity = [view.numel - view.active for view in views]
         chosen = smallest_within_capacity(scores, count, capacity)
         prune = [c[i] for c, i in zip(candidates, chosen)]
         return Selection(prune, stats.node_importance[:-1])
 
     def state_dict(self) -> dict[str, Any]:
+        self.layer_setup.ensure()
         return {**super().state_dict(), "feature_norms": self.feature_norms.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if "feature_norms" not in state:
             raise UsageError(f"the checkpoint's method state does not belong to method {self.name}")
+        self.layer_setup.ensure()
         super().load_state_dict(state)
         self.feature_norms.load_state_dict(state["feature_norms"])
 
 
-def normalised_weight_matrix(weight: Tensor, feature_norm: float) -> Tensor:
-    """A_k = |W_k|ᵀ / |F_k| (eq. 3) as a contiguous (in, out) float64 matrix, the layout of ``path_statistics``."""
-    return (weight.detach().t().to(torch.float64).abs() / feature_norm).contiguous()
+def normalised_weight_matrix(view: SparseLayerView, feature_norm: float) -> Tensor:
+    """A_k = |W_k|ᵀ / |F_k| (eq. 3) of the active connections: a sparse COO (in, out) float64 matrix.
+
+    The layout ``path_statistics`` takes (input x output); built from the view's active positions and
+    values, so it costs O(nnz log nnz) on either backend and is the same matrix on both.
+    """
+    out_features, in_features = view.shape
+    positions = view.active_positions()
+    values = view.active_values().to(device=positions.device, dtype=torch.float64).abs() / feature_norm
+    indices = torch.stack([positions % in_features, positions // in_features])
+    matrix = torch.sparse_coo_tensor(indices, values, (in_features, out_features), check_invariants=False)
+    return matrix.coalesce()
 
 
-def check_linear_chain(layers: list[Any]) -> list[nn.Linear]:
-    """The modules of the sparse layers if they form a chain of ``nn.Linear`` layers, else UsageError."""
+def strongest_path_per_connection(edge_max_path: Tensor, view: SparseLayerView) -> Tensor:
+    """The strongest path through each active connection, aligned with ``view.active_positions()``.
+
+    ``edge_max_path`` is the sparse (in, out) result of ``path_statistics`` for the matrix of
+    :func:`normalised_weight_matrix`; it lists only connections of non-zero weight, so an active
+    connection of weight exactly 0 (on no path) gets 0.
+    """
+    out_features, in_features = view.shape
+    positions = view.active_positions()
+    sparse = edge_max_path.coalesce()
+    rows, cols = sparse.indices()
+    slots, found = locate(
+        rows * out_features + cols, (positions % in_features) * out_features + positions // in_features
+    )
+    strongest = torch.zeros(positions.numel(), dtype=torch.float64, device=positions.device)
+    strongest[found] = sparse.values()[slots[found]]
+    return strongest
+
+
+def check_linear_chain(layers: list[Any]) -> list[nn.Module]:
+    """The modules of the sparse layers if they form a chain of linear layers, else UsageError.
+
+    ``layers`` are the topology's layers, masked (``nn.Linear``) or csr (:class:`CsrLinear`).
+    """
     modules = []
     for index, layer in enumerate(layers):
-        if not isinstance(layer.module, nn.Linear) or layer.attr != "weight":
+        if not isinstance(layer.module, nn.Linear | CsrLinear) or getattr(layer, "attr", "weight") != "weight":
             raise UsageError(
                 f"path_weight needs a chain of fully connected layers, but sparse layer {layer.name!r} is a "
                 f"{type(layer.module).__name__}; sparsify only the fully connected part (--sparsify fc) or use "

@@ -14,6 +14,7 @@ from evosparse.models.lenet import LeNet5
 from evosparse.models.lstm import CharLSTM
 from evosparse.models.mlp import MLP
 from evosparse.models.resnet import resnet18_cifar
+from evosparse.models.vae import VAE
 
 
 @dataclass(frozen=True)
@@ -30,19 +31,36 @@ class ModelSpec:
     dropout: float = 0.0
 
 
+#: Hidden widths of the models that take a width list, used when ``--hidden`` is not given (the vae's
+#: last entry is its latent size).
+DEFAULT_HIDDEN: dict[str, tuple[int, ...]] = {"mlp": (300, 100), "lstm": (512,), "vae": (256, 10)}
+#: Trailing entries of a model's hidden list that are not layer widths (the vae's latent size); scaling
+#: the widths leaves them alone.
+UNSCALED_TAIL: dict[str, int] = {"vae": 1}
+
+
 def _build_mlp(spec: ModelSpec) -> nn.Module:
     if spec.sequence:
         raise UsageError("model mlp classifies fixed-size samples; use --model lstm for text:PATH data")
-    return MLP(math.prod(spec.input_shape), spec.hidden or (300, 100), spec.num_classes, spec.dropout)
+    return MLP(math.prod(spec.input_shape), spec.hidden or DEFAULT_HIDDEN["mlp"], spec.num_classes, spec.dropout)
 
 
 def _build_lstm(spec: ModelSpec) -> nn.Module:
     if not spec.sequence:
         raise UsageError("model lstm predicts the next character; use a text:PATH dataset")
-    hidden = spec.hidden or (512,)
+    hidden = spec.hidden or DEFAULT_HIDDEN["lstm"]
     if len(set(hidden)) != 1:
         raise UsageError(f"an LSTM's layers share one hidden size, got {list(hidden)}")
     return CharLSTM(spec.num_classes, hidden[0], len(hidden), spec.dropout)
+
+
+def _build_vae(spec: ModelSpec) -> nn.Module:
+    if spec.sequence:
+        raise UsageError("model vae reconstructs fixed-size samples; it cannot model text:PATH data")
+    if spec.dropout:
+        raise UsageError("model vae has no dropout; leave --dropout at 0")
+    *hidden, latent = spec.hidden or DEFAULT_HIDDEN["vae"]
+    return VAE(math.prod(spec.input_shape), hidden, latent)
 
 
 def _image_shape(name: str, spec: ModelSpec) -> tuple[int, int]:
@@ -74,6 +92,7 @@ MODELS: dict[str, Callable[[ModelSpec], nn.Module]] = {
     "lenet5": _build_lenet5,
     "cnn": _build_cnn,
     "resnet18": _build_resnet18,
+    "vae": _build_vae,
 }
 
 #: Models with convolutions: ERK is their default density distribution (RigL), ER for the others.

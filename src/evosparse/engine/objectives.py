@@ -1,0 +1,161 @@
+"""What a run minimises and what it reports: classification (cross-entropy, accuracy) or a VAE's ELBO.
+
+The training loop asks the model's :class:`Objective` for the training loss of a batch and for the
+test-set numbers of an epoch, so it never assumes a classifier. A model chooses its objective with a
+class attribute ``objective`` (``"classification"`` when absent). Whatever the objective, result.json
+keeps its contract keys: ``test_acc``, ``final_test_acc``, ``best_test_acc`` and ``ara`` hold the
+objective's :class:`Metric`, named in the top-level key ``metric``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from evosparse.data import Dataset
+from evosparse.errors import UsageError
+
+#: Test samples evaluated per forward pass.
+EVAL_BATCH = 2048
+#: Seed of the latent noise drawn when the ELBO is evaluated, so that evaluation is deterministic.
+EVAL_NOISE_SEED = 0
+
+
+@dataclass(frozen=True)
+class Metric:
+    """The number a run reports per epoch in ``test_acc``: its name in result.json, labels for text and
+    table headers, and its direction."""
+
+    name: str
+    label: str
+    short: str
+    higher_is_better: bool
+
+    def best(self, values: Sequence[float]) -> float:
+        """The best of per-epoch values: the largest accuracy, the smallest loss."""
+        return max(values) if self.higher_is_better else min(values)
+
+
+ACCURACY = Metric("accuracy", "accuracy", "acc", higher_is_better=True)
+#: The negative evidence lower bound in nats per test sample (a loss: lower is better).
+NEGATIVE_ELBO = Metric("neg_elbo_nats", "-ELBO (nats)", "-ELBO", higher_is_better=False)
+METRICS = {metric.name: metric for metric in (ACCURACY, NEGATIVE_ELBO)}
+
+
+def result_metric(result: Mapping[str, Any]) -> Metric:
+    """The :class:`Metric` a result.json's ``test_acc`` holds (accuracy in results written before ``metric``)."""
+    name = result.get("metric", ACCURACY.name)
+    if name not in METRICS:
+        raise UsageError(f"unknown metric {name!r} in a result; known: {', '.join(METRICS)}")
+    return METRICS[name]
+
+
+class Objective:
+    """A training loss and the test-set evaluation that goes with it."""
+
+    metric: Metric = ACCURACY
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        """The mean training loss of one batch (a scalar with a gradient)."""
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, float]:
+        """(mean loss, metric) of ``model`` over (x, y); the caller sets eval mode and disables gradients."""
+        raise NotImplementedError
+
+
+def flat_predictions(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """(N·T, C) logits and (N·T,) targets: sequence models are scored per time step (per character)."""
+    return logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
+
+
+class Classification(Objective):
+    """Cross-entropy per predicted label; accuracy is the share of labels predicted right."""
+
+    metric = ACCURACY
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(*flat_predictions(model(x), y))
+
+    def evaluate(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, float]:
+        loss_sum, correct = 0.0, 0
+        for start in range(0, x.shape[0], EVAL_BATCH):
+            logits, target = flat_predictions(model(x[start : start + EVAL_BATCH]), y[start : start + EVAL_BATCH])
+            loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
+            correct += int((logits.argmax(dim=1) == target).sum().item())
+        return loss_sum / y.numel(), correct / y.numel()
+
+
+def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(μ, σ²) ‖ N(0, I)) per sample, in closed form: ½ Σ_j (μ_j² + σ_j² − 1 − log σ_j²)
+    (Kingma & Welling 2013, Appendix B)."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=1)
+
+
+def negative_elbo(logits: Tensor, pixels: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+    """−ELBO per sample in nats: Bernoulli reconstruction cross-entropy summed over pixels, plus the KL
+    of the approximate posterior from the prior (Kingma & Welling 2013, eq. 10 with one latent sample).
+
+    ``pixels`` are intensities in [0, 1] used as Bernoulli targets (continuous cross-entropy, no
+    binarisation); ``logits`` are the decoder's outputs for the same pixels.
+    """
+    reconstruction = F.binary_cross_entropy_with_logits(logits, pixels, reduction="none").sum(dim=1)
+    return reconstruction + gaussian_kl(mu, logvar)
+
+
+class Elbo(Objective):
+    """A VAE's negative ELBO on inputs rescaled to [0, 1]; the reported metric is the test −ELBO.
+
+    The loaders standardise images by one global mean and standard deviation; mapping the training
+    split's minimum to 0 and maximum to 1 undoes that exactly (an affine map), so the VAE models pixel
+    intensities. Test values outside the training range are clipped. Training draws one latent
+    sample per input from the global generator (seeded and checkpointed by the loop); evaluation
+    draws its samples from a generator seeded with :data:`EVAL_NOISE_SEED`, so the same model always
+    gets the same test −ELBO.
+    """
+
+    metric = NEGATIVE_ELBO
+
+    def __init__(self, low: float, high: float) -> None:
+        if not high > low:
+            raise UsageError("the VAE needs inputs that vary: the training split is constant")
+        self.low, self.high = low, high
+
+    def pixels(self, x: Tensor) -> Tensor:
+        """Samples flattened and mapped to [0, 1]."""
+        return ((x.flatten(1) - self.low) / (self.high - self.low)).clamp(0.0, 1.0)
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        return self._batch(model, self.pixels(x), None).mean()
+
+    def _batch(self, model: nn.Module, pixels: Tensor, noise: Tensor | None) -> Tensor:
+        logits, mu, logvar = model(pixels, noise)
+        return negative_elbo(logits, pixels, mu, logvar)
+
+    def evaluate(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, float]:
+        generator = torch.Generator(x.device).manual_seed(EVAL_NOISE_SEED)
+        total = 0.0
+        for start in range(0, x.shape[0], EVAL_BATCH):
+            pixels = self.pixels(x[start : start + EVAL_BATCH])
+            noise = torch.randn(pixels.shape[0], model.latent, generator=generator, device=x.device)
+            total += self._batch(model, pixels, noise).sum().item()
+        mean = total / x.shape[0]
+        return mean, mean
+
+
+OBJECTIVES = ("classification", "elbo")
+
+
+def objective_for(model: nn.Module, data: Dataset) -> Objective:
+    """The objective ``model`` declares (class attribute ``objective``, default classification) for ``data``."""
+    kind = getattr(model, "objective", "classification")
+    if kind == "elbo":
+        return Elbo(float(data.x_train.min()), float(data.x_train.max()))
+    if kind == "classification":
+        return Classification()
+    raise UsageError(f"model {type(model).__name__} asks for objective {kind!r}; known: {', '.join(OBJECTIVES)}")
