@@ -162,6 +162,7 @@ class Sparsifier:
                 self.topology.install_gradient_hooks()
                 if self.method.wants_gradients():
                     self.topology.gradient_observers.append(self.method.observe_gradient)
+        self.method.attach()
 
     def _start_csr(self, optimizer: torch.optim.Optimizer | None) -> None:
         """Convert the masked layers just built (unless built sparse directly) and give the method csr views."""

@@ -156,6 +156,13 @@ class Method:
             handle.remove()
         self._hooks.clear()
 
+    def attach(self) -> None:
+        """Called once the sparse layers are final (csr layers in place): install hooks on the layers here.
+
+        Methods are constructed before the csr backend replaces the layers (so that a method refusing
+        its settings leaves the model untouched); hooks put on the layers in ``__init__`` would be lost.
+        """
+
     def wants_gradients(self) -> bool:
         return False
 

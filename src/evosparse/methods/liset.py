@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
-from evosparse.backends.late_binding import LayerSetup
 from evosparse.backends.set_on_view import set_prune_positions
 from evosparse.errors import UsageError
 from evosparse.methods.base import SCHEDULE_PARAMS, Method, Param, grow_params, register
@@ -103,10 +102,9 @@ class LiSET(Method):
         self._reinitialise_skip_layers()
         optimizer.add_param_group({"params": list(self.skip_layers.parameters())})
         self._inputs: dict[int, torch.Tensor] = {}
-        self.layer_setup = LayerSetup(self, self._catch_layer_inputs)
         self.add_hook(self.sparsifier.model.register_forward_hook(self._add_skip_outputs))
 
-    def _catch_layer_inputs(self) -> None:
+    def attach(self) -> None:
         """A forward pre-hook on every (final) sparse layer keeps its input for the skip layers."""
         for index, layer in enumerate(self.topology.layers):
             self.add_hook(layer.module.register_forward_pre_hook(self._input_catcher(index)))

@@ -56,7 +56,6 @@ import torch
 from torch import Tensor, nn
 
 from evosparse.backends.csr_layer import CsrLinear
-from evosparse.backends.late_binding import LayerSetup
 from evosparse.backends.layer_view import SparseLayerView
 from evosparse.backends.uniform_sampling import locate
 from evosparse.criteria.path_weight import MAX_EXACT_PATHS, path_quantile, path_statistics
@@ -289,9 +288,8 @@ class PathWeight(NodeImportanceEvolution):
         super().__init__(sparsifier)
         check_linear_chain(self.topology.layers)  # refuse before the model is touched
         self.feature_norms: FeatureNorms
-        self.layer_setup = LayerSetup(self, self._gather_feature_norms)
 
-    def _gather_feature_norms(self) -> None:
+    def attach(self) -> None:
         """|F_k| gathering: a forward pre-hook on every (final) sparse layer."""
         modules = check_linear_chain(self.topology.layers)
         self.feature_norms = FeatureNorms(modules)
@@ -309,7 +307,6 @@ class PathWeight(NodeImportanceEvolution):
         return path_quantile(abs_weights, self.values["lam"], samples=samples, generator=self.generator)
 
     def select(self) -> Selection:
-        self.layer_setup.ensure()
         views = self.sparsifier.views
         norms = [max(norm, _MIN_FEATURE_NORM) for norm in self.feature_norms.means()]
         self.feature_norms.reset()
@@ -329,13 +326,11 @@ class PathWeight(NodeImportanceEvolution):
         return Selection(prune, stats.node_importance[:-1])
 
     def state_dict(self) -> dict[str, Any]:
-        self.layer_setup.ensure()
         return {**super().state_dict(), "feature_norms": self.feature_norms.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if "feature_norms" not in state:
             raise UsageError(f"the checkpoint's method state does not belong to method {self.name}")
-        self.layer_setup.ensure()
         super().load_state_dict(state)
         self.feature_norms.load_state_dict(state["feature_norms"])
 

@@ -37,7 +37,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor
 
-from evosparse.backends.late_binding import LayerSetup
 from evosparse.backends.layer_view import SparseLayerView
 from evosparse.criteria.time_varying import source_of
 from evosparse.errors import UsageError
@@ -104,9 +103,8 @@ class Sensitivity(NodeImportanceEvolution):
         #: backend, one entry per active connection (in the order of its values) on csr.
         self.grad_sums: list[Tensor] = []
         self.grad_steps: list[int] = []
-        self.layer_setup = LayerSetup(self, self._start_gradient_sums)
 
-    def _start_gradient_sums(self) -> None:
+    def attach(self) -> None:
         """Zeroed sums sized by the final layers; on csr a hook on each layer's values feeds them."""
         layers = self.topology.layers
         self.grad_steps = [0] * len(layers)
@@ -137,7 +135,6 @@ class Sensitivity(NodeImportanceEvolution):
     def mean_abs_gradient(self, index: int) -> Tensor:
         """Mean |∂L/∂w| of sparse layer ``index`` over the steps since the last update (zeros if none),
         shaped like :attr:`grad_sums`."""
-        self.layer_setup.ensure()
         return self.grad_sums[index] / max(self.grad_steps[index], 1)
 
     def _mean_at_active(self, index: int, view: SparseLayerView) -> Tensor:
@@ -146,7 +143,6 @@ class Sensitivity(NodeImportanceEvolution):
         return mean if self.csr else mean.view(-1)[view.active_positions()]
 
     def select(self) -> Selection:
-        self.layer_setup.ensure()
         prune, importance = [], []
         for index, view in enumerate(self.sparsifier.views):
             active = view.active_positions()
@@ -168,7 +164,6 @@ class Sensitivity(NodeImportanceEvolution):
         return changed
 
     def state_dict(self) -> dict[str, Any]:
-        self.layer_setup.ensure()
         return {
             **super().state_dict(),
             "grad_sums": [total.clone() for total in self.grad_sums],
@@ -176,7 +171,6 @@ class Sensitivity(NodeImportanceEvolution):
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.layer_setup.ensure()
         sums = state.get("grad_sums")
         if (
             sums is None
