@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
+from typing import Any
 
 from evosparse.errors import UsageError
 
@@ -37,3 +39,9 @@ def epoch_reaching(accuracies: Sequence[float], target: float) -> int | None:
         if accuracy >= target:
             return epoch
     return None
+
+
+def spread(values: Sequence[float]) -> dict[str, Any]:
+    """Mean and sample standard deviation (n − 1; 0 for a single value) of per-seed numbers."""
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.fmean(values), "std": std, "values": list(values)}

@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
+from torch import nn
 
 from evosparse.cli import main
 from evosparse.engine import loop, presets
-from evosparse.engine.config import build_config
+from evosparse.engine.config import build_config, parse_hidden
 from evosparse.engine.presets import AWS_BASE, PRESETS, Preset, aws_width
 from evosparse.errors import DataError
 from evosparse.methods import METHODS
-from evosparse.models import MODELS
+from evosparse.models import MODELS, ModelSpec, build_model
 
 TINY = Preset(
     name="tiny-digits",
@@ -116,3 +117,14 @@ def test_aws_widths_keep_the_base_models_active_weights(density):
 def test_bad_preset_requests_exit_2(args, message, capsys):
     code, _, stderr = run_cli(args, capsys)
     assert code == 2 and stderr.count("\n") == 1 and message in stderr
+
+
+def test_the_aws_cnn_preset_builds_the_papers_32_64_64_network():
+    preset = PRESETS["aws-cifar10-cnn"]
+    hidden = preset.settings.get("hidden")
+    spec = ModelSpec((3, 32, 32), 10, hidden=None if hidden is None else parse_hidden(hidden))
+    model = build_model(preset.settings["model"], spec)
+    convs = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert convs == [32, 64, 64] and len(linears) == 1  # no hidden fully connected layer
+    assert sum(p.numel() for p in model.parameters()) == 66_570

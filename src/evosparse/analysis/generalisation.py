@@ -32,6 +32,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from evosparse.engine.checkpoint import atomic_write_bytes
+from evosparse.metrics import spread
 
 DEFAULT_LEVEL_COUNT = 5
 SELECTION = "nearest epoch"
@@ -102,15 +103,6 @@ def matched_snapshots(
     return levels, picked
 
 
-def _mean_std(values: Sequence[float]) -> dict[str, Any]:
-    """Mean and sample standard deviation (0 for one value), as in compare's summaries."""
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "values": list(values),
-    }
-
-
 def mean_loss_curve(runs: Sequence[Sequence[Snapshot]]) -> dict[str, list[float]]:
     """Per epoch, the training and test loss averaged over the runs (up to the shortest run)."""
     by_epoch = list(zip(*runs))
@@ -142,9 +134,9 @@ def generalisation_summary(
                     {
                         "level": level,
                         "epochs": [s.epoch for s in chosen],
-                        "train_loss": _mean_std([s.train_loss for s in chosen]),
-                        "test_loss": _mean_std([s.test_loss for s in chosen]),
-                        "test_acc": _mean_std([s.test_acc for s in chosen]),
+                        "train_loss": spread([s.train_loss for s in chosen]),
+                        "test_loss": spread([s.test_loss for s in chosen]),
+                        "test_acc": spread([s.test_acc for s in chosen]),
                     }
                     for level, chosen in zip(levels, picked[method])
                 ],

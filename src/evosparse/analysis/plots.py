@@ -13,17 +13,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from evosparse.engine.checkpoint import atomic_write_bytes  # noqa: E402
+from evosparse.engine.objectives import ACCURACY, Metric  # noqa: E402
 
 
-def plot_run_curves(path: Path, epochs: Sequence[dict], title: str) -> None:
-    """Write a two-panel PNG: test accuracy, and train/test loss, against the epoch."""
+def plot_run_curves(path: Path, epochs: Sequence[dict], title: str, metric: Metric = ACCURACY) -> None:
+    """Write a two-panel PNG: the test metric (accuracy, or a VAE's −ELBO), and train/test loss, per epoch."""
     numbers = [e["epoch"] for e in epochs]
     figure, (acc_axis, loss_axis) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
     acc_axis.plot(numbers, [e["test_acc"] for e in epochs], marker="o", markersize=3)
-    acc_axis.set(xlabel="epoch", ylabel="test accuracy", title=title)
+    acc_axis.set(xlabel="epoch", ylabel=f"test {metric.label}", title=title)
     loss_axis.plot(numbers, [e["train_loss"] for e in epochs], label="train")
     loss_axis.plot(numbers, [e["test_loss"] for e in epochs], label="test")
-    loss_axis.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    loss_axis.set(xlabel="epoch", ylabel="cross-entropy" if metric is ACCURACY else metric.label, title="loss")
     loss_axis.legend()
     for axis in (acc_axis, loss_axis):
         axis.grid(alpha=0.3)

@@ -40,7 +40,7 @@ from evosparse.engine.objectives import ACCURACY, result_metric
 from evosparse.engine.variants import base_method, learned_source, run_order, variant_settings
 from evosparse.errors import EvosparseError, UsageError
 from evosparse.methods import get_method
-from evosparse.metrics import epoch_reaching
+from evosparse.metrics import epoch_reaching, spread
 from evosparse.models import default_distribution
 
 SUMMARY_SCHEMA = 1
@@ -298,12 +298,6 @@ def run_comparisons(
 # -- summarising ---------------------------------------------------------------------------------
 
 
-def spread(values: Sequence[float]) -> dict[str, Any]:
-    """Mean and sample standard deviation (n − 1; 0 for a single value) of per-seed numbers."""
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return {"mean": statistics.fmean(values), "std": std, "values": list(values)}
-
-
 def target_key(target: float) -> str:
     return f"{target:g}"
 
@@ -387,11 +381,11 @@ def summarize(
 # -- writing -------------------------------------------------------------------------------------
 
 
-def _plus_minus(stats: Mapping[str, Any]) -> str:
+def plus_minus(stats: Mapping[str, Any]) -> str:
     return f"{stats['mean']:.4f} ± {stats['std']:.4f}"
 
 
-def _reached(entry: Mapping[str, Any]) -> str:
+def reached_text(entry: Mapping[str, Any]) -> str:
     runs = entry["runs"]
     epoch = entry["mean_curve"]
     return f"{'never' if epoch is None else epoch} ({sum(e is not None for e in runs)}/{len(runs)})"
@@ -414,10 +408,10 @@ def markdown_table(summary: Mapping[str, Any]) -> str:
     rows = [
         [
             method,
-            _plus_minus(entry["final_acc"]),
-            _plus_minus(entry["best_acc"]),
-            _plus_minus(entry["ara"]),
-            *(_reached(entry["epoch_to_target"][t]) for t in targets),
+            plus_minus(entry["final_acc"]),
+            plus_minus(entry["best_acc"]),
+            plus_minus(entry["ara"]),
+            *(reached_text(entry["epoch_to_target"][t]) for t in targets),
             f"{round(entry['params_active']['mean']):,}",
             f"{entry['time_per_epoch_s']['mean']:.3f}",
             f"{entry['topology_time_per_epoch_s']['mean']:.4f}",

@@ -27,11 +27,11 @@ from evosparse.data.subset import check_fraction
 from evosparse.engine.checkpoint import atomic_write_text
 from evosparse.engine.compare import (
     Comparison,
-    _plus_minus,
-    _reached,
     generalisation_title,
     markdown_table,
     plot_comparison,
+    plus_minus,
+    reached_text,
     read_result,
     run_comparisons,
     setup_line,
@@ -135,8 +135,8 @@ def fraction_table(summary: Mapping[str, Any]) -> str:
     rows = [
         [
             method,
-            *(_plus_minus(entry["methods"][method]["final_acc"]) for entry in entries),
-            *(_reached(entry["methods"][method]["epoch_to_target"][t]) for t in targets for entry in entries),
+            *(plus_minus(entry["methods"][method]["final_acc"]) for entry in entries),
+            *(reached_text(entry["methods"][method]["epoch_to_target"][t]) for t in targets for entry in entries),
         ]
         for method in entries[0]["methods"]
     ]

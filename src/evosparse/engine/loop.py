@@ -304,7 +304,8 @@ class Trainer:
         )
         if self.context.is_leader:
             write_result(self.out / "result.json", result)
-            plot_run_curves(self.out / "curves.png", result["epochs"], f"{config.method} on {config.dataset}")
+            title = f"{config.method} on {config.dataset}"
+            plot_run_curves(self.out / "curves.png", result["epochs"], title, self.objective.metric)
         return result
 
     def _wall(self, started: float) -> float:

@@ -215,8 +215,7 @@ def _build_presets() -> dict[str, Preset]:
             methods=("dense", "static", "adaptive", "prune"),
             settings={
                 "dataset": "cifar10",
-                "model": "cnn",
-                "hidden": "32,64,64",
+                "model": "cnn",  # its default conv channels are the paper's 32-64-64; no hidden linear layer
                 "density": round(10**-0.5, 6),
                 "epochs": 200,
                 "weight_decay": 0.001,
