@@ -321,6 +321,26 @@ def test_target_density_keeps_exactly_the_budget_of_largest_gates(mode):
         assert layer.active == budget * connections_per_gate
 
 
+@pytest.mark.parametrize("mode", ["connection", "neuron"])
+def test_a_budgeted_switcher_epoch_trains_the_gates_of_its_selection_only(mode):
+    model, opt, sparsifier = setup(mode, target_density=0.3, switcher_lr=0.2)  # a switcher epoch first
+    method = sparsifier.method
+    masks = [layer.mask.clone() for layer in sparsifier.topology.layers]
+    assert sparsifier.density() == pytest.approx(0.3, abs=0.05)
+    train_steps(model, opt, sparsifier, steps=4)  # switcher steps move the gates
+    for slot, mask in enumerate(masks):
+        assert torch.equal(sparsifier.topology.layers[slot].mask, mask)
+        assert not ((method.connection_gates(slot) != 0) & ~mask).any()  # only the selection computes
+    x, y = torch.randn(16, 20), torch.randint(0, 5, (16,))
+    F.cross_entropy(model(x), y).backward()
+    for slot, mask in enumerate(masks):
+        selected = mask.any(dim=0) if mode == "neuron" else mask
+        grad = method._gates[slot].grad
+        assert not grad[~selected].any() and grad[selected].any()
+    sparsifier.end_epoch()
+    assert sum(int((a != b.mask).sum()) for a, b in zip(masks, sparsifier.topology.layers)) > 0  # reselected
+
+
 # -- export and persistence -------------------------------------------------------------------------
 
 
