@@ -11,10 +11,11 @@ import torch
 from torch import nn
 
 from evosparse.errors import UsageError
-from evosparse.topology.init import GROW_INITS
+from evosparse.topology.init import GROW_INITS, grown_weight_values
 from evosparse.topology.masks import Topology
 
 if TYPE_CHECKING:
+    from evosparse.backends.layer_view import SparseLayerView
     from evosparse.sparsifier import Sparsifier
 
 _TRUE = {"true", "1", "yes", "on"}
@@ -155,6 +156,16 @@ class Method:
         for handle in self._hooks:
             handle.remove()
         self._hooks.clear()
+
+    def grown_values(self, view: SparseLayerView, count: int) -> torch.Tensor:
+        """Starting values of ``count`` connections grown in ``view``, by the method's ``grow_init``/``grow_std``."""
+        return grown_weight_values(
+            view,  # type: ignore[arg-type]  # reads only ``active`` and ``fan_out_axis_size``
+            count,
+            self.hparams["grow_init"],
+            self.generator,
+            self.hparams["grow_std"],
+        )
 
     def attach(self) -> None:
         """Called once the sparse layers are final (csr layers in place): install hooks on the layers here.

@@ -26,7 +26,6 @@ from torch import nn
 from evosparse.backends.set_on_view import set_prune_positions
 from evosparse.errors import UsageError
 from evosparse.methods.base import SCHEDULE_PARAMS, Method, Param, grow_params, register
-from evosparse.topology.init import grown_weight_values
 
 if TYPE_CHECKING:
     from evosparse.sparsifier import Sparsifier
@@ -192,14 +191,7 @@ class LiSET(Method):
         for index, view in enumerate(self.sparsifier.views):
             prune = set_prune_positions(view, self.hparams["zeta"])
             grow = self.growth_selection(index, prune.numel())
-            values = grown_weight_values(
-                view,  # type: ignore[arg-type]  # reads only ``active`` and ``fan_out_axis_size``
-                grow.numel(),
-                self.hparams["grow_init"],
-                self.generator,
-                self.hparams["grow_std"],
-            )
-            changed += view.rewire(prune, grow, values)
+            changed += view.rewire(prune, grow, self.grown_values(view, grow.numel()))
         self._reinitialise_skip_layers()
         return changed
 

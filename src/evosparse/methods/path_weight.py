@@ -67,7 +67,6 @@ from evosparse.criteria.time_varying import (
 )
 from evosparse.errors import UsageError
 from evosparse.methods.base import SCHEDULE_PARAMS, Method, Param, grow_params, register
-from evosparse.topology.init import grown_weight_values
 
 if TYPE_CHECKING:
     from evosparse.sparsifier import Sparsifier
@@ -133,14 +132,7 @@ class NodeImportanceEvolution(Method):
         for view, prune, importance in zip(self.sparsifier.views, selection.prune, selection.node_importance):
             count = min(int(round(self.values["delta"] * prune.numel())), view.numel - view.active)
             grow = view.sample_inactive_by_source(count, importance, self.generator)
-            values = grown_weight_values(
-                view,  # type: ignore[arg-type]  # reads only ``active`` and ``fan_out_axis_size``
-                grow.numel(),
-                self.hparams["grow_init"],
-                self.generator,
-                self.hparams["grow_std"],
-            )
-            changed += view.rewire(prune, grow, values)
+            changed += view.rewire(prune, grow, self.grown_values(view, grow.numel()))
             grown += grow.numel()
         self._record_and_adapt(selection, grown)
         return changed
