@@ -5,14 +5,22 @@ share a training-loss value, and their held-out accuracy there. At equal trainin
 with the higher test accuracy (lower test loss) generalises better; comparing final accuracies
 instead mixes generalisation with how far each method got in fitting the data.
 
-How the snapshots are chosen: the levels are training-loss values every run reaches (the overlap
-of all runs' training-loss ranges), spaced geometrically because the loss falls roughly
-exponentially over the epochs. For each run and level we take the epoch whose training loss is
-closest to the level (the earliest on ties). We pick real snapshots rather than interpolating
-between two epochs because every reported number then belongs to a model that existed (AWS, too,
-chooses snapshots), and because training-loss curves are not monotone (rewiring, noise), so where a
-curve crosses a level is not unique. The picked epoch's own training loss is kept, so the quality
-of the match can be checked.
+The levels run, spaced geometrically because the loss falls roughly exponentially over the epochs,
+from the highest training loss every run starts above (the smallest of the runs' maxima) down to
+the lowest that some method reaches in all of its runs (so that the bottom level is matched for at
+least one method, not set by one lucky seed). Restricting them to the losses every run
+spans would let the weakest method set the range: a baseline that never fits the data well (a small
+dense network stuck above a loss the others pass in their first epoch) would squeeze every level
+into the others' first epoch, and the table would compare nothing. Instead a method is matched at a
+level only where each of its runs spans it (the run's smallest training loss ≤ level ≤ its
+largest); elsewhere its cell is "not reached" — in summary.json that level's entry of the method's
+``matched`` list is ``null``, so the list stays aligned with ``levels``.
+
+For each run and level we take the epoch whose training loss is closest to the level (the earliest
+on ties). We pick real snapshots rather than interpolating between two epochs because every
+reported number then belongs to a model that existed (AWS, too, chooses snapshots), and because
+training-loss curves are not monotone (rewiring, noise), so where a curve crosses a level is not
+unique. The picked epoch's own training loss is kept, so the quality of the match can be checked.
 
 ``train_loss`` in result.json is the mean over the epoch's mini-batches while the weights change,
 so it sits slightly above the end-of-epoch model's training loss, most in the first epochs.
@@ -21,7 +29,6 @@ so it sits slightly above the end-of-epoch model's training loss, most in the fi
 from __future__ import annotations
 
 import io
-import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,10 +39,12 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from evosparse.engine.checkpoint import atomic_write_bytes
+from evosparse.errors import UsageError
 from evosparse.metrics import spread
 
 DEFAULT_LEVEL_COUNT = 5
 SELECTION = "nearest epoch"
+NOT_REACHED = "not reached"
 
 
 @dataclass(frozen=True)
@@ -48,31 +57,48 @@ class Snapshot:
     test_acc: float
 
 
-def common_loss_range(curves: Iterable[Sequence[float]]) -> tuple[float, float] | None:
-    """``(low, high)``: the training losses every curve spans, or ``None`` when they share none."""
-    spans = [(min(curve), max(curve)) for curve in curves]
-    if not spans:
-        return None
-    low, high = max(span[0] for span in spans), min(span[1] for span in spans)
-    return (low, high) if low <= high else None
+def level_range(methods: Iterable[Iterable[Sequence[float]]]) -> tuple[float, float] | None:
+    """``(low, high)`` for the runs of several methods (each a list of training-loss curves).
 
-
-def loss_levels(curves: Iterable[Sequence[float]], count: int = DEFAULT_LEVEL_COUNT) -> list[float]:
-    """``count`` training-loss levels inside every curve's range, highest (earliest) first.
-
-    Geometrically spaced from the top to the bottom of the common range (evenly when it reaches
-    zero); a single level when the range is one point; none when the curves share no range.
+    ``high`` is the highest loss every run starts above (the smallest of all curves' maxima); ``low``
+    the lowest loss that some method reaches in every one of its runs (the smallest, over methods, of
+    their runs' largest minimum), so that the bottom level is matched for at least that method.
+    ``None`` without curves.
     """
-    span = common_loss_range(curves)
+    groups = [[(min(curve), max(curve)) for curve in curves] for curves in methods]
+    groups = [spans for spans in groups if spans]
+    if not groups:
+        return None
+    low = min(max(span[0] for span in spans) for spans in groups)
+    high = min(span[1] for spans in groups for span in spans)
+    return min(low, high), high
+
+
+def loss_levels(methods: Iterable[Iterable[Sequence[float]]], count: int = DEFAULT_LEVEL_COUNT) -> list[float]:
+    """``count`` training-loss levels across :func:`level_range`, highest (earliest) first.
+
+    Geometrically spaced from the top of the range to its bottom, both included exactly (evenly
+    spaced when the bottom is zero); a single level when the range is one point; none without curves.
+    """
+    if count < 1:
+        raise UsageError(f"the number of matched-loss levels must be at least 1, got {count}")
+    span = level_range(methods)
     if span is None:
         return []
     low, high = span
     if count == 1 or low == high:
         return [high]
-    steps = [i / (count - 1) for i in range(count)]
+    steps = [i / (count - 1) for i in range(1, count - 1)]
     if low > 0:
-        return [math.exp(math.log(high) + s * (math.log(low) - math.log(high))) for s in steps]
-    return [high + s * (low - high) for s in steps]
+        inner = [high * (low / high) ** s for s in steps]
+    else:
+        inner = [high + s * (low - high) for s in steps]
+    return [high, *inner, low]
+
+
+def spans_level(train_losses: Sequence[float], level: float) -> bool:
+    """Whether a run's training losses reach both above and below ``level`` (either end included)."""
+    return min(train_losses) <= level <= max(train_losses)
 
 
 def nearest_epoch(train_losses: Sequence[float], level: float) -> int:
@@ -87,18 +113,22 @@ def snapshots_of(epochs: Sequence[Mapping[str, Any]]) -> list[Snapshot]:
 
 def matched_snapshots(
     runs: Mapping[str, Sequence[Sequence[Snapshot]]], count: int = DEFAULT_LEVEL_COUNT
-) -> tuple[list[float], dict[str, list[list[Snapshot]]]]:
+) -> tuple[list[float], dict[str, list[list[Snapshot] | None]]]:
     """The levels, and per method and level the snapshot each of its runs has nearest that level.
 
-    ``runs`` maps a method to its runs, each a list of per-epoch snapshots; every run of every
-    method spans every level.
+    ``runs`` maps a method to its runs, each a list of per-epoch snapshots. A method's entry at a
+    level is ``None`` ("not reached") unless it has runs and every one of them spans the level.
     """
-    levels = loss_levels([[s.train_loss for s in run] for method_runs in runs.values() for run in method_runs], count)
+    losses = {method: [[s.train_loss for s in run] for run in method_runs] for method, method_runs in runs.items()}
+    levels = loss_levels(losses.values(), count)
     picked = {
         method: [
-            [run[nearest_epoch([s.train_loss for s in run], level) - 1] for run in method_runs] for level in levels
+            [run[nearest_epoch(curve, level) - 1] for run, curve in zip(runs[method], curves)]
+            if curves and all(spans_level(curve, level) for curve in curves)
+            else None
+            for level in levels
         ]
-        for method, method_runs in runs.items()
+        for method, curves in losses.items()
     }
     return levels, picked
 
@@ -112,6 +142,19 @@ def mean_loss_curve(runs: Sequence[Sequence[Snapshot]]) -> dict[str, list[float]
     }
 
 
+def matched_entry(level: float, chosen: Sequence[Snapshot] | None) -> dict[str, Any] | None:
+    """One level's summary.json entry for one method: its runs' picked snapshots, ``None`` if not reached."""
+    if chosen is None:
+        return None
+    return {
+        "level": level,
+        "epochs": [s.epoch for s in chosen],
+        "train_loss": spread([s.train_loss for s in chosen]),
+        "test_loss": spread([s.test_loss for s in chosen]),
+        "test_acc": spread([s.test_acc for s in chosen]),
+    }
+
+
 def generalisation_summary(
     results: Mapping[str, Sequence[Mapping[str, Any]]], count: int = DEFAULT_LEVEL_COUNT
 ) -> dict[str, Any]:
@@ -119,6 +162,7 @@ def generalisation_summary(
 
     ``results`` maps each method to the result.json contents of its runs (one per seed); this also
     serves any set of run folders: ``{"set": [json.loads(Path("runs/a/result.json").read_text())]}``.
+    Each method's ``matched`` list has an entry per level, ``null`` where the method does not reach it.
     """
     runs = {
         method: [snapshots_of(result["epochs"]) for result in method_results]
@@ -130,16 +174,7 @@ def generalisation_summary(
         "levels": levels,
         "methods": {
             method: {
-                "matched": [
-                    {
-                        "level": level,
-                        "epochs": [s.epoch for s in chosen],
-                        "train_loss": spread([s.train_loss for s in chosen]),
-                        "test_loss": spread([s.test_loss for s in chosen]),
-                        "test_acc": spread([s.test_acc for s in chosen]),
-                    }
-                    for level, chosen in zip(levels, picked[method])
-                ],
+                "matched": [matched_entry(level, chosen) for level, chosen in zip(levels, picked[method])],
                 "curve": mean_loss_curve(runs[method]),
             }
             for method in runs
@@ -147,7 +182,9 @@ def generalisation_summary(
     }
 
 
-def _matched_cell(entry: Mapping[str, Any]) -> str:
+def _matched_cell(entry: Mapping[str, Any] | None) -> str:
+    if entry is None:
+        return NOT_REACHED
     metric = entry["test_acc"]
     return f"{metric['mean']:.4f} ± {metric['std']:.4f} (ep {'/'.join(map(str, entry['epochs']))})"
 
@@ -165,7 +202,7 @@ def generalisation_markdown(
     plot = f"![test loss against training loss]({plot_name})\n"
     levels = section["levels"]
     if not levels:
-        return heading + "The runs' training-loss ranges do not overlap, so no level is shared.\n\n" + plot
+        return heading + "No run has a training loss, so there is no level to match at.\n\n" + plot
     header = ["method", *(f"train loss {level:.4g}" for level in levels)]
     rows = [[method, *map(_matched_cell, entry["matched"])] for method, entry in section["methods"].items()]
     table = "\n".join("| " + " | ".join(cells) + " |" for cells in [header, ["---"] * len(header), *rows])
@@ -173,10 +210,12 @@ def generalisation_markdown(
         heading
         + table
         + f"\n\nTest {metric_label} (mean ± std over seeds) of each run's snapshot whose training loss is closest "
-        "to the level; in brackets the epoch picked in each run. The levels span, geometrically, the training "
-        f"losses every run reaches. At equal training loss, a better test {metric_label} means better "
-        "generalisation (Adaptive Weight Sparsity, Section 4.2). Training loss is the mean over each epoch's "
-        "mini-batches.\n\n" + plot
+        "to the level; in brackets the epoch picked in each run. The levels run, geometrically, from the highest "
+        "training loss every run starts above down to the lowest some method reaches in all its runs; a method is "
+        "matched at a level only if each of its runs' training losses reach both above and below it, otherwise "
+        f'"{NOT_REACHED}". '
+        f"At equal training loss, a better test {metric_label} means better generalisation (Adaptive Weight "
+        "Sparsity, Section 4.2). Training loss is the mean over each epoch's mini-batches.\n\n" + plot
     )
 
 
