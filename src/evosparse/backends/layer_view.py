@@ -20,8 +20,10 @@ from torch import Tensor
 
 from evosparse.backends import csr_topology
 from evosparse.backends.csr_layer import CsrLinear
+from evosparse.backends.csr_ops import GradientTap
 from evosparse.backends.source_sampling import free_per_source, source_weighted_sample
 from evosparse.backends.uniform_sampling import sample_absent
+from evosparse.errors import UsageError
 from evosparse.topology.masks import SparseLayer, Topology
 
 
@@ -111,6 +113,18 @@ class CsrLayerView(SparseLayerView):
 
     def rewire(self, prune: Tensor, grow: Tensor, grow_values: Tensor | float = 0.0) -> int:
         return csr_topology.rewire(self.layer, prune, grow, grow_values, self.optimizer)
+
+    def recorded_tap(self, missing: str) -> GradientTap:
+        """The layer's gradient tap once a backward pass has filled it; else ``UsageError(missing)``."""
+        tap = self.layer.tap
+        if tap is None or not tap.recorded:
+            raise UsageError(missing)
+        return tap
+
+    def recorded_gradient_at(self, positions: Tensor, missing: str) -> Tensor:
+        """∂L/∂w of the tap's batch at flat ``positions`` (active or not), without a dense gradient."""
+        in_features = self.shape[1]
+        return self.recorded_tap(missing).gradient_at(positions // in_features, positions % in_features)
 
 
 class MaskedLayerView(SparseLayerView):

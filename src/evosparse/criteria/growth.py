@@ -1,41 +1,15 @@
-"""Growth selection: which inactive positions become connections."""
+"""Growth selection by score: which inactive positions become connections.
+
+Random growth (uniform, or weighted by source neuron) samples from the active positions alone, so that
+both backends share it: :mod:`evosparse.backends.uniform_sampling` and
+:mod:`evosparse.backends.source_sampling`.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from evosparse.backends.source_sampling import source_weighted_sample
 from evosparse.errors import UsageError
-
-
-def uniform_growth(mask: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
-    """``count`` flat positions drawn uniformly without replacement among the inactive ones of ``mask``.
-
-    Pass the mask as it was *before* this update's pruning, so nothing pruned now is regrown now.
-    """
-    inactive = (~mask.view(-1)).nonzero().squeeze(1).cpu()
-    if count > inactive.numel():
-        raise UsageError(f"cannot grow {count} connections: only {inactive.numel()} positions are free")
-    return inactive[torch.randperm(inactive.numel(), generator=generator)[:count]]
-
-
-def source_weighted_growth(
-    mask: torch.Tensor, count: int, source_weights: torch.Tensor, generator: torch.Generator
-) -> torch.Tensor:
-    """``count`` inactive positions whose *source* (input) neuron is drawn ∝ ``source_weights``.
-
-    The two-stage rule of Path-Weight/Sensitivity (eq. 6, 11) and LiSET: pick the source neuron i with
-    probability ∝ w_i, then a target uniformly among i's inactive positions; many draws are made without
-    replacement by successive sampling with per-position weight w_i / free_i (Efraimidis–Spirakis). Positions
-    whose source has weight 0 are used only if the positive-weight ones run out, uniformly. The sampler is
-    :func:`evosparse.backends.source_sampling.source_weighted_sample`, which needs only the active positions.
-
-    ``mask`` is shaped like the weight, ``(out, in, ...)``: sources are the second axis (input units of a
-    linear layer, input channels of a convolution). ``source_weights`` has one non-negative entry per
-    source.
-    """
-    active = mask.detach().reshape(-1).nonzero().squeeze(1)
-    return source_weighted_sample(active, tuple(mask.shape), count, source_weights, generator)
 
 
 def top_scores_growth(scores: torch.Tensor, mask: torch.Tensor, count: int) -> torch.Tensor:

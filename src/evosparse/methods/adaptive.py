@@ -60,7 +60,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from evosparse.backends.csr_growth import inactive_gradient_blocks
-from evosparse.backends.csr_ops import GradientTap
 from evosparse.backends.layer_view import CsrLayerView, SparseLayerView
 from evosparse.backends.uniform_sampling import complement
 from evosparse.criteria.magnitude import weakest_of
@@ -236,8 +235,7 @@ class AdaptiveWeightSparsity(Method):
         candidates = self._growth_candidates(index)
         view = self.sparsifier.views[index]
         if isinstance(view, CsrLayerView):
-            in_features = view.shape[1]
-            return self._tap(view).gradient_at(candidates // in_features, candidates % in_features)
+            return view.recorded_gradient_at(candidates, _NO_GRADIENT)
         kept = self._kept_gradient(index)
         return kept if self._sampled_growth else kept[candidates]
 
@@ -246,7 +244,7 @@ class AdaptiveWeightSparsity(Method):
         order: in one block on the masked backend, block of rows by block of rows on csr."""
         view = self.sparsifier.views[index]
         if isinstance(view, CsrLayerView):
-            self._tap(view)  # refuse an empty tap with this method's message, before any work
+            view.recorded_tap(_NO_GRADIENT)  # refuse an empty tap with this method's message, before any work
             return inactive_gradient_blocks(view.layer)
         kept = self._kept_gradient(index)
         inactive = complement(view.active_positions(), view.numel)
@@ -257,14 +255,6 @@ class AdaptiveWeightSparsity(Method):
         if index not in self._gradients:
             raise UsageError(_NO_GRADIENT)
         return self._gradients[index]
-
-    @staticmethod
-    def _tap(view: CsrLayerView) -> GradientTap:
-        """The csr layer's tap, once a backward pass has filled it."""
-        tap = view.layer.tap
-        if tap is None or not tap.recorded:
-            raise UsageError(_NO_GRADIENT)
-        return tap
 
     def _forget_gradients(self) -> None:
         """Drop the kept gradients, candidates and (csr) the taps' recorded batch, which belong to the old topology."""

@@ -118,17 +118,14 @@ class RigL(Method):
     def _gradient_reader(self, index: int, view: SparseLayerView) -> Callable[[torch.Tensor], torch.Tensor]:
         """|∂L/∂w| at given flat positions of layer ``index`` from the update step's backward pass."""
         name = self.topology.layers[index].name
-        missing = UsageError(
+        missing = (
             f"rigl: no gradient of {name} was kept for this update (updates must follow a backward pass "
             "and Sparsifier.step)"
         )
         if isinstance(view, CsrLayerView):
-            tap = view.layer.tap
-            if tap is None or not tap.recorded:
-                raise missing
-            in_features = view.shape[1]
-            return lambda positions: tap.gradient_at(positions // in_features, positions % in_features).abs()
+            view.recorded_tap(missing)  # refuse before any work
+            return lambda positions: view.recorded_gradient_at(positions, missing).abs()
         kept = self.kept_gradients.get(index)
         if kept is None:
-            raise missing
+            raise UsageError(missing)
         return lambda positions: kept.reshape(-1)[positions.to(kept.device)]
