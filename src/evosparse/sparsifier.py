@@ -112,6 +112,8 @@ class Sparsifier:
             raise UsageError("the model has no linear or convolution weight to sparsify")
         shapes = [getattr(module, attr).shape for _, module, attr in found]
         self.requested_density = density
+        #: How a global density is split over the layers (methods that set their own budget use it too).
+        self.distribution = distribution
         if method_cls.sparse and not method_cls.needs_budget:
             if epsilon is not None:
                 raise UsageError(f"method {method} takes its budget from --density (or none), not --epsilon")

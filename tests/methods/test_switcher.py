@@ -12,6 +12,7 @@ from evosparse.engine.config import build_config
 from evosparse.engine.loop import train
 from evosparse.errors import UsageError
 from evosparse.methods.switcher_net import SwitcherNet
+from evosparse.topology.distributions import layer_densities
 
 
 class FixedGates(nn.Module):
@@ -39,8 +40,10 @@ def manual_forward(model: nn.Module, x: torch.Tensor, weights: list[torch.Tensor
 
 
 def setup(mode="connection", optimizer="sgd", sizes=(20, 16, 12, 5), **params):
-    """A small MLP under the switcher; the paper's phase order unless ``first_phase`` says otherwise."""
+    """A small MLP under the switcher; the paper's phase order unless ``first_phase`` says otherwise, and
+    a ``target_density`` split uniformly (every layer keeps that fraction) unless ``distribution`` is given."""
     params.setdefault("first_phase", "switcher")
+    params.setdefault("distribution", "uniform")
     model = small_mlp(sizes)
     if optimizer == "adam":
         opt = torch.optim.Adam(model.parameters(), lr=0.01, weight_decay=1e-3)
@@ -441,6 +444,17 @@ def test_both_modes_learn_digits_through_the_engine(mode, tmp_path):
     assert saved["epochs"][0]["density"] == 1.0  # starts dense
     assert 0 < saved["density_final"] <= 1.0
     assert saved["params_extra_training"] > 0
+
+
+@pytest.mark.parametrize("mode", ["connection", "neuron"])
+def test_the_budget_is_split_over_the_layers_by_the_distribution(mode):
+    _, _, sparsifier = setup(mode, sizes=(40, 30, 20, 5), target_density=0.3, distribution="erdos_renyi")
+    shapes = [tuple(layer.shape) for layer in sparsifier.topology.layers]
+    targets = layer_densities(shapes, distribution="erdos_renyi", density=0.3)
+    assert sparsifier.target_densities == targets and len(set(targets)) == 3
+    for slot, (layer, target) in enumerate(zip(sparsifier.topology.layers, targets)):
+        gates = layer.shape[1] if mode == "neuron" else layer.numel
+        assert int((sparsifier.method.gate(slot) != 0).sum()) == max(1, round(target * gates))
 
 
 def test_the_run_density_is_the_switchers_budget_and_conflicts_are_refused():

@@ -62,6 +62,7 @@ from torch.nn import functional as F
 from evosparse.errors import UsageError
 from evosparse.methods.base import Method, Param, register
 from evosparse.methods.switcher_net import MODES, SwitcherNet
+from evosparse.topology.distributions import layer_densities
 from evosparse.topology.masks import SparseLayer
 
 if TYPE_CHECKING:
@@ -139,6 +140,11 @@ class Switcher(Method):
         self.switcher_optimizer = self._build_optimizer()
         self.target_density = self._resolve_target(sparsifier.requested_density)
         sparsifier.density_target = self.target_density or None
+        if self.target_density > 0:
+            shapes = [tuple(layer.shape) for layer in self.topology.layers]
+            sparsifier.target_densities = layer_densities(
+                shapes, distribution=sparsifier.distribution, density=self.target_density
+            )
         self.budgets = [self._gate_budget(index) for index in self.gated]
         #: Values of switched-off connections (0 elsewhere), one matrix per gated layer.
         self.dormant = [torch.zeros_like(self._layer(slot).weight.detach()) for slot in range(len(self.gated))]
@@ -192,10 +198,15 @@ class Switcher(Method):
         return own if own > 0 else (requested or 0.0)
 
     def _gate_budget(self, index: int) -> int | None:
-        """How many gates layer ``index`` may keep under ``target_density`` (None: no budget)."""
-        target = self.target_density
-        if target <= 0:
+        """How many gates layer ``index`` may keep under the budget (None: no budget).
+
+        The global ``target_density`` is split over the layers by the run's ``distribution``, as for
+        every other method, so that a comparison gives each layer the same budget whatever the method
+        (a uniform split starved the 100×10 output layer of LeNet-300-100 at 2%: 20 weights).
+        """
+        if self.target_density <= 0:
             return None
+        target = self.sparsifier.target_densities[index]
         out_features, in_features = self.topology.layers[index].shape
         gates = in_features if self.hparams["mode"] == "neuron" else out_features * in_features
         return max(1, round(target * gates))
