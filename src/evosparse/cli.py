@@ -294,7 +294,7 @@ def reproduce(
         overrides={"device": options["device"], "data_dir": options["data_dir"]},
         command=command_line(ctx),
     )
-    run_and_report(comparison, options["progress"])
+    run_and_report(comparison, options["progress"], chosen.fractions)
 
 
 @app.command()

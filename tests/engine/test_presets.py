@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -11,6 +12,7 @@ from evosparse.cli import main
 from evosparse.engine import loop, presets
 from evosparse.engine.config import build_config, parse_hidden
 from evosparse.engine.presets import AWS_BASE, PRESETS, Preset, aws_width
+from evosparse.engine.variants import base_method
 from evosparse.errors import DataError
 from evosparse.methods import METHODS
 from evosparse.models import MODELS, ModelSpec, build_model
@@ -44,7 +46,7 @@ def test_list_names_every_preset_with_its_status(capsys):
 def test_each_preset_cites_its_paper_and_validates_without_training(name, tmp_path):
     preset = PRESETS[name]
     assert any(word in preset.source for word in ("Table", "Fig.")) and "Section" in preset.source
-    unregistered = [m for m in preset.methods if m not in METHODS]
+    unregistered = [m for m in preset.methods if base_method(m) not in METHODS]
     model = preset.settings.get("model", "mlp")
     assert preset.missing() == [f"method {m}" for m in unregistered] + (
         [f"model {model}"] if model not in MODELS else []
@@ -96,6 +98,22 @@ def test_a_preset_runs_as_a_comparison_with_overrides(tmp_path, capsys, monkeypa
     assert summary["command"] == f"evosparse reproduce tiny-digits --epochs 1 --seeds 1 --out {out} --no-progress"
     assert summary["methods"]["set"]["method_params"]["zeta"] == 0.2
     assert list(summary["methods"]) == ["static", "set"]
+
+
+def test_a_preset_passes_its_fractions_and_learned_source_to_the_comparison(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(loop, "plot_run_curves", lambda *args, **kwargs: None)
+    preset = dataclasses.replace(
+        TINY, methods=("set", "learned-static"), fractions="1.0,0.5", learned_from="set", params=()
+    )
+    monkeypatch.setitem(PRESETS, preset.name, preset)
+    out = tmp_path / "rep"
+    args = ["reproduce", preset.name, "--epochs", "1", "--seeds", "1", "--out", str(out), "--no-progress"]
+    code, stdout, _ = run_cli(args, capsys)
+    assert code == 0 and "final acc 50%" in stdout
+    for folder in ("set/seed0", "set/f0.5/seed0", "learned-static/seed0", "learned-static/f0.5/seed0"):
+        assert (out / folder / "result.json").exists()
+    saved = json.loads((out / "learned-static/f0.5/seed0/result.json").read_text())
+    assert saved["fixed_topology_from"].endswith("set/f0.5/seed0")
 
 
 def test_a_shortened_run_gets_its_own_default_folder():
