@@ -442,6 +442,12 @@ def setup_line(summary: Mapping[str, Any]) -> str:
     )
 
 
+TARGETS_NOTE = (
+    "*Epoch to T*: first epoch at which the mean accuracy curve reaches T (in brackets: how many runs reach it "
+    "on their own). "
+)
+
+
 def render_markdown(summary: Mapping[str, Any]) -> str:
     """summary.md: the command that produced it, the setup, the table, how to read it, the curves."""
     seeds = summary["seeds"]
@@ -450,9 +456,9 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         f"```\n{summary['command']}\n```\n\n"
         f"{setup_line(summary)}\n\n"
         + markdown_table(summary)
-        + f"\nMean ± sample standard deviation over {len(seeds)} seed(s). *Epoch to T*: first epoch at which "
-        "the mean accuracy curve reaches T (in brackets: how many runs reach it on their own). "
-        "*s/epoch*: training plus topology updates, without evaluation; *topology s/epoch*: the topology "
+        + f"\nMean ± sample standard deviation over {len(seeds)} seed(s). "
+        + (TARGETS_NOTE if summary["targets"] else "")
+        + "*s/epoch*: training plus topology updates, without evaluation; *topology s/epoch*: the topology "
         "updates alone.\n\n![test accuracy per epoch](curves.png)\n\n"
         + generalisation_markdown(summary["generalisation"], metric_label=result_metric(summary).label)
     )
