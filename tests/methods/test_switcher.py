@@ -40,10 +40,11 @@ def manual_forward(model: nn.Module, x: torch.Tensor, weights: list[torch.Tensor
 
 
 def setup(mode="connection", optimizer="sgd", sizes=(20, 16, 12, 5), **params):
-    """A small MLP under the switcher; the paper's phase order unless ``first_phase`` says otherwise, and
-    a ``target_density`` split uniformly (every layer keeps that fraction) unless ``distribution`` is given."""
+    """A small MLP under the switcher; the paper's phase order and step interval unless given otherwise,
+    and a ``target_density`` split uniformly (every layer keeps that fraction) unless ``distribution`` is given."""
     params.setdefault("first_phase", "switcher")
     params.setdefault("distribution", "uniform")
+    params.setdefault("switcher_interval", 1)  # a switcher step after every batch, as in the paper
     model = small_mlp(sizes)
     if optimizer == "adam":
         opt = torch.optim.Adam(model.parameters(), lr=0.01, weight_decay=1e-3)
@@ -285,6 +286,16 @@ def test_a_first_task_epoch_trains_under_the_budget_from_its_first_step(mode):
         assert torch.equal(layer.mask, method.connection_gates(slot) != 0)
         assert int((method.gate(slot) != 0).sum()) == round(0.3 * method.gate(slot).numel())
     assert sparsifier.density() == pytest.approx(sparsifier.topology.active / sparsifier.topology.total)
+
+
+def test_by_default_the_switchers_step_once_every_32_batches():
+    model, opt, sparsifier = setup(switcher_interval=32)
+    assert evosparse.methods.resolve_params(type(sparsifier.method), {})["switcher_interval"] == 32
+    before = [p.detach().clone() for p in sparsifier.method.switchers.parameters()]
+    train_steps(model, opt, sparsifier, steps=31)
+    assert all(torch.equal(a, b) for a, b in zip(before, sparsifier.method.switchers.parameters()))
+    train_steps(model, opt, sparsifier, steps=1, seed=1)
+    assert any(not torch.equal(a, b) for a, b in zip(before, sparsifier.method.switchers.parameters()))
 
 
 def test_accumulated_switcher_steps_equal_one_step_on_the_joined_batch():

@@ -46,7 +46,10 @@ and the first epoch trains the task network (``first_phase="task"``; the paper's
 the switchers). On a still random task network, shrinking every gate is the quickest way to lower the
 loss, and a ReLU gate at 0 gets no gradient: on MNIST (784-300-100-10, batch 64) the paper's order
 switched every input pixel off in the first epoch of neuron mode (accuracy 0.1135 for good, even at
-learning rate 0.01), and at 0.1 whole layers of neuron gates died on digits.
+learning rate 0.01), and at 0.1 whole layers of neuron gates died on digits. Finally the switchers step
+once every 32 batches of a switcher epoch (``switcher_interval``, their gradient averaged; the paper:
+every batch): a switcher epoch then costs about 1.5 task epochs instead of 14, and on MNIST at density
+0.05 (3 seeds) the final accuracy was 0.9697 ± 0.0035 against 0.9639 ± 0.0073 stepping every batch.
 """
 
 from __future__ import annotations
@@ -113,8 +116,8 @@ class Switcher(Method):
         Param("switcher_weight_decay", 0.0, "weight decay of the switchers", minimum=0.0),
         Param(
             "switcher_interval",
-            1,
-            "batches per switcher step in switcher epochs, gate gradients averaged over them (1 = the paper)",
+            32,
+            "batches per switcher step in switcher epochs, gate gradients averaged over them (the paper: 1)",
             minimum=1,
         ),
         Param("channels", 4, "feature channels of every switcher level", minimum=1),
