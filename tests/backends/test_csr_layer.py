@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,6 +12,7 @@ from hypothesis import strategies as st
 from evosparse.backends.csr_layer import CsrLinear, structure_from_csr_arrays
 from evosparse.backends.csr_ops import CsrStructure, GradientTap
 from evosparse.errors import UsageError
+from support import saved_and_loaded
 
 
 @settings(derandomize=True, max_examples=30, deadline=None)
@@ -106,10 +105,7 @@ def test_module_moves_and_casts_carry_the_structure():
 def test_state_dict_round_trip_restores_topology_even_with_another_nnz():
     source_linear, source_mask = masked_linear(8, 6, 0.5, seed=5)
     source = CsrLinear.from_linear(source_linear, source_mask)
-    buffer = io.BytesIO()
-    torch.save(source.state_dict(), buffer)
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=True)
+    saved = saved_and_loaded(source.state_dict())
 
     target_linear, target_mask = masked_linear(8, 6, 0.2, seed=6)
     target = CsrLinear.from_linear(target_linear, target_mask)

@@ -1,4 +1,3 @@
-import io
 import math
 
 import pytest
@@ -18,7 +17,7 @@ from evosparse.methods.adaptive import (
     largest_with_random_ties,
     prune_probability,
 )
-from support import killed_then_resumed
+from support import killed_then_resumed, saved_and_loaded
 
 
 def adaptive(model, **params):
@@ -211,10 +210,7 @@ def test_the_deterministic_preset_refuses_parameters_it_would_ignore():
 
 def test_state_dict_round_trips_and_foreign_state_is_refused():
     sparsifier = adaptive(small_mlp())
-    buffer = io.BytesIO()
-    torch.save(sparsifier.state_dict(), buffer)
-    buffer.seek(0)
-    state = torch.load(buffer, weights_only=True)
+    state = saved_and_loaded(sparsifier.state_dict())
     other = adaptive(small_mlp(), seed=9)
     other.load_state_dict(state)
     assert all(torch.equal(a.mask, b.mask) for a, b in zip(sparsifier.topology.layers, other.topology.layers))

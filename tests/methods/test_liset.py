@@ -1,4 +1,3 @@
-import io
 import itertools
 import math
 
@@ -14,7 +13,7 @@ from evosparse.engine import loop
 from evosparse.engine.config import build_config
 from evosparse.errors import UsageError
 from evosparse.methods.liset import SKIP_INIT_SCALE, source_preference
-from support import killed_then_resumed
+from support import killed_then_resumed, saved_and_loaded
 
 
 def liset(model, optimizer=None, **params):
@@ -176,10 +175,7 @@ def test_small_gamma_growth_follows_equation_2_and_differs_from_uniform():
 def test_state_dict_round_trips_through_a_weights_only_checkpoint(mlp):
     sparsifier = liset(mlp)
     train_steps(mlp, sparsifier)
-    buffer = io.BytesIO()
-    torch.save(sparsifier.state_dict(), buffer)
-    buffer.seek(0)
-    state = torch.load(buffer, weights_only=True)
+    state = saved_and_loaded(sparsifier.state_dict())
     other_model = small_mlp()
     other = liset(other_model, seed=7)
     other.load_state_dict(state)

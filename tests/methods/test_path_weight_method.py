@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import itertools
 import math
 
@@ -19,7 +18,7 @@ from evosparse.criteria.path_weight import MAX_EXACT_PATHS
 from evosparse.criteria.time_varying import TimeVaryingRule
 from evosparse.errors import UsageError
 from evosparse.methods.path_weight import smallest_within_capacity
-from support import digits_accuracies
+from support import digits_accuracies, saved_and_loaded
 
 
 def linear_inputs(model: nn.Sequential, x: torch.Tensor) -> list[torch.Tensor]:
@@ -201,26 +200,28 @@ def test_a_network_without_paths_treats_every_connection_as_weak():
     assert not (before[1] & sparsifier.topology.layers[1].mask).any(), "the zero weights go first"
 
 
+def assert_same_evolution(original, restored):
+    """Restored time-varying values and trajectory, and the same masks after the next update of both."""
+    assert restored.method.values == original.method.values
+    assert restored.method.trajectory == original.method.trajectory
+    original.method.update()
+    restored.method.update()
+    for a, b in zip(original.topology.layers, restored.topology.layers):
+        assert torch.equal(a.mask, b.mask)
+
+
 def test_state_dict_round_trip_restores_values_trajectory_and_epoch_statistics():
     model, sparsifier = build(sizes=(10, 8, 6, 4), density=0.4, time_varying=True, lam=0.8)
     generator = torch.Generator().manual_seed(9)
     train_steps(model, sparsifier, 3, generator)
     sparsifier.end_epoch()
     train_steps(model, sparsifier, 2, generator)  # mid-epoch: feature sums are part of the state
-    buffer = io.BytesIO()
-    torch.save(sparsifier.state_dict(), buffer)
-    buffer.seek(0)
-    state = torch.load(buffer, weights_only=True)
+    state = saved_and_loaded(sparsifier.state_dict())
     clone, restored = build(sizes=(10, 8, 6, 4), density=0.4, seed=3, time_varying=True, lam=0.8)
     clone.load_state_dict(model.state_dict())
     restored.load_state_dict(state)
-    assert restored.method.values == sparsifier.method.values
-    assert restored.method.trajectory == sparsifier.method.trajectory
     assert restored.method.feature_norms.means() == sparsifier.method.feature_norms.means()
-    sparsifier.method.update()
-    restored.method.update()
-    for a, b in zip(sparsifier.topology.layers, restored.topology.layers):
-        assert torch.equal(a.mask, b.mask)
+    assert_same_evolution(sparsifier, restored)
     with pytest.raises(UsageError, match="does not belong"):
         restored.method.load_state_dict({"values": {"zeta": 0.1, "delta": 1.0}, "trajectory": []})
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import copy
-import io
 
 import pytest
 import torch
-from test_path_weight_method import assert_learns, train_digits
+from test_path_weight_method import assert_learns, assert_same_evolution, train_digits
 from torch import nn
 from torch.nn import functional as F
 
@@ -16,6 +15,7 @@ from evosparse.criteria.time_varying import TimeVaryingRule
 from evosparse.data import load_dataset
 from evosparse.errors import UsageError
 from evosparse.methods.sensitivity import sensitivity_scores
+from support import saved_and_loaded
 
 
 def conv_net() -> nn.Sequential:
@@ -161,19 +161,12 @@ def test_state_dict_round_trip_keeps_the_epochs_gradient_statistics():
     train_with_reference(model, sparsifier, 2, generator)
     sparsifier.end_epoch()
     train_with_reference(model, sparsifier, 2, generator)
-    buffer = io.BytesIO()
-    torch.save(sparsifier.state_dict(), buffer)
-    buffer.seek(0)
+    state = saved_and_loaded(sparsifier.state_dict())
     clone = conv_net()
     restored = build(clone, seed=4, time_varying=True)
     clone.load_state_dict(model.state_dict())
-    restored.load_state_dict(torch.load(buffer, weights_only=True))
-    assert restored.method.values == sparsifier.method.values
-    assert restored.method.trajectory == sparsifier.method.trajectory
-    sparsifier.method.update()
-    restored.method.update()
-    for a, b in zip(sparsifier.topology.layers, restored.topology.layers):
-        assert torch.equal(a.mask, b.mask)
+    restored.load_state_dict(state)
+    assert_same_evolution(sparsifier, restored)
     with pytest.raises(UsageError, match="does not belong"):
         restored.method.load_state_dict({"values": {"zeta": 0.3, "delta": 1.0}, "trajectory": []})
     with pytest.raises(UsageError, match="form must be one of"):

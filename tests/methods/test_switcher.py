@@ -1,4 +1,3 @@
-import io
 import json
 
 import pytest
@@ -13,6 +12,7 @@ from evosparse.engine.loop import train
 from evosparse.errors import UsageError
 from evosparse.methods.switcher_net import SwitcherNet
 from evosparse.topology.distributions import layer_densities
+from support import saved_and_loaded
 
 
 class FixedGates(nn.Module):
@@ -70,6 +70,11 @@ def train_steps(model, opt, sparsifier, steps=3, seed=0):
 def random_gates(shape, generator, zero_fraction=0.5):
     gates = torch.rand(shape, generator=generator) * 2
     return torch.where(torch.rand(shape, generator=generator) < zero_fraction, torch.zeros(shape), gates)
+
+
+def per_connection(gates, mode, shape):
+    """Gates as one entry per connection: neuron gates repeated down the columns of a (out, in) matrix."""
+    return gates if mode == "connection" else gates[None, :].expand(shape)
 
 
 def fix_gates(method, gates):
@@ -147,14 +152,14 @@ def test_zero_gates_remove_exactly_those_connections(mode):
     model.eval()
     gated = model(x)
     effective = [
-        layer.weight.detach() * (z if mode == "connection" else z[None, :])
+        layer.weight.detach() * per_connection(z, mode, layer.weight.shape)
         for layer, z in zip(linear_layers(model), gates)
     ]
     assert torch.allclose(gated, manual_forward(model, x, effective), atol=1e-6)
     # whatever the weights at switched-off positions are, they do not reach the output
     with torch.no_grad():
         for layer, z in zip(linear_layers(model), gates):
-            off = (z == 0) if mode == "connection" else (z == 0)[None, :].expand_as(layer.weight)
+            off = per_connection(z == 0, mode, layer.weight.shape)
             layer.weight[off] = torch.randn(int(off.sum()), generator=generator) * 100
     assert torch.allclose(model(x), gated, atol=1e-6)
 
@@ -166,10 +171,7 @@ def test_masks_and_density_follow_the_gates_after_a_switcher_epoch(mode):
     generator = torch.Generator().manual_seed(2)
     gates = fix_random_gates(method, generator)
     train_steps(model, opt, sparsifier)
-    expected_masks = [
-        (z != 0) if mode == "connection" else (z != 0)[None, :].expand(layer.shape)
-        for layer, z in zip(sparsifier.topology.layers, gates)
-    ]
+    expected_masks = [per_connection(z != 0, mode, layer.shape) for layer, z in zip(sparsifier.topology.layers, gates)]
     active = sum(int(mask.sum()) for mask in expected_masks)
     assert sparsifier.topology.active == sparsifier.topology.total  # masks move only when the epoch ends
     assert sparsifier.density() == pytest.approx(active / sparsifier.topology.total)  # the gates' density
@@ -396,10 +398,7 @@ def test_state_dict_round_trip_resumes_exactly(saved_in):
         train_steps(model, opt, sparsifier, steps=3, seed=epoch)
         sparsifier.end_epoch()
     train_steps(model, opt, sparsifier, steps=2, seed=5)  # mid-epoch (switcher: 2 of 3 batches accumulated)
-    buffer = io.BytesIO()
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "s": sparsifier.state_dict()}, buffer)
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=True)
+    saved = saved_and_loaded({"model": model.state_dict(), "opt": opt.state_dict(), "s": sparsifier.state_dict()})
     model2, opt2, sparsifier2 = build()
     model2.load_state_dict(saved["model"])
     opt2.load_state_dict(saved["opt"])
