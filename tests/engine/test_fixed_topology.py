@@ -13,6 +13,7 @@ from evosparse.engine import loop
 from evosparse.engine.checkpoint import load_checkpoint
 from evosparse.engine.compare import plan_comparison, run_comparison
 from evosparse.engine.config import build_config
+from evosparse.engine.export_run import export_run
 from evosparse.engine.snapshots import list_snapshots, load_snapshot
 from evosparse.errors import UsageError
 from support import killed_then_resumed
@@ -152,6 +153,15 @@ def test_compare_trains_learned_static_after_its_source_on_the_same_seeds_masks(
     assert not torch.equal(*(final_masks(out / "set" / f"seed{s}")["layers.0.weight"] for s in (0, 1)))
     again = run_comparison(plan_comparison(["learned-static", "static", "set"], seed_count=2, overrides=settings))
     assert again["methods"]["learned-static"]["final_acc"] == summary["methods"]["learned-static"]["final_acc"]
+
+
+def test_a_moved_comparison_reuses_and_exports_its_learned_static_runs(tmp_path):
+    first, moved = tmp_path / "first", tmp_path / "moved"
+    run_comparison(plan_comparison(["set", "learned-static"], overrides={**SETUP, "out": str(first)}))
+    first.rename(moved)  # the source folder named in the learned-static run is gone
+    again = run_comparison(plan_comparison(["set", "learned-static"], overrides={**SETUP, "out": str(moved)}))
+    assert again["methods"]["learned-static"]["final_acc"]["values"]
+    assert export_run(moved / "learned-static" / "seed0").path.exists()
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from evosparse.engine.checkpoint import atomic_write_bytes  # noqa: E402
 from evosparse.engine.objectives import ACCURACY, Metric  # noqa: E402
 
 
-def plot_run_curves(path: Path, epochs: Sequence[dict], title: str, metric: Metric = ACCURACY) -> None:
+def plot_run_curves(path: Path, epochs: Sequence[dict], title: str, metric: Metric) -> None:
     """Write a two-panel PNG: the test metric (accuracy, or a VAE's −ELBO), and train/test loss, per epoch."""
     numbers = [e["epoch"] for e in epochs]
     figure, (acc_axis, loss_axis) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")

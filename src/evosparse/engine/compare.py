@@ -34,7 +34,14 @@ from matplotlib.ticker import MaxNLocator
 
 from evosparse.analysis.generalisation import generalisation_markdown, generalisation_summary, plot_generalisation
 from evosparse.engine.checkpoint import CHECKPOINT_NAME, atomic_write_bytes, atomic_write_text, load_checkpoint
-from evosparse.engine.config import TrainConfig, build_config, config_difference, parse_param_pairs, read_toml
+from evosparse.engine.config import (
+    LOCATION_KEYS,
+    TrainConfig,
+    build_config,
+    config_difference,
+    parse_param_pairs,
+    read_toml,
+)
 from evosparse.engine.loop import train
 from evosparse.engine.objectives import ACCURACY, result_metric
 from evosparse.engine.variants import base_method, learned_source, run_order, variant_settings
@@ -215,7 +222,7 @@ def existing_state(config: TrainConfig) -> str:
     """``"new"``, ``"resume"`` or ``"reuse"`` for the run folder of ``config``; refuses a folder whose
     run was made with other settings (or cannot be checked).
 
-    A finished run is recognised wherever its folder now lies (``out`` is not compared); an
+    A finished run is recognised wherever its folder now lies (``LOCATION_KEYS`` are not compared); an
     unfinished one resumes only where it was started, as ``evosparse train --resume`` requires.
     """
     folder = Path(str(config.out))
@@ -228,7 +235,7 @@ def existing_state(config: TrainConfig) -> str:
             )
         return "new"
     saved = load_checkpoint(folder / CHECKPOINT_NAME).get("config", {})
-    difference = config_difference(saved, config, ignore=("out",) if has_result else ())
+    difference = config_difference(saved, config, ignore=LOCATION_KEYS if has_result else ())
     if difference:
         key, before, now = difference
         raise UsageError(

@@ -92,6 +92,10 @@ class TrainConfig:
 _FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
 
 
+#: Settings naming folders: a finished run that was moved (with its sources) still matches its config.
+LOCATION_KEYS = ("out", "fixed_topology_from")
+
+
 def config_difference(
     saved: Mapping[str, Any], config: TrainConfig, ignore: Sequence[str] = ()
 ) -> tuple[str, Any, Any] | None:

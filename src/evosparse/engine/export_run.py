@@ -7,7 +7,7 @@ from pathlib import Path
 
 from evosparse.backends.export import export_model
 from evosparse.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from evosparse.engine.config import TrainConfig, build_config
+from evosparse.engine.config import LOCATION_KEYS, TrainConfig, build_config
 from evosparse.engine.loop import Trainer
 
 EXPORT_NAME = "model.safetensors"
@@ -30,7 +30,7 @@ def export_run(run_dir: Path, path: Path | None = None) -> ExportReport:
     saved = {key: value for key, value in state.get("config", {}).items() if key in fields}
     config = build_config(None, {**saved, "out": str(run_dir)}, [])
     trainer = Trainer(config, progress=False)
-    trainer.restore(resume=True, ignore=("out",))  # the folder may have moved since training
+    trainer.restore(resume=True, ignore=LOCATION_KEYS)  # the folder may have moved since training
     sparsifier = trainer.sparsifier
     model, masks = sparsifier.method.export_model()
     target = path or run_dir / EXPORT_NAME

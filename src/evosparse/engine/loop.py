@@ -25,7 +25,7 @@ from evosparse.distributed import DistributedContext, all_sum, context_from_envi
 from evosparse.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from evosparse.engine.config import TrainConfig, config_difference
 from evosparse.engine.fixed_topology import hold_fixed_topology
-from evosparse.engine.objectives import Classification, Objective, objective_for
+from evosparse.engine.objectives import Objective, objective_for
 from evosparse.engine.records import EpochRecord, build_result, write_metrics_csv, write_result
 from evosparse.engine.snapshots import save_snapshot
 from evosparse.engine.width_scaling import scale_widths
@@ -91,13 +91,11 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> Iterator[to
 
 
 @torch.no_grad()
-def evaluate(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, objective: Objective | None = None
-) -> tuple[float, float]:
-    """Mean loss and metric of ``model`` on (x, y) in eval mode: cross-entropy and accuracy per predicted
-    label unless another ``objective`` is given (a VAE's: −ELBO twice)."""
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, objective: Objective) -> tuple[float, float]:
+    """Mean loss and metric of ``model`` on (x, y) in eval mode (cross-entropy and accuracy for a
+    classifier, the −ELBO twice for a VAE)."""
     model.eval()
-    return (objective or Classification()).evaluate(model, x, y)
+    return objective.evaluate(model, x, y)
 
 
 class Trainer:
@@ -129,7 +127,7 @@ class Trainer:
             shape = self.data.input_shape
             raise UsageError(f"--augment crops and flips images; {config.dataset} samples have shape {shape}")
         torch.manual_seed(config.seed)
-        self.spec = spec = ModelSpec(
+        spec = ModelSpec(
             self.data.input_shape,
             self.data.num_classes,
             sequence=self.data.y_train.dim() == 2,
@@ -156,7 +154,8 @@ class Trainer:
             exclude=excluded_layers(self.model, config.sparsify),
             **config.params,
         )
-        if config.fixed_topology_from is not None:
+        if config.fixed_topology_from is not None and not self.checkpoint_path.exists():
+            # A checkpoint, once restored, holds these masks already: the source need not exist any more.
             hold_fixed_topology(self.sparsifier, config)
         self.objective = objective_for(self.model, self.data)
         self.model.to(self.device)  # a model built sparse directly (see build_for_backend) is on the CPU
@@ -226,6 +225,7 @@ class Trainer:
         for step, batch in enumerate(batches, 1):
             if batch.numel() < self.context.world_size:
                 break  # a last global batch too small to give every process a sample
+            seen += batch.numel()  # the global batch: step_loss below is summed over every process
             batch = shard(batch, self.context).to(self.device)
             inputs = self.x_train[batch]
             if self.config.augment:
@@ -242,7 +242,6 @@ class Trainer:
             self.optimizer.step()
             self.sparsifier.step()
             loss_sum += step_loss
-            seen += batch.numel() * self.context.world_size
             on_step()
         return loss_sum / seen
 

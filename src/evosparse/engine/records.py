@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from evosparse.engine.checkpoint import atomic_write_text
-from evosparse.engine.objectives import ACCURACY, Metric
+from evosparse.engine.objectives import Metric
 from evosparse.metrics import ara
 
 SCHEMA_VERSION = 1
@@ -53,7 +53,7 @@ def build_result(
     params_active: int,
     density_final: float,
     wall_time_s: float,
-    metric: Metric = ACCURACY,
+    metric: Metric,
 ) -> dict[str, Any]:
     """Assemble result.json: the run's identity (``header``), per-epoch records and summary numbers.
 
