@@ -58,6 +58,7 @@ def worker(rank: int, world_size: int, folder: str, method: str) -> None:
                 {**state, "changed": torch.tensor(s.take_stats().connections_changed)},
                 Path(folder) / f"rank{rank}_step{step}.pt",
             )
+    dist.barrier()  # no rank tears the group down while the other still uses it
     dist.destroy_process_group()
 
 
@@ -117,4 +118,5 @@ def _refusal_worker(rank: int, folder: str) -> None:
     except evosparse.errors.UsageError as error:
         if "DDP does not synchronise" in str(error):
             (Path(folder) / f"refused{rank}").touch()
+    dist.barrier()  # no rank tears the group down while the other still uses it
     dist.destroy_process_group()

@@ -63,7 +63,10 @@ def initialise(context: DistributedContext, device: torch.device) -> None:
 
 
 def shutdown(context: DistributedContext) -> None:
+    """Leave the process group once every rank is done: tearing it down while a peer still talks to it
+    aborts gloo ("terminate called without an active exception")."""
     if context.active and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
