@@ -37,7 +37,7 @@ def check_backend(method_cls: type[Method], backend: str) -> None:
         raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "csr" and not method_cls.sparse:
         raise UsageError(f"method {method_cls.name} trains dense weights; --backend csr needs a sparse method")
-    if backend == "csr" and not getattr(method_cls, "supports_csr", False):
+    if backend == "csr" and not method_cls.supports_csr:
         raise UsageError(
             f"method {method_cls.name} has no csr implementation yet (it reads the dense masks and weights of "
             "the masked backend); use --backend masked"

@@ -137,6 +137,8 @@ class Method:
     #: ``False`` for methods that train modules of their own (skip layers, switchers) which DDP would not
     #: keep in sync across ranks.
     supports_distributed: ClassVar[bool] = True
+    #: Whether the method runs on the csr backend (``--backend csr``), written against ``SparseLayerView``.
+    supports_csr: ClassVar[bool] = False
     #: ``True`` for methods whose update after the final epoch only settles what training reached (the
     #: switcher fixes its last gates as masks); other methods never change the evaluated final model.
     updates_after_final_epoch: ClassVar[bool] = False

@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -93,8 +93,6 @@ class Switcher(Method):
     fixed_budget = False
     starts_dense = True
     needs_budget = False
-    #: The gates are applied by hooks on dense (masked) layers; a csr backend must refuse this method.
-    supports_csr: ClassVar[bool] = False
     updates_after_final_epoch = True
     params = (
         Param("mode", "connection", "gate every connection (Z shaped like W) or every input neuron", choices=MODES),
@@ -157,13 +155,11 @@ class Switcher(Method):
         self._gates: list[torch.Tensor | None] = [None] * len(self.gated)
         self._outputs: list[torch.Tensor] | None = None
         self._accumulated = 0
-        self._install_hooks()
 
     def attach(self) -> None:
-        """With a budget, or when training starts with a task epoch: masks from the initial gates.
-
-        Here, not in ``__init__``: the switchers must read the weights as the sparsifier initialised them.
-        """
+        """The gating hooks; with a budget, or when training starts with a task epoch, masks from the
+        initial gates (here, not in ``__init__``: the switchers must read the weights as initialised)."""
+        self._install_hooks()
         if self.target_density > 0 or not self.in_switcher_phase():
             self._masks_follow_initial_gates()
 
@@ -254,8 +250,12 @@ class Switcher(Method):
         return self._layer(slot).weight + self.dormant[slot]
 
     def gated_weight(self, slot: int) -> torch.Tensor:
-        """The effective weight (W + D)⊙Z; in task epochs D⊙Z = 0 (D lies where the fixed gates are 0)."""
-        weight = self.full_weight(slot) if self.in_switcher_phase() else self._layer(slot).weight
+        """The effective weight (W + D)⊙Z; in task epochs D⊙Z = 0 (D lies where the fixed gates are 0).
+
+        In switcher epochs W is frozen, so W + D is detached: the backward pass computes no dL/dW only
+        for the optimizer step hook to drop it.
+        """
+        weight = self.full_weight(slot).detach() if self.in_switcher_phase() else self._layer(slot).weight
         return weight * self.gate(slot)
 
     def in_switcher_phase(self) -> bool:
@@ -401,8 +401,11 @@ class Switcher(Method):
     def active_connections(self) -> int:
         """Connections with a non-zero gate now (other layers: their masks), in switcher epochs too.
 
-        The masks follow the gates only at the end of a switcher epoch; this follows them throughout.
+        The masks follow the gates at the end of a switcher epoch and stay equal to them through the
+        task epoch, when the masks' count is the answer; in a switcher epoch the gates are counted.
         """
+        if not self.in_switcher_phase():
+            return super().active_connections()
         gated = dict(zip(self.gated, range(len(self.gated))))
         active = 0
         for index, layer in enumerate(self.topology.layers):
