@@ -139,7 +139,7 @@ def build_csr_topology(
     for (name, linear, _), count in zip(found, budgets, strict=True):
         assert isinstance(linear, nn.Linear)
         csr = build_csr_layer(linear, count, init, generator)
-        _replace_submodule(model, _module_name(name), csr)
+        replace_submodule(model, _module_name(name), csr)
         if optimizer is not None:
             _replace_in_param_groups(optimizer, linear.weight, csr.values)
             if linear.bias is not None:
@@ -171,19 +171,18 @@ def _convert_layer(model: nn.Module, layer: SparseLayer, optimizer: torch.optim.
     assert isinstance(linear, nn.Linear)
     csr = CsrLinear.from_dense(linear.weight, layer.mask)
     csr.bias = linear.bias
-    _replace_submodule(model, _module_name(layer.name), csr)
+    replace_submodule(model, _module_name(layer.name), csr)
     if optimizer is not None:
         _replace_in_param_groups(optimizer, linear.weight, csr.values)
     return CsrSparseLayer(layer.name, csr, layer.budget)
 
 
-def _replace_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Set the submodule called ``name`` (dotted) of ``model`` to ``new``."""
+def replace_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Set the submodule called ``name`` (dotted, inside ``nn.Sequential`` too) of ``model`` to ``new``."""
     if not name:
         raise UsageError("--backend csr cannot replace the model itself; wrap the nn.Linear in a container")
     parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
+    setattr(model.get_submodule(parent_name), child, new)
 
 
 def _replace_in_param_groups(optimizer: torch.optim.Optimizer, old: nn.Parameter, new: nn.Parameter) -> None:

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 import evosparse
 from evosparse.backends.csr_layer import CsrLinear, structure_from_csr_arrays
+from evosparse.backends.csr_model import replace_submodule
 from evosparse.backends.csr_ops import CsrStructure
 from evosparse.engine.checkpoint import atomic_write_bytes
 from evosparse.errors import UsageError
@@ -133,7 +134,11 @@ def load_exported(path: str | Path, model: nn.Module | None = None) -> nn.Module
             if not isinstance(module, nn.Linear | CsrLinear) or _linear_shape(module) != entry.matrix_shape:
                 raise UsageError(f"{path}: module {entry.module!r} is not a linear layer of shape {entry.matrix_shape}")
             bias = tensors.get(f"{prefix}bias")
-            model = _replace_submodule(model, entry.module, CsrLinear(structure, values, bias))
+            csr = CsrLinear(structure, values, bias)
+            if entry.module:
+                replace_submodule(model, entry.module, csr)
+            else:  # the model is the layer itself
+                model = csr
             allowed_missing |= {f"{prefix}values", f"{prefix}_extra_state"}
         else:
             dense = values.new_zeros(entry.matrix_shape)
@@ -264,18 +269,6 @@ def _submodule(model: nn.Module, name: str, path: str | Path) -> nn.Module:
         return model.get_submodule(name)
     except AttributeError:
         raise UsageError(f"{path}: the model has no module {name!r}") from None
-
-
-def _replace_submodule(model: nn.Module, name: str, replacement: nn.Module) -> nn.Module:
-    """Put ``replacement`` where the submodule ``name`` is (inside ``nn.Sequential`` too); return the model.
-
-    The empty name is the model itself, which ``replacement`` then becomes.
-    """
-    if not name:
-        return replacement
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name), child, replacement)
-    return model
 
 
 def _linear_shape(module: nn.Module) -> tuple[int, int]:

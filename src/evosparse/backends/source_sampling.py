@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from evosparse.backends.uniform_sampling import distinct_with_first_draw, is_member
+from evosparse.criteria.time_varying import source_of
 from evosparse.errors import UsageError
 
 #: Safety margin on the number of draws per round (the expected number suffices on average).
@@ -69,7 +70,7 @@ def source_weighted_sample(
 
 def free_per_source(present: Tensor, shape: tuple[int, ...]) -> Tensor:
     """Number of absent positions of each source (int64 on the CPU, one per entry of ``shape[1]``)."""
-    sources = _source_major(present.cpu().to(torch.int64), shape)[0]
+    sources = source_of(shape, present.cpu().to(torch.int64))
     return math.prod(shape) // shape[1] - torch.bincount(sources, minlength=shape[1])
 
 
@@ -127,7 +128,7 @@ class _AbsentBySource:
             fresh = ~is_member(torch.sort(chosen).values, distinct)
             new = distinct[fresh][torch.sort(first[fresh]).indices[:needed]]
             chosen = torch.cat([chosen, new])
-            taken += torch.bincount(_source_major(new, self.shape)[0], minlength=self.free.numel())
+            taken += torch.bincount(source_of(self.shape, new), minlength=self.free.numel())
         return chosen
 
     def _by_keys(self, per_position: Tensor, chosen: Tensor, count: int, generator: torch.Generator) -> Tensor:

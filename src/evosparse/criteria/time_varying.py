@@ -33,7 +33,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from evosparse.errors import UsageError
@@ -87,7 +86,7 @@ def secondary_criterion(removed_source_importance: Tensor) -> float:
     return float(removed_source_importance.double().mean())
 
 
-def source_of(shape: torch.Size, flat_positions: Tensor) -> Tensor:
+def source_of(shape: tuple[int, ...], flat_positions: Tensor) -> Tensor:
     """Source unit (the second axis: input unit or input channel) of flat positions of a weight ``shape``."""
     per_source = 1
     for size in shape[2:]:
