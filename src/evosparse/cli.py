@@ -6,7 +6,6 @@ Exit status: 0 success; 2 bad usage, configuration or data (one line on stderr, 
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import shlex
 import sys
@@ -189,10 +188,9 @@ def with_options(*names: str) -> Callable[[Command], Command]:
 
 def config_values(options: dict[str, Any]) -> dict[str, Any]:
     """The options that are training-configuration fields (the rest steer the command itself)."""
-    from evosparse.engine.config import TrainConfig
+    from evosparse.engine.config import CONFIG_FIELDS
 
-    fields = {field.name for field in dataclasses.fields(TrainConfig)}
-    return {name: value for name, value in options.items() if name in fields}
+    return {name: value for name, value in options.items() if name in CONFIG_FIELDS}
 
 
 def command_line(ctx: typer.Context) -> str:

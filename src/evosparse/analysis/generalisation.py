@@ -28,7 +28,6 @@ so it sits slightly above the end-of-epoch model's training loss, most in the fi
 
 from __future__ import annotations
 
-import io
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from typing import Any
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from evosparse.engine.checkpoint import atomic_write_bytes
+from evosparse.analysis.plots import save_png
 from evosparse.errors import UsageError
 from evosparse.metrics import spread
 
@@ -238,6 +237,4 @@ def plot_generalisation(path: Path, section: Mapping[str, Any], title: str) -> N
     axis.set(xscale="log", xlabel="training loss (log scale)", ylabel="test loss", title=title)
     axis.grid(alpha=0.3, which="both")
     axis.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_png(figure, path)

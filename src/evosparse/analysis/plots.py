@@ -10,10 +10,19 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from evosparse.engine.checkpoint import atomic_write_bytes  # noqa: E402
 from evosparse.engine.objectives import ACCURACY, Metric  # noqa: E402
+
+
+def save_png(figure: Figure, path: Path) -> None:
+    """Write ``figure`` to ``path`` as a 100-dpi PNG, atomically (no half-written image), and release it."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def plot_run_curves(path: Path, epochs: Sequence[dict], title: str, metric: Metric) -> None:
@@ -29,7 +38,4 @@ def plot_run_curves(path: Path, epochs: Sequence[dict], title: str, metric: Metr
     for axis in (acc_axis, loss_axis):
         axis.grid(alpha=0.3)
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_png(figure, path)

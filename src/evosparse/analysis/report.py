@@ -21,7 +21,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from evosparse.analysis.graph import graph_metrics, layered_adjacency, matrix_adjacency, matrix_graph_metrics  # noqa: E402
-from evosparse.engine.checkpoint import atomic_write_bytes, atomic_write_text  # noqa: E402
+from evosparse.analysis.plots import save_png  # noqa: E402
+from evosparse.engine.checkpoint import atomic_write_text  # noqa: E402
 from evosparse.engine.snapshots import list_snapshots, load_snapshot  # noqa: E402
 from evosparse.errors import UsageError  # noqa: E402
 
@@ -101,13 +102,6 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-def _save(figure: plt.Figure, path: Path) -> None:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
 def _plot_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
     figure, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.4), layout="constrained")
     scopes = sorted({row["scope"] for row in rows})
@@ -118,7 +112,7 @@ def _plot_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
         axis.set(xlabel="epoch", title=metric.replace("_", " "))
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize="small")
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def _plot_degrees(path: Path, before: dict[str, np.ndarray], after: dict[str, np.ndarray], e0: int, e1: int) -> None:
@@ -130,4 +124,4 @@ def _plot_degrees(path: Path, before: dict[str, np.ndarray], after: dict[str, np
         axis.hist(after[scope], bins=bins, alpha=0.5, label=f"epoch {e1}")
         axis.set(xlabel="node degree", ylabel="nodes", title=f"degree distribution: {scope}", yscale="log")
         axis.legend()
-    _save(figure, path)
+    save_png(figure, path)

@@ -19,7 +19,6 @@ training loss; summary.md has the accuracy at matched training loss, see
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import statistics
@@ -33,7 +32,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from evosparse.analysis.generalisation import generalisation_markdown, generalisation_summary, plot_generalisation
-from evosparse.engine.checkpoint import CHECKPOINT_NAME, atomic_write_bytes, atomic_write_text, load_checkpoint
+from evosparse.analysis.plots import save_png
+from evosparse.engine.checkpoint import CHECKPOINT_NAME, atomic_write_text, load_checkpoint
 from evosparse.engine.config import (
     LOCATION_KEYS,
     TrainConfig,
@@ -44,6 +44,7 @@ from evosparse.engine.config import (
 )
 from evosparse.engine.loop import train
 from evosparse.engine.objectives import ACCURACY, result_metric
+from evosparse.engine.records import RESULT_NAME
 from evosparse.engine.variants import base_method, learned_source, run_order, variant_settings
 from evosparse.errors import EvosparseError, UsageError
 from evosparse.methods import get_method
@@ -53,7 +54,6 @@ from evosparse.models import default_distribution
 SUMMARY_SCHEMA = 1
 DEFAULT_SEEDS = 3
 DEFAULT_TARGETS: tuple[float, ...] = (0.97,)
-RESULT_NAME = "result.json"
 #: Settings that differ between the runs of one comparison; every other setting is shared.
 PER_RUN_KEYS = ("method", "params", "seed", "out", "fixed_topology_from", "width_scale")
 
@@ -489,9 +489,7 @@ def plot_comparison(path: Path, summary: Mapping[str, Any]) -> None:
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.grid(alpha=0.3)
     axis.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_png(figure, path)
 
 
 def generalisation_title(summary: Mapping[str, Any]) -> str:

@@ -90,6 +90,8 @@ class TrainConfig:
 
 
 _FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+#: Names of the configuration fields (a saved config may hold others, from older or newer versions).
+CONFIG_FIELDS = frozenset(_FIELD_TYPES)
 
 
 #: Settings naming folders: a finished run that was moved (with its sources) still matches its config.

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from evosparse.backends.export import export_model
 from evosparse.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from evosparse.engine.config import LOCATION_KEYS, TrainConfig, build_config
+from evosparse.engine.config import CONFIG_FIELDS, LOCATION_KEYS, build_config
 from evosparse.engine.loop import Trainer
 
 EXPORT_NAME = "model.safetensors"
@@ -26,8 +26,7 @@ class ExportReport:
 def export_run(run_dir: Path, path: Path | None = None) -> ExportReport:
     """Rebuild the run from its checkpoint (masks included) and write its sparse model to ``path``."""
     state = load_checkpoint(run_dir / CHECKPOINT_NAME)
-    fields = {field.name for field in dataclasses.fields(TrainConfig)}
-    saved = {key: value for key, value in state.get("config", {}).items() if key in fields}
+    saved = {key: value for key, value in state.get("config", {}).items() if key in CONFIG_FIELDS}
     config = build_config(None, {**saved, "out": str(run_dir)}, [])
     trainer = Trainer(config, progress=False)
     trainer.restore(resume=True, ignore=LOCATION_KEYS)  # the folder may have moved since training

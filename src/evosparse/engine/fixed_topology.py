@@ -11,20 +11,18 @@ layers and budget (the data set may differ, if its samples have the same shape).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from evosparse.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from evosparse.engine.config import TrainConfig
+from evosparse.engine.config import CONFIG_FIELDS, TrainConfig
+from evosparse.engine.records import RESULT_NAME
 from evosparse.errors import UsageError
 from evosparse.methods import get_method
 from evosparse.models import DEFAULT_HIDDEN
 from evosparse.sparsifier import Sparsifier
 from evosparse.topology.init import initialise_sparse_weights
-
-RESULT_NAME = "result.json"
 
 
 def structure(config: TrainConfig) -> dict[str, Any]:
@@ -42,8 +40,7 @@ def structure(config: TrainConfig) -> dict[str, Any]:
 
 def source_config(saved: Mapping[str, Any], folder: Path) -> TrainConfig:
     """The configuration a source run was made with (settings it predates take their defaults)."""
-    known = {field.name for field in dataclasses.fields(TrainConfig)}
-    config = TrainConfig(**{key: value for key, value in saved.items() if key in known})
+    config = TrainConfig(**{key: value for key, value in saved.items() if key in CONFIG_FIELDS})
     if not get_method(config.method).sparse:
         raise UsageError(f"{folder} is a run of method {config.method}, which has no sparse topology to reuse")
     return config

@@ -26,7 +26,7 @@ from evosparse.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_c
 from evosparse.engine.config import TrainConfig, config_difference
 from evosparse.engine.fixed_topology import hold_fixed_topology
 from evosparse.engine.objectives import Objective, objective_for
-from evosparse.engine.records import EpochRecord, build_result, write_metrics_csv, write_result
+from evosparse.engine.records import RESULT_NAME, EpochRecord, build_result, write_metrics_csv, write_result
 from evosparse.engine.snapshots import save_snapshot
 from evosparse.engine.width_scaling import scale_widths
 from evosparse.errors import EvosparseError, UsageError
@@ -302,7 +302,7 @@ class Trainer:
             metric=self.objective.metric,
         )
         if self.context.is_leader:
-            write_result(self.out / "result.json", result)
+            write_result(self.out / RESULT_NAME, result)
             title = f"{config.method} on {config.dataset}"
             plot_run_curves(self.out / "curves.png", result["epochs"], title, self.objective.metric)
         return result

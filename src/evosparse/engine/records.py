@@ -16,6 +16,9 @@ from evosparse.engine.checkpoint import atomic_write_text
 from evosparse.engine.objectives import Metric
 from evosparse.metrics import ara
 
+#: A run folder's record of a finished run (its presence means the run finished).
+RESULT_NAME = "result.json"
+
 SCHEMA_VERSION = 1
 
 
