@@ -10,11 +10,12 @@ Model: an MLP in -> W -> W -> 10 (in = 784, ReLU), every weight sparse at the gi
 - masked: ``nn.Linear`` layers under ``evosparse.sparsify(..., method="set")`` — one step is
   zero_grad, forward, backward (the gradient hook masks dL/dW), ``optimizer.step()`` and
   ``sparsifier.step()`` (re-masks the weights): what the engine does per batch;
-- csr: :class:`CsrLinear` layers built from random positions (no dense tensor at any point) — one
-  step is zero_grad, forward, backward, ``optimizer.step()``.
+- csr: the same MLP built on the meta device and sparsified with ``backend="csr"``: its
+  :class:`CsrLinear` layers are drawn sparse directly (no dense tensor at any point) — one step is
+  zero_grad, forward, backward, ``optimizer.step()`` and ``sparsifier.step()`` (nothing to re-mask).
 
-SET update: one update of all three layers at ζ = 0.3 (masked: ``sparsifier.method.update()``;
-csr: :func:`set_update` on each layer's view), without the invariant check the engine adds.
+SET update: one update of all three layers at ζ = 0.3 (``sparsifier.method.update()``, the same code
+on both backends), without the invariant check the engine adds.
 
 Each (backend, width, density) runs in its own process, so that memory figures do not mix. Peak
 memory is the process's peak resident set size (VmHWM of /proc/self/status) during the training
@@ -38,7 +39,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -104,33 +104,26 @@ def build_masked(width: int, density: float, in_features: int):
 
 
 def build_csr(width: int, density: float, in_features: int):
-    """Csr MLP with random topology (built without dense tensors) and its optimizer."""
+    """Csr MLP drawn sparse directly (built on the meta device: no dense tensor at any point), its optimizer
+    and sparsifier; returns (train_step, set_update)."""
     import torch
     from torch import nn
 
-    from evosparse.backends.csr_layer import CsrLinear
-    from evosparse.backends.layer_view import CsrLayerView
-    from evosparse.backends.set_on_view import set_update
-    from evosparse.backends.uniform_sampling import sample_absent
-    from evosparse.topology.distributions import layer_budgets
+    import evosparse
 
-    generator = torch.Generator().manual_seed(0)
-    shapes = [(width, in_features), (width, width), (10, width)]
-    budgets = layer_budgets(shapes, distribution="uniform", density=density)
-    layers = []
-    for (n_out, n_in), count in zip(shapes, budgets):
-        positions = sample_absent(torch.zeros(0, dtype=torch.int64), n_out * n_in, count, generator)
-        std = math.sqrt(2.0 / max(1.0, count / n_out))
-        values = torch.randn(count, generator=generator) * std
-        layers.append(CsrLinear.from_positions((n_out, n_in), positions, values, torch.zeros(n_out)))
-    model = nn.Sequential(layers[0], nn.ReLU(), layers[1], nn.ReLU(), layers[2])
+    with torch.device("meta"):
+        model = nn.Sequential(
+            nn.Linear(in_features, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 10)
+        )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    views = [CsrLayerView(layer, optimizer) for layer in layers]
+    sparsifier = evosparse.sparsify(
+        model, optimizer, "set", density=density, distribution="uniform", zeta=0.3, backend="csr"
+    )
 
-    def update() -> int:
-        return sum(set_update(view, 0.3, generator) for view in views)
+    def after_step() -> None:
+        sparsifier.step()
 
-    return model, optimizer, (lambda: None), update
+    return model, optimizer, after_step, sparsifier.method.update
 
 
 def worker(args: argparse.Namespace) -> dict:

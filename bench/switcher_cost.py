@@ -72,7 +72,7 @@ class DirectlyGated(nn.Module):
 
 def step_function(model: nn.Module, batch: int, sparsifier=None) -> Callable[[], None]:
     """One SGD training step on a fixed random batch (plus ``sparsifier.step()`` when given)."""
-    optimizer = sparsifier.topology.optimizer if sparsifier else torch.optim.SGD(model.parameters(), 0.01, 0.9)
+    optimizer = sparsifier.optimizer if sparsifier else torch.optim.SGD(model.parameters(), 0.01, 0.9)
     x, y = torch.randn(batch, SIZES[0]), torch.randint(0, SIZES[-1], (batch,))
 
     def step() -> None:

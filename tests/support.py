@@ -33,12 +33,22 @@ def batches(count, input_shape=(20,), classes=5, seed=0):
 
 def train_steps(model, sparsifier, data):
     """One optimizer step and ``sparsifier.step()`` per batch."""
-    optimizer = sparsifier.topology.optimizer
+    optimizer = sparsifier.optimizer
     for x, y in data:
         optimizer.zero_grad()
         F.cross_entropy(model(x), y).backward()
         optimizer.step()
         sparsifier.step()
+
+
+def saved_masks(topology_state) -> dict[str, torch.Tensor]:
+    """The boolean masks (name → mask) of a saved topology (``Topology.state_dict()``: shape and positions)."""
+    masks = {}
+    for name, entry in topology_state.items():
+        mask = torch.zeros(torch.Size(entry["shape"]).numel(), dtype=torch.bool)
+        mask[entry["positions"]] = True
+        masks[name] = mask.view(entry["shape"])
+    return masks
 
 
 def saved_and_loaded(state):
@@ -55,13 +65,15 @@ def assert_resume_is_exact(fresh: Callable[[int], tuple], data: list, cut: int) 
     train_steps(model, sparsifier, data[:cut])
     resumed_model, resumed = fresh(1)
     resumed_model.load_state_dict(saved_and_loaded(model.state_dict()))
-    resumed.topology.optimizer.load_state_dict(saved_and_loaded(sparsifier.topology.optimizer.state_dict()))
+    resumed.optimizer.load_state_dict(saved_and_loaded(sparsifier.optimizer.state_dict()))
     resumed.load_state_dict(saved_and_loaded(sparsifier.state_dict()))
     train_steps(model, sparsifier, data[cut:])
     train_steps(resumed_model, resumed, data[cut:])
     for layer, other in zip(sparsifier.topology.layers, resumed.topology.layers):
-        assert torch.equal(layer.mask, other.mask)
-        assert torch.equal(layer.weight, other.weight)
+        assert torch.equal(layer.active_positions(), other.active_positions())
+        assert torch.equal(layer.active_values(), other.active_values())
+    for (name, value), (_, other_value) in zip(model.state_dict().items(), resumed_model.state_dict().items()):
+        assert torch.equal(value, other_value), name
 
 
 class Killed(Exception):
@@ -124,3 +136,77 @@ def digits_accuracies(model, method: str, epochs: int, lr: float, **sparsify_kwa
             accuracies.append((model(data.x_test).argmax(1) == data.y_test).float().mean().item())
         sparsifier.end_epoch()
     return accuracies, sparsifier
+
+
+def assert_resume_is_exact_over_epochs(fresh: Callable[[int], tuple], epochs: list[list], cut: tuple[int, int]):
+    """Like :func:`assert_resume_is_exact`, with ``sparsifier.end_epoch()`` after each epoch's batches.
+
+    ``fresh(1)`` is restored after batch ``cut[1]`` of epoch ``cut[0]`` (0-based; ``cut[1] == 0`` is
+    right after the previous epoch's ``end_epoch``) and must end with the uninterrupted run's topology,
+    weights and optimizer state. Returns the uninterrupted run's sparsifier (its stats cover the run).
+    """
+    schedule: list = [item for batches_ in epochs for item in [*batches_, None]]  # None: end of an epoch
+    at = sum(len(batches_) + 1 for batches_ in epochs[: cut[0]]) + cut[1]
+
+    def run(model, sparsifier, items):
+        for item in items:
+            if item is None:
+                sparsifier.end_epoch()
+            else:
+                train_steps(model, sparsifier, [item])
+
+    model, sparsifier = fresh(0)
+    run(model, sparsifier, schedule[:at])
+    resumed_model, resumed = fresh(1)
+    resumed_model.load_state_dict(saved_and_loaded(model.state_dict()))
+    resumed.optimizer.load_state_dict(saved_and_loaded(sparsifier.optimizer.state_dict()))
+    resumed.load_state_dict(saved_and_loaded(sparsifier.state_dict()))
+    run(model, sparsifier, schedule[at:])
+    run(resumed_model, resumed, schedule[at:])
+    for layer, other in zip(sparsifier.topology.layers, resumed.topology.layers):
+        assert torch.equal(layer.active_positions(), other.active_positions()), layer.name
+        assert torch.equal(layer.active_values(), other.active_values()), layer.name
+    assert_same_state(model.state_dict(), resumed_model.state_dict(), "model")
+    assert_same_state(sparsifier.optimizer.state_dict(), resumed.optimizer.state_dict(), "optimizer")
+    return sparsifier
+
+
+def assert_same_state(one, other, where: str = "state") -> None:
+    """``one`` and ``other`` (nested dicts, lists and tensors, as in a state_dict) are exactly equal."""
+    if isinstance(one, dict):
+        assert isinstance(other, dict) and list(one) == list(other), where
+        for key in one:
+            assert_same_state(one[key], other[key], f"{where}.{key}")
+    elif isinstance(one, (list, tuple)):
+        assert isinstance(other, (list, tuple)) and len(one) == len(other), where
+        for index, (a, b) in enumerate(zip(one, other)):
+            assert_same_state(a, b, f"{where}[{index}]")
+    elif isinstance(one, torch.Tensor):
+        assert isinstance(other, torch.Tensor) and one.dtype == other.dtype, where
+        assert torch.equal(one, other), where
+    else:
+        assert one == other, where
+
+
+#: The devices device-parametrised tests run on: the CPU always, CUDA where a GPU is present.
+DEVICES = (
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")),
+)
+
+
+def run_on_device(method: str, device: str, backend: str, data: list, sizes=(20, 16, 12, 5), **kwargs):
+    """Sparsify a seeded ``small_mlp(sizes)`` moved to ``device`` with ``method`` and train it on ``data``.
+
+    Returns the initial active positions of every layer (on the CPU) and the sparsifier.
+    """
+    import evosparse
+    from conftest import small_mlp
+
+    torch.manual_seed(0)
+    model = small_mlp(sizes).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    sparsifier = evosparse.sparsify(model, optimizer, method, backend=backend, **kwargs)
+    initial = [layer.active_positions().cpu() for layer in sparsifier.topology.layers]
+    train_steps(model, sparsifier, [(x.to(device), y.to(device)) for x, y in data])
+    return initial, sparsifier

@@ -17,7 +17,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from evosparse.backends.csr_model import BACKENDS
+from evosparse.data import DATASETS, FILE_DATASETS
+from evosparse.engine.config import DEVICES, OPTIMIZERS
 from evosparse.errors import EvosparseError, UsageError
+from evosparse.models import MODELS
+from evosparse.models.parts import PART_TYPES
+from evosparse.topology.distributions import DISTRIBUTIONS
+from evosparse.topology.init import INIT_SCHEMES
 
 app = typer.Typer(
     add_completion=False,
@@ -25,6 +32,41 @@ app = typer.Typer(
     rich_markup_mode=None,
     help="Dynamic sparse training for PyTorch: train, compare and inspect sparse networks.",
 )
+
+
+def one_of(names: Any) -> str:
+    """``"a, b or c"``: the names of a registry, for help texts generated from it (never kept by hand)."""
+    names = [str(name) for name in names]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def readme_blocks() -> dict[str, str]:
+    """The README's generated blocks (name -> Markdown), built from the registries.
+
+    ``scripts/sync_readme.py`` writes them between ``<!-- generated:NAME -->`` and ``<!-- end:NAME -->``;
+    a test fails when the README holds other text there, so the lists cannot drift from the code.
+    """
+    from evosparse.methods import METHODS
+
+    def names(values: Any) -> str:
+        return ", ".join(f"`{value}`" for value in values)
+
+    choices = {
+        "--method": names(sorted(METHODS)),
+        "--dataset": names([*DATASETS, *FILE_DATASETS]),
+        "--model": names(MODELS),
+        "--distribution": names(DISTRIBUTIONS),
+        "--init": names(INIT_SCHEMES),
+        "--sparsify": names(PART_TYPES),
+        "--optimizer": names(OPTIMIZERS),
+        "--backend": names(BACKENDS),
+        "--device": names(DEVICES),
+    }
+    rows = [f"| `{name}` | {cls.summary.replace('|', chr(92) + '|')} |" for name, cls in sorted(METHODS.items())]
+    return {
+        "choices": "\n".join(f"- `{option}`: {values}" for option, values in choices.items()),
+        "methods": "\n".join(["| name | what it does |", "|---|---|", *rows]),
+    }
 
 
 #: Option declarations shared by the commands: name -> (annotation, default). A command takes the
@@ -39,13 +81,13 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
     "dataset": (
         Annotated[
             Optional[str],
-            typer.Option(help="digits, mnist, fashion-mnist, cifar10, cifar100, isolet, csv:PATH or text:PATH"),
+            typer.Option(help=one_of([*DATASETS, *FILE_DATASETS])),
         ],
         None,
     ),
     "target": (Annotated[Optional[str], typer.Option(help="label column of a csv:PATH dataset")], None),
     "data_dir": (Annotated[Optional[str], typer.Option(help="dataset cache folder")], None),
-    "model": (Annotated[Optional[str], typer.Option(help="mlp, lstm, lenet5, cnn, resnet18 or vae")], None),
+    "model": (Annotated[Optional[str], typer.Option(help=one_of(MODELS))], None),
     "hidden": (Annotated[Optional[str], typer.Option(help="hidden sizes, e.g. 300,100")], None),
     "dropout": (Annotated[Optional[float], typer.Option(help="dropout between hidden layers")], None),
     "density": (
@@ -54,11 +96,17 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
     ),
     "epsilon": (Annotated[Optional[float], typer.Option(help="SET's ε (Erdős–Rényi density per layer)")], None),
     "distribution": (
-        Annotated[Optional[str], typer.Option(help="uniform, erdos_renyi or erk (default: erk for conv models)")],
+        Annotated[Optional[str], typer.Option(help=f"{one_of(DISTRIBUTIONS)} (default: erk for conv models)")],
         None,
     ),
-    "init": (Annotated[Optional[str], typer.Option(help="sparse_kaiming or keep")], None),
-    "sparsify": (Annotated[Optional[str], typer.Option(help="which layers are sparse: all, fc or conv")], None),
+    "init": (
+        Annotated[
+            Optional[str],
+            typer.Option(help=f"{one_of(INIT_SCHEMES)}: re-draw the active weights, or keep the model's own"),
+        ],
+        None,
+    ),
+    "sparsify": (Annotated[Optional[str], typer.Option(help=f"which layers are sparse: {one_of(PART_TYPES)}")], None),
     "augment": (
         Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="random crop + flip of images")],
         None,
@@ -80,7 +128,7 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
     "epochs": (Annotated[Optional[int], typer.Option(help="number of epochs")], None),
     "batch_size": (Annotated[Optional[int], typer.Option(help="mini-batch size")], None),
     "lr": (Annotated[Optional[float], typer.Option(help="learning rate")], None),
-    "optimizer": (Annotated[Optional[str], typer.Option(help="sgd, adam or rmsprop")], None),
+    "optimizer": (Annotated[Optional[str], typer.Option(help=one_of(OPTIMIZERS))], None),
     "momentum": (Annotated[Optional[float], typer.Option(help="SGD momentum")], None),
     "nesterov": (
         Annotated[Optional[bool], typer.Option("--nesterov/--no-nesterov", help="Nesterov momentum")],
@@ -95,8 +143,8 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
         ],
         None,
     ),
-    "backend": (Annotated[Optional[str], typer.Option(help="masked or csr")], None),
-    "device": (Annotated[Optional[str], typer.Option(help="cpu or cuda")], None),
+    "backend": (Annotated[Optional[str], typer.Option(help=one_of(BACKENDS))], None),
+    "device": (Annotated[Optional[str], typer.Option(help=one_of(DEVICES))], None),
     "param": (
         Annotated[
             Optional[list[str]],
@@ -207,8 +255,7 @@ def train(**options: Any) -> None:
     from evosparse.engine.compare import check_targets
     from evosparse.engine.config import build_config
     from evosparse.engine.loop import train as run_training
-    from evosparse.engine.objectives import ACCURACY, result_metric
-    from evosparse.metrics import epoch_reaching
+    from evosparse.metrics import ACCURACY, epoch_reaching, result_metric
 
     settings = build_config(options["config"], config_values(options), options["param"] or [])
     targets = check_targets(options["target_acc"]) if options["target_acc"] else ()

@@ -11,13 +11,15 @@ come from rank 0's shard of the data only.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from evosparse.errors import UsageError
-from evosparse.topology.masks import Topology
+from evosparse.topology.layer import SparseLayer
+from evosparse.topology.masks import MaskedLayer
 
 
 @dataclass(frozen=True)
@@ -95,10 +97,23 @@ class TopologySync:
         """Whether this rank runs the method's update itself."""
         return self.context.is_leader
 
+    def run_update(self, layers: Sequence[SparseLayer], update: Callable[[], int]) -> int:
+        """Run ``update`` on rank 0, then make every rank adopt its topology; return rank 0's number changed.
+
+        Distributed runs use the masked backend only (the Sparsifier refuses csr), whose masks and dense
+        weights are broadcast as they are.
+        """
+        masked = [layer for layer in layers if isinstance(layer, MaskedLayer)]
+        if len(masked) != len(layers):
+            raise UsageError("distributed training needs --backend masked")
+        before = [layer.mask.clone() for layer in masked]
+        changed = update() if self.decides else 0
+        return self._adopt_leader_topology(masked, before, changed)
+
     @torch.no_grad()
-    def adopt_leader_topology(self, topology: Topology, before: list[torch.Tensor], changed: int) -> int:
+    def _adopt_leader_topology(self, layers: list[MaskedLayer], before: list[torch.Tensor], changed: int) -> int:
         """Broadcast rank 0's masks and sparse weights; return rank 0's number of changed connections."""
-        for index, (layer, old_mask) in enumerate(zip(topology.layers, before)):
+        for layer, old_mask in zip(layers, before):
             mask = layer.mask.to(torch.uint8)
             weight = layer.weight.data
             _broadcast(mask)
@@ -108,8 +123,8 @@ class TopologySync:
                 flipped = (old_mask ^ new_mask).view(-1).nonzero().squeeze(1)
                 layer.mask.copy_(new_mask)
                 layer.budget = int(new_mask.sum().item())
-                topology.reset_optimizer_state(index, flipped)
-        count = torch.tensor([changed], dtype=torch.long, device=topology.layers[0].mask.device)
+                layer.reset_optimizer_state(flipped)
+        count = torch.tensor([changed], dtype=torch.long, device=layers[0].mask.device)
         _broadcast(count)
         return int(count.item())
 

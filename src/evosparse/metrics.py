@@ -1,9 +1,10 @@
-"""Scalar metrics of a training run."""
+"""Scalar metrics of a training run, and what a run reports per epoch (:class:`Metric`)."""
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from evosparse.errors import UsageError
@@ -45,3 +46,32 @@ def spread(values: Sequence[float]) -> dict[str, Any]:
     """Mean and sample standard deviation (n − 1; 0 for a single value) of per-seed numbers."""
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     return {"mean": statistics.fmean(values), "std": std, "values": list(values)}
+
+
+@dataclass(frozen=True)
+class Metric:
+    """The number a run reports per epoch in ``test_acc``: its name in result.json, labels for text and
+    table headers, and its direction."""
+
+    name: str
+    label: str
+    short: str
+    higher_is_better: bool
+
+    def best(self, values: Sequence[float]) -> float:
+        """The best of per-epoch values: the largest accuracy, the smallest loss."""
+        return max(values) if self.higher_is_better else min(values)
+
+
+ACCURACY = Metric("accuracy", "accuracy", "acc", higher_is_better=True)
+#: The negative evidence lower bound in nats per test sample (a loss: lower is better).
+NEGATIVE_ELBO = Metric("neg_elbo_nats", "-ELBO (nats)", "-ELBO", higher_is_better=False)
+METRICS = {metric.name: metric for metric in (ACCURACY, NEGATIVE_ELBO)}
+
+
+def result_metric(result: Mapping[str, Any]) -> Metric:
+    """The :class:`Metric` a result.json's ``test_acc`` holds (accuracy in results written before ``metric``)."""
+    name = result.get("metric", ACCURACY.name)
+    if name not in METRICS:
+        raise UsageError(f"unknown metric {name!r} in a result; known: {', '.join(METRICS)}")
+    return METRICS[name]

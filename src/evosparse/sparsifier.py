@@ -1,13 +1,25 @@
-"""The object a training loop talks to: masks + method + schedule, driven by ``step``/``end_epoch``.
+"""The object a training loop talks to: sparse layers + method + schedule, driven by ``step``/``end_epoch``.
 
-Shaped like ``torch.optim``: build it once, call :meth:`Sparsifier.step` after every
-``optimizer.step()`` and :meth:`Sparsifier.end_epoch` after every epoch, save it with
-:meth:`Sparsifier.state_dict`.
+Shaped like ``torch.optim`` and ``torch.ao.pruning``: build it once (:func:`sparsify`), call
+:meth:`Sparsifier.step` after every ``optimizer.step()`` and :meth:`Sparsifier.end_epoch` after every
+epoch, save it with :meth:`Sparsifier.state_dict`, and end with :meth:`Sparsifier.squash` (a plain
+model with the zeros baked in) or :meth:`Sparsifier.remove` (stop driving it).
+
+Building one runs this lifecycle (docs/design.md has the picture):
+
+1. validate the arguments and the method's parameters; plan the per-layer budgets
+   (:func:`~evosparse.topology.budget.plan_budget`);
+2. draw each sparse layer's topology on the chosen backend — nothing of the model is touched yet;
+3. construct the method on a :class:`~evosparse.methods.context.MethodContext` (it may still refuse);
+4. initialise the weights over the topology and put the layers in place (csr modules into the model
+   and the optimizer, gradient hooks); then the method's ``attach``.
 """
 
 from __future__ import annotations
 
+import math
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,21 +27,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from evosparse.backends.csr_model import (
-    CsrTopology,
-    build_csr_topology,
-    check_backend,
-    check_convertible,
-    convert_to_csr,
-)
-from evosparse.backends.csr_ops import GradientTap
-from evosparse.backends.layer_view import CsrLayerView, SparseLayerView, masked_views
+from evosparse.backends.csr_model import BACKENDS, build_csr_direct, csr_twins, install_csr, squash_csr
 from evosparse.distributed import TopologySync, current_context
 from evosparse.errors import UsageError
 from evosparse.methods import Method, get_method, resolve_params
-from evosparse.topology.distributions import layer_budgets, layer_densities
-from evosparse.topology.init import initialise_sparse_weights
-from evosparse.topology.masks import Topology, find_sparse_parameters
+from evosparse.methods.context import Clock, MethodContext
+from evosparse.topology.budget import BudgetPlan, plan_budget
+from evosparse.topology.distributions import DISTRIBUTIONS
+from evosparse.topology.init import INIT_SCHEMES
+from evosparse.topology.layer import Topology, check_saved_topology
+from evosparse.topology.masks import build_masked_topology, find_sparse_parameters
+
+#: Version of :meth:`Sparsifier.state_dict`'s layout; a state of another version is refused.
+STATE_FORMAT_VERSION = 2
+
+#: Modules (models and the modules of their sparse layers) -> the Sparsifier driving them. A claim
+#: ends with ``remove()``/``squash()`` or when that Sparsifier is garbage-collected.
+_CLAIMS: weakref.WeakKeyDictionary[nn.Module, weakref.ref[Sparsifier]] = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -66,15 +80,16 @@ class Sparsifier:
         method: a registered method name (see ``evosparse methods``).
         density: global fraction of active connections, split by ``distribution``; or
         epsilon: SET's ε (Erdős–Rényi per layer).
-        init: ``sparse_kaiming`` re-draws active weights with He-normal scaled by the active fan-in;
-            ``keep`` keeps the model's own values (masked).
-        total_steps: training length, needed when the method's ``update_until`` < 1.
-        seed: seeds the generator used for masks, initialisation and random growth.
+        init: ``sparse_kaiming`` (default) re-draws the active weights with He-normal scaled by the active
+            fan-in, which suits training from scratch; ``keep`` keeps the model's own values (masked):
+            use it for a pretrained model.
+        total_steps: training length, needed when the method's ``update_until`` < 1 and by methods with
+            schedules over training (RigL, GMP, pruning).
+        seed: seeds the generator used for masks, initialisation and every random choice of the method.
         backend: ``masked`` (dense weights times boolean masks) or ``csr`` (every sparse ``nn.Linear``
             becomes a :class:`~evosparse.backends.csr_layer.CsrLinear`, and the optimizer trains its
-            ``values``; only methods with ``supports_csr``). Linear layers whose weights are on the
-            ``meta`` device (a model built under ``torch.device("meta")``) are then drawn sparse
-            directly, never dense (:mod:`evosparse.backends.csr_build`).
+            ``values``). Linear layers whose weights are on the ``meta`` device (a model built under
+            ``torch.device("meta")``) are then drawn sparse directly, never dense.
         params: method parameters (see :func:`evosparse.methods.resolve_params`).
     """
 
@@ -95,97 +110,88 @@ class Sparsifier:
         backend: str = "masked",
         **params: Any,
     ) -> None:
+        _check_arguments(model, optimizer, method, density, epsilon, distribution, init, total_steps, seed, backend)
         method_cls = get_method(method)
         check_backend(method_cls, backend)
         self.backend = backend
         self.hparams = resolve_params(method_cls, params)
         if method_cls.evolves and self.hparams["update_until"] < 1.0 and total_steps is None:
             raise UsageError("update_until < 1 needs total_steps, the length of training")
-        self.generator = torch.Generator().manual_seed(seed)
-        self.model = model
-        self.total_steps = total_steps
-        self.global_step = 0
-        self.epoch = 0
-        self.stats = UpdateStats()
         found = find_sparse_parameters(model, include, exclude)
+        _check_unclaimed(model)
         if not found:
             raise UsageError("the model has no linear or convolution weight to sparsify")
-        shapes = [getattr(module, attr).shape for _, module, attr in found]
-        self.requested_density = density
-        #: How a global density is split over the layers (methods that set their own budget use it too).
-        self.distribution = distribution
-        if method_cls.sparse and not method_cls.needs_budget:
-            if epsilon is not None:
-                raise UsageError(f"method {method} takes its budget from --density (or none), not --epsilon")
-            self.target_densities = [density or 1.0] * len(shapes)
-            self.target_budgets = [shape.numel() for shape in shapes]
-        elif method_cls.sparse:
-            if density is None and epsilon is None:
-                raise UsageError(f"method {method} needs a density or an epsilon")
-            spread = {"distribution": distribution, "density": density, "epsilon": epsilon}
-            self.target_densities = layer_densities(shapes, **spread)
-            self.target_budgets = layer_budgets(shapes, **spread)
-        else:
-            self.target_densities = [1.0] * len(shapes)
-            self.target_budgets = [shape.numel() for shape in shapes]
-        initial = [shape.numel() for shape in shapes] if method_cls.starts_dense else self.target_budgets
-        # Weights on the meta device have no storage: the csr backend builds them sparse directly.
-        direct = any(getattr(module, attr).is_meta for _, module, attr in found)
-        if backend == "csr":
-            check_convertible(found)
-        elif direct:
-            raise UsageError("the model's weights are on the meta device; only --backend csr can build them")
-        self.topology: Topology | CsrTopology = CsrTopology([], optimizer)  # filled after the method's checks
-        if not direct:
-            self.topology = Topology.build(found, initial, self.generator, optimizer=optimizer)
-        self.density_target: float | None = None
-        if method_cls.sparse:
-            total = sum(shape.numel() for shape in shapes)
-            self.density_target = density if density is not None else sum(self.target_budgets) / total
-        context = current_context()
-        if context.active and backend == "csr":
-            raise UsageError("--backend csr runs in one process; distributed training needs --backend masked")
-        if context.active and not method_cls.supports_distributed:
-            raise UsageError(
-                f"method {method} trains modules of its own that DDP does not synchronise; run it in one process"
-            )
-        self.sync = TopologySync(context) if context.active else None
-        self.method: Method = method_cls(self)  # validates its own settings before the model is touched
-        if direct:
-            self.topology = build_csr_topology(model, found, initial, init, self.generator, optimizer)
-        elif method_cls.sparse:
-            for layer in self.topology.layers:
-                initialise_sparse_weights(layer, init, self.generator)
-        if backend == "csr":
-            self._start_csr(optimizer)
-        else:
-            self.views: list[SparseLayerView] = list(masked_views(self.topology))
-            if method_cls.sparse:
-                self.topology.install_gradient_hooks()
-                if self.method.wants_gradients():
-                    self.topology.gradient_observers.append(self.method.observe_gradient)
+        shapes = [tuple(getattr(module, attr).shape) for _, module, attr in found]
+        self.plan: BudgetPlan = plan_budget(
+            shapes, distribution, method_cls.budget_request(self.hparams, density, epsilon)
+        )
+        self.sync = _distributed_sync(method_cls, backend)
+        self.model = model
+        self.optimizer = optimizer
+        self.generator = torch.Generator().manual_seed(seed)
+        self.clock = Clock(total_steps=total_steps)
+        self.stats = UpdateStats()
+        self.topology = self._draw_topology(found, init)
+        context = MethodContext(
+            layers=self.topology.layers,
+            hparams=self.hparams,
+            generator=self.generator,
+            model=model,
+            optimizer=optimizer,
+            plan=self.plan,
+            clock=self.clock,
+            update_pending=self.update_pending,
+        )
+        self.method: Method = method_cls(context)  # may still refuse: nothing of the model is touched yet
+        self._install(found, init)
         self.method.attach()
+        self._arm_gradient_recording()
+        for module in [model, *(layer.module for layer in self.topology.layers)]:
+            _CLAIMS[module] = weakref.ref(self)
 
-    def _start_csr(self, optimizer: torch.optim.Optimizer | None) -> None:
-        """Convert the masked layers just built (unless built sparse directly) and give the method csr views."""
-        if isinstance(self.topology, Topology):
-            self.topology = convert_to_csr(self.model, self.topology)
-        self.method.topology = self.topology  # type: ignore[assignment]
-        self.views = [CsrLayerView(layer.module, optimizer) for layer in self.topology.layers]
-        if self.method.wants_gradients():
-            # Each backward pass leaves (x, grad_y) in the tap, from which the method reads dL/dW at
-            # inactive positions when it updates; no dense gradient exists on this backend.
+    def _draw_topology(self, found: Sequence[tuple[str, nn.Module, str]], init: str) -> Topology:
+        """Step 2 of the lifecycle: every layer's random topology, on the run's backend, the model untouched."""
+        if any(getattr(module, attr).is_meta for _, module, attr in found):
+            if self.backend != "csr":
+                raise UsageError("the model's weights are on the meta device; only --backend csr can build them")
+            return build_csr_direct(self.model, found, self.plan.initial, init, self.generator, self.optimizer)
+        masked = build_masked_topology(found, self.plan.initial, self.generator, self.optimizer)
+        return csr_twins(masked, self.optimizer) if self.backend == "csr" else masked
+
+    def _install(self, found: Sequence[tuple[str, nn.Module, str]], init: str) -> None:
+        """Step 4: initialise the weights over the topology and put the layers in place."""
+        built_direct = any(getattr(module, attr).is_meta for _, module, attr in found)
+        if self.method.sparse and not built_direct:
             for layer in self.topology.layers:
-                layer.module.tap = GradientTap()
+                layer.initialise(init, self.generator)
+        if self.backend == "csr":
+            install_csr(self.model, found, self.topology, self.optimizer)
+        if self.method.sparse:
+            for layer in self.topology.layers:
+                layer.install_hooks()
 
     # -- schedule -------------------------------------------------------------------------------
 
-    def update_pending(self) -> bool:
-        """Whether the coming optimizer step will be followed by a step-scheduled topology update.
+    @property
+    def global_step(self) -> int:
+        return self.clock.step
 
-        Gradient-driven methods use it to keep the dense gradient of that step only.
-        """
-        return self.method.sparse and self._update_due("step", self.global_step + 1, self.global_step + 1)
+    @property
+    def epoch(self) -> int:
+        return self.clock.epoch
+
+    @property
+    def total_steps(self) -> int | None:
+        return self.clock.total_steps
+
+    @property
+    def density_target(self) -> float | None:
+        """The run's global target density (None: dense, or a method without a budget)."""
+        return self.plan.density
+
+    def update_pending(self) -> bool:
+        """Whether the coming optimizer step will be followed by a step-scheduled topology update."""
+        return self.method.sparse and self._update_due("step", self.clock.step + 1, self.clock.step + 1)
 
     def _update_due(self, unit: str, count: int, step: int) -> bool:
         """Whether the ``count``-th ``unit`` (ending at global ``step``) is followed by an update."""
@@ -193,17 +199,24 @@ class Sparsifier:
             return False
         if count % self.hparams["update_interval"]:
             return False
-        if self.total_steps is None:
+        if self.clock.total_steps is None:
             return True
-        final = self.method.updates_after_final_epoch and step >= self.total_steps
-        return final or step < self.hparams["update_until"] * self.total_steps
+        final = self.method.updates_after_final_epoch and step >= self.clock.total_steps
+        return final or step < self.hparams["update_until"] * self.clock.total_steps
+
+    def _arm_gradient_recording(self) -> None:
+        """Tell the layers whether to record the coming backward pass, as the method needs it."""
+        need = self.method.gradient_recording()
+        record = need == "every_step" or (need == "before_update" and self.update_pending())
+        for layer in self.topology.layers:
+            layer.record_gradients(record)
 
     def _update(self) -> None:
         started = time.perf_counter()
-        before = [layer.mask.clone() for layer in self.topology.layers] if self.sync else []
-        changed = self.method.update() if self.sync is None or self.sync.decides else 0
-        if self.sync is not None:
-            changed = self.sync.adopt_leader_topology(self.topology, before, changed)
+        if self.sync is None:
+            changed = self.method.update()
+        else:
+            changed = self.sync.run_update(self.topology.layers, self.method.update)
         self.stats.updates += 1
         self.stats.connections_changed += changed
         self.stats.seconds += time.perf_counter() - started
@@ -213,18 +226,19 @@ class Sparsifier:
 
     def step(self) -> None:
         """Call after every ``optimizer.step()``: re-applies masks and runs step-scheduled updates."""
-        self.global_step += 1
+        self.clock.step += 1
         if not self.method.sparse:
             return
         self.topology.apply_masks()
         self.method.after_step()
-        if self._update_due("step", self.global_step, self.global_step):
+        if self._update_due("step", self.clock.step, self.clock.step):
             self._update()
+        self._arm_gradient_recording()
 
     def end_epoch(self) -> None:
         """Call after every epoch: runs epoch-scheduled updates (after the final one only where a method asks)."""
-        self.epoch += 1
-        if self.method.sparse and self._update_due("epoch", self.epoch, self.global_step):
+        self.clock.epoch += 1
+        if self.method.sparse and self._update_due("epoch", self.clock.epoch, self.clock.step):
             self._update()
 
     def take_stats(self) -> UpdateStats:
@@ -245,37 +259,114 @@ class Sparsifier:
     def layer_reports(self) -> list[LayerReport]:
         return [
             LayerReport(layer.name, tuple(layer.shape), target, layer.active, layer.numel)
-            for layer, target in zip(self.topology.layers, self.target_densities)
+            for layer, target in zip(self.topology.layers, self.plan.densities)
         ]
 
     # -- persistence ----------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
+        """Everything a resume needs, with a format version; topology as active positions on every backend."""
         return {
+            "format_version": STATE_FORMAT_VERSION,
             "method": self.method.name,
             "hparams": dict(self.hparams),
-            "masks": self.topology.state_dict(),
+            "plan": {"density": self.plan.density, "budgets": list(self.plan.budgets)},
+            "topology": self.topology.state_dict(),
             "method_state": self.method.state_dict(),
-            "global_step": self.global_step,
-            "epoch": self.epoch,
+            "global_step": self.clock.step,
+            "epoch": self.clock.epoch,
             "generator": self.generator.get_state(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore masks, method state, counters and the growth generator exactly."""
-        if state.get("method") != self.method.name:
-            raise UsageError(f"checkpoint was made with method {state.get('method')!r}, not {self.method.name!r}")
+        """Restore topology, method state, counters and the generator exactly; refuse in one line a state
+        of another format, method, parameters or budget, or one that is malformed.
+
+        On the csr backend the layers' structure comes with the model's ``state_dict``: load that first.
+        """
+        self._check_state(state)
         if self.method.sparse:
-            self.topology.load_state_dict(state["masks"])
-        self.method.load_state_dict(state["method_state"])
-        self.global_step = int(state["global_step"])
-        self.epoch = int(state["epoch"])
+            before = self.topology.state_dict()
+            self.topology.load_state_dict(state["topology"])
+        try:
+            self.method.load_state_dict(state["method_state"])
+        except UsageError:
+            if self.method.sparse:
+                self.topology.load_state_dict(before)  # all or nothing: no weight was touched yet
+            raise
+        if self.method.sparse:
+            self.topology.apply_masks()
+        self.clock.step = int(state["global_step"])
+        self.clock.epoch = int(state["epoch"])
         self.generator.set_state(state["generator"])
+        self._arm_gradient_recording()
+
+    def adopt_topology(self, saved: Mapping[str, Any], init: str) -> None:
+        """Start from another run's topology (``state_dict()["topology"]`` of a run of the same model and
+        budget): rewire every layer to it, then re-draw the weights over it with ``init``."""
+        check_saved_topology(saved, self.topology.layers)
+        for layer in self.topology.layers:
+            layer.adopt_positions(saved[layer.name]["positions"])
+            layer.initialise(init, self.generator)
+
+    def _check_state(self, state: Mapping[str, Any]) -> None:
+        if not isinstance(state, Mapping):
+            raise UsageError(f"a sparsifier state is a mapping, got {type(state).__name__}")
+        version = state.get("format_version")
+        if version != STATE_FORMAT_VERSION:
+            raise UsageError(
+                f"sparsifier state has format version {version}, this evosparse reads {STATE_FORMAT_VERSION} "
+                "(saved by another release?)"
+            )
+        expected = ("method", "hparams", "plan", "topology", "method_state", "global_step", "epoch", "generator")
+        missing = [key for key in expected if key not in state]
+        if missing:
+            raise UsageError(f"sparsifier state lacks {missing[0]!r}")
+        if state["method"] != self.method.name:
+            raise UsageError(f"sparsifier state was saved by method {state['method']!r}, not {self.method.name!r}")
+        saved = state["hparams"] if isinstance(state["hparams"], Mapping) else {}
+        for key, value in self.hparams.items():
+            if saved.get(key) != value:
+                raise UsageError(f"sparsifier state was saved with {key}={saved.get(key)!r}, this one has {value!r}")
+        plan = state["plan"] if isinstance(state["plan"], Mapping) else {}
+        if plan.get("density") != self.plan.density or list(plan.get("budgets", ())) != list(self.plan.budgets):
+            raise UsageError(
+                f"sparsifier state was saved with density {plan.get('density')} and budgets {plan.get('budgets')}, "
+                f"this one has density {self.plan.density} and budgets {list(self.plan.budgets)}"
+            )
+        if self.method.sparse:
+            check_saved_topology(state["topology"], self.topology.layers)
+        for key in ("global_step", "epoch"):
+            if isinstance(state[key], bool) or not isinstance(state[key], int) or state[key] < 0:
+                raise UsageError(f"sparsifier state's {key} is not a count: {state[key]!r}")
+        if not isinstance(state["generator"], torch.Tensor) or state["generator"].dtype != torch.uint8:
+            raise UsageError("sparsifier state's generator is not a generator state")
+
+    # -- the end --------------------------------------------------------------------------------
 
     def remove(self) -> None:
-        """Detach every hook of the topology and the method (the masks stay applied to the weights)."""
-        self.topology.remove_hooks()
-        self.method.remove_hooks()
+        """Stop driving the model: detach every hook of the layers and the method, and what the method added
+        to the optimizer (the zeros stay in place).
+
+        A masked model may then be sparsified again; a csr model holds csr layers until :meth:`squash`.
+        """
+        for layer in self.topology.layers:
+            layer.record_gradients(False)
+            layer.remove_hooks()
+        self.method.detach()
+        for module in [self.model, *(layer.module for layer in self.topology.layers)]:
+            _CLAIMS.pop(module, None)
+
+    def squash(self) -> nn.Module:
+        """:meth:`remove`, then make the model a plain ``nn.Module`` with the zeros baked into dense weights.
+
+        Like ``torch.ao.pruning``'s ``squash_mask``: masked layers already hold their zeros; csr layers are
+        replaced by ``nn.Linear`` layers (in the model and in the optimizer's param groups). Returns the model.
+        """
+        self.remove()
+        if self.backend == "csr":
+            squash_csr(self.model, self.topology, self.optimizer)
+        return self.model
 
 
 def sparsify(
@@ -283,3 +374,78 @@ def sparsify(
 ) -> Sparsifier:
     """Make ``model`` sparse and return the :class:`Sparsifier` that keeps and evolves it."""
     return Sparsifier(model, optimizer, method, **kwargs)
+
+
+def _check_arguments(
+    model: object,
+    optimizer: object,
+    method: object,
+    density: object,
+    epsilon: object,
+    distribution: object,
+    init: object,
+    total_steps: object,
+    seed: object,
+    backend: object,
+) -> None:
+    """Refuse arguments of the wrong type or outside their choices with one line each."""
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"model must be an nn.Module, got {type(model).__name__}")
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise UsageError(f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}")
+    if not isinstance(method, str):
+        raise UsageError(f"method must be a method name (str), got {type(method).__name__}")
+    for name, value in (("density", density), ("epsilon", epsilon)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise UsageError(f"{name} must be a number, got {value!r}")
+        if isinstance(value, int | float) and not math.isfinite(value):
+            raise UsageError(f"{name} must be finite, got {value!r}")
+    if distribution not in DISTRIBUTIONS:
+        raise UsageError(f"unknown distribution {distribution!r}; choose one of {', '.join(DISTRIBUTIONS)}")
+    if init not in INIT_SCHEMES:
+        raise UsageError(f"unknown init {init!r}; choose one of {', '.join(INIT_SCHEMES)}")
+    if total_steps is not None and (
+        isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1
+    ):
+        raise UsageError(f"total_steps must be a positive integer, got {total_steps!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise UsageError(f"seed must be an integer, got {seed!r}")
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    uninitialised = next((m for m in model.modules() if isinstance(m, nn.modules.lazy.LazyModuleMixin)), None)
+    if uninitialised is not None and uninitialised.has_uninitialized_params():
+        raise UsageError(
+            f"the model has an uninitialised lazy module ({type(uninitialised).__name__}): run one forward pass "
+            "before sparsify()"
+        )
+
+
+def check_backend(method_cls: type[Method], backend: str) -> None:
+    """Refuse csr for a method that trains dense weights or reads them, in one line."""
+    if backend == "csr" and not method_cls.sparse:
+        raise UsageError(f"method {method_cls.name} trains dense weights; --backend csr needs a sparse method")
+    if backend == "csr" and not method_cls.supports_csr:
+        raise UsageError(
+            f"method {method_cls.name} has no csr implementation (it reads the dense weights of the masked "
+            "backend); use --backend masked"
+        )
+
+
+def _check_unclaimed(model: nn.Module) -> None:
+    """Refuse to sparsify a model (or a layer) that a live Sparsifier already drives."""
+    if any(claim() is not None for module in model.modules() if (claim := _CLAIMS.get(module)) is not None):
+        raise UsageError("this model is already sparsified by another Sparsifier; call its squash() or remove() first")
+
+
+def _distributed_sync(method_cls: type[Method], backend: str) -> TopologySync | None:
+    """The topology synchronisation of a distributed run (None in one process); refuse what DDP cannot do."""
+    context = current_context()
+    if not context.active:
+        return None
+    if backend == "csr":
+        raise UsageError("--backend csr runs in one process; distributed training needs --backend masked")
+    if not method_cls.supports_distributed:
+        raise UsageError(
+            f"method {method_cls.name} trains modules of its own that DDP does not synchronise; run it in one process"
+        )
+    return TopologySync(context)

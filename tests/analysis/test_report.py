@@ -5,9 +5,9 @@ import torch
 
 from evosparse.analysis.graph import graph_metrics, matrix_graph_metrics
 from evosparse.analysis.report import analyze_run, epoch_metrics, recurrent_matrices
+from evosparse.analysis.snapshots import list_snapshots, load_snapshot, save_snapshot
 from evosparse.engine.config import build_config
 from evosparse.engine.loop import train
-from evosparse.engine.snapshots import list_snapshots, load_snapshot, save_snapshot
 from evosparse.errors import UsageError
 from evosparse.sparsifier import sparsify
 

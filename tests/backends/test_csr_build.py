@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from evosparse import sparsify
+from evosparse.backends import csr_build
 from evosparse.backends.csr_build import build_csr_layer, random_positions
 from evosparse.backends.csr_layer import CsrLinear
 from evosparse.engine import loop
@@ -47,7 +48,7 @@ def test_sparsifier_builds_a_meta_model_sparse_and_trains_it():
     sparsifier = sparsify(model, optimizer, "set", epsilon=1.0, seed=0, backend="csr")
     assert all(not p.is_meta for p in model.parameters())
     assert isinstance(model[0], CsrLinear) and isinstance(model[2], CsrLinear)
-    assert [view.active for view in sparsifier.views] == sparsifier.target_budgets
+    assert [layer.active for layer in sparsifier.topology.layers] == list(sparsifier.plan.budgets)
     trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert trained == {id(p) for p in model.parameters()}
     x, y = torch.randn(8, 20), torch.randint(0, 5, (8,))
@@ -66,7 +67,7 @@ def test_a_meta_model_needs_the_csr_backend():
 
 
 def test_the_engine_builds_huge_csr_models_directly(tmp_path, monkeypatch):
-    monkeypatch.setattr(loop, "DIRECT_BUILD_ENTRIES", 1000)
+    monkeypatch.setattr(csr_build, "DIRECT_BUILD_ENTRIES", 1000)
     settings = {
         "epochs": 2,
         "hidden": "48,24",

@@ -9,11 +9,11 @@ import torch
 from torch import nn
 
 from evosparse import sparsify
+from evosparse.analysis.snapshots import list_snapshots, load_snapshot
 from evosparse.backends import csr_topology
 from evosparse.backends.csr_layer import CsrLinear
 from evosparse.engine import loop
 from evosparse.engine.config import build_config
-from evosparse.engine.snapshots import list_snapshots, load_snapshot
 from evosparse.errors import UsageError
 from support import killed_then_resumed
 
@@ -110,7 +110,8 @@ def test_sparsifier_swaps_linear_layers_and_optimizer_parameters():
         assert torch.equal(csr_layer.to_dense_weight(), masked_layer.weight.detach())
         assert torch.equal(csr_topology.dense_mask_for_tests(csr_layer), masked_layer.mask)
     assert sparsifier.density() == masked.density()
-    assert [view.active for view in sparsifier.views] == [layer.active for layer in masked.topology.layers]
+    assert [layer.active for layer in sparsifier.topology.layers] == [layer.active for layer in masked.topology.layers]
+    assert [layer.module for layer in sparsifier.topology.layers] == layers
 
 
 @pytest.mark.parametrize(

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from backend_pairs import F64, masked_linear
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from backend_pairs import F64, masked_linear
 from evosparse.backends.csr_layer import CsrLinear, structure_from_csr_arrays
 from evosparse.backends.csr_ops import CsrStructure, GradientTap
 from evosparse.errors import UsageError

@@ -14,12 +14,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import evosparse
 from evosparse.backends.csr_layer import CsrLinear
-from evosparse.backends.layer_view import CsrLayerView
+from evosparse.backends.csr_model import CsrLayer
 from evosparse.criteria.path_weight import MAX_EXACT_PATHS
 from evosparse.data import load_dataset
 from evosparse.engine import loop
 from evosparse.engine.config import build_config
-from evosparse.errors import UsageError
 from evosparse.methods.adaptive import largest_in_blocks, largest_with_random_ties
 from support import killed_then_resumed
 
@@ -62,7 +61,7 @@ def twins(method: str, params: dict, sizes: tuple[int, ...] = (64, 64, 10), dens
 
 
 def positions(sparsifier) -> list[torch.Tensor]:
-    return [view.active_positions() for view in sparsifier.views]
+    return [layer.active_positions() for layer in sparsifier.topology.layers]
 
 
 @pytest.mark.parametrize("label", METHODS)
@@ -80,9 +79,9 @@ def test_user_loop_on_csr_matches_masked_update_by_update_and_learns_digits(labe
             losses = []
             for model, sparsifier in ((masked_model, masked), (csr_model, csr)):
                 loss = F.cross_entropy(model(x_train[batch]), data.y_train[batch])
-                sparsifier.topology.optimizer.zero_grad()
+                sparsifier.optimizer.zero_grad()
                 loss.backward()
-                sparsifier.topology.optimizer.step()
+                sparsifier.optimizer.step()
                 sparsifier.step()
                 losses.append(loss.item())
             assert losses[1] == pytest.approx(losses[0], rel=1e-9, abs=1e-12)
@@ -110,7 +109,7 @@ def check_same_topology(masked, csr, budgets: list[int] | None) -> int:
         return 0
     assert all(torch.equal(a, b) for a, b in zip(positions(masked), positions(csr)))
     if budgets is not None:
-        assert [view.active for view in csr.views] == budgets
+        assert [layer.active for layer in csr.topology.layers] == budgets
     return stats[1].connections_changed
 
 
@@ -169,11 +168,12 @@ def test_stochastic_adaptive_on_csr_reads_the_dense_gradient_at_its_sampled_cand
     F.cross_entropy(model(x), y).backward()
     optimizer.step()
     sparsifier.step()
-    for index, view in enumerate(sparsifier.views):
-        growth = sparsifier.method.growth_stage(index)
-        free = view.numel - view.active
+    candidates = sparsifier.method.growth_candidates()
+    for index, layer in enumerate(sparsifier.topology.layers):
+        growth = sparsifier.method.growth_stage(index, candidates[index])
+        free = layer.numel - layer.active
         assert growth.positions.unique().numel() == round(beta0 * free) > 0
-        assert not view.contains(growth.positions).any()
+        assert not layer.contains(growth.positions).any()
         brute_force = dense[2 * index].weight.grad.reshape(-1)[growth.positions]
         torch.testing.assert_close(growth.gradients, brute_force, rtol=1e-12, atol=1e-14)
 
@@ -256,16 +256,30 @@ def test_layers_of_4e10_positions_train_and_evolve_on_csr(method, params):
     sparsifier.end_epoch()
     assert sparsifier.take_stats().connections_changed > 0
     if sparsifier.method.fixed_budget:
-        assert [view.active for view in sparsifier.views] == [4000, 4000]
+        assert [layer.active for layer in sparsifier.topology.layers] == [4000, 4000]
 
 
-def test_liset_refuses_a_model_built_on_the_meta_device_in_one_line():
+def test_liset_trains_a_model_built_on_the_meta_device():
+    """The csr layers exist (drawn directly) before the method is built, so its skip layers are real too."""
     with torch.device("meta"):
         model = mlp((100, 50, 10))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    with pytest.raises(UsageError, match="meta device") as info:
-        evosparse.sparsify(model, optimizer, "liset", density=0.1, backend="csr")
-    assert "\n" not in str(info.value)
+    sparsifier = evosparse.sparsify(model, optimizer, "liset", density=0.1, backend="csr")
+    skip_layers = sparsifier.method.skip_layers
+    assert [tuple(skip.weight.shape) for skip in skip_layers] == [(10, 100), (10, 50)]
+    assert not any(skip.weight.is_meta for skip in skip_layers)
+    trained = [p for group in optimizer.param_groups for p in group["params"]]
+    assert not any(p.is_meta for p in trained) and all(any(p is s.weight for p in trained) for s in skip_layers)
+    x, y = torch.randn(4, 100, generator=torch.Generator().manual_seed(6)), torch.randint(0, 10, (4,))
+    model.train()
+    for _ in range(2):
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        sparsifier.step()
+    sparsifier.end_epoch()
+    assert sparsifier.take_stats().connections_changed > 0
+    assert [layer.active for layer in sparsifier.topology.layers] == list(sparsifier.plan.budgets)
 
 
 def test_csr_hooks_are_placed_on_the_csr_layers_even_before_any_forward_pass():
@@ -278,5 +292,6 @@ def test_csr_hooks_are_placed_on_the_csr_layers_even_before_any_forward_pass():
     assert [float(total) for total in norms["counts"]] == [0.0, 0.0]
     model.train()
     model(torch.ones(3, 64))
-    assert isinstance(model[0], CsrLinear) and isinstance(csr.views[0], CsrLayerView)
+    assert isinstance(model[0], CsrLinear) and isinstance(csr.topology.layers[0], CsrLayer)
+    assert csr.topology.layers[0].module is model[0]
     assert [float(total) for total in csr.method.feature_norms.counts] == [3.0, 3.0]

@@ -7,21 +7,27 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-from backend_pairs import F64, masked_linear, masked_topology, random_mask
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare
 
+from backend_pairs import F64, masked_linear, masked_topology, random_mask
 from evosparse.backends import csr_topology
 from evosparse.backends.csr_layer import CsrLinear
-from evosparse.backends.uniform_sampling import complement, sample_absent
-from evosparse.errors import UsageError
+from evosparse.backends.csr_model import CsrLayer
+from evosparse.errors import InvariantError, UsageError
+from evosparse.topology.positions import complement, sample_absent
 
 
 def csr_layer(in_features: int, out_features: int, density: float, seed: int) -> tuple[CsrLinear, torch.Tensor]:
     """A random CsrLinear and its dense mask."""
     linear, mask = masked_linear(in_features, out_features, density, seed)
     return CsrLinear.from_linear(linear, mask), mask
+
+
+def sample_inactive(layer: CsrLinear, count: int, generator: torch.Generator, exclude=None) -> torch.Tensor:
+    """The csr layer's uniform growth draw, through the SparseLayer protocol."""
+    return CsrLayer("layer", layer, layer.nnz).sample_inactive(count, generator, exclude)
 
 
 # -- queries --------------------------------------------------------------------------------------
@@ -74,14 +80,14 @@ def test_sample_inactive_returns_distinct_free_positions(shape, density, exclude
     blocked[exclude] = True
     free = int((~blocked).sum())
     count = int(fraction * free)
-    drawn = csr_topology.sample_inactive(layer, count, generator, exclude=exclude)
+    drawn = sample_inactive(layer, count, generator, exclude=exclude)
     assert drawn.numel() == count and drawn.dtype == torch.int64
     assert drawn.unique().numel() == count
     assert not blocked[drawn].any()
     with pytest.raises(UsageError, match="free"):
-        csr_topology.sample_inactive(layer, free + 1, generator, exclude=exclude)
+        sample_inactive(layer, free + 1, generator, exclude=exclude)
     with pytest.raises(UsageError, match="excluded positions"):
-        csr_topology.sample_inactive(layer, 0, generator, exclude=torch.tensor([mask.numel()]))
+        sample_inactive(layer, 0, generator, exclude=torch.tensor([mask.numel()]))
 
 
 @pytest.mark.parametrize(
@@ -134,7 +140,7 @@ def test_rewire_gives_the_mask_update_and_keeps_values():
     generator = torch.Generator().manual_seed(3)
     active = mask.reshape(-1).nonzero().squeeze(1)
     prune = active[torch.randperm(active.numel(), generator=generator)[:4]]
-    grow = csr_topology.sample_inactive(layer, 6, generator)
+    grow = sample_inactive(layer, 6, generator)
     grow_values = torch.arange(1.0, 7.0, dtype=F64)
 
     assert csr_topology.rewire(layer, prune, grow, grow_values) == 10
@@ -178,7 +184,7 @@ def test_rewire_refuses_what_the_masked_backend_refuses(case, message):
     else:
         values = torch.zeros(2)
     before = csr_topology.active_positions(layer).clone()
-    with pytest.raises(AssertionError, match=message):
+    with pytest.raises(InvariantError, match=message):
         csr_topology.rewire(layer, prune, grow, values)
     assert torch.equal(csr_topology.active_positions(layer), before)
 
@@ -191,7 +197,7 @@ def test_rewire_with_nothing_to_do_and_to_an_empty_layer():
     csr_topology.rewire(layer, csr_topology.active_positions(layer), empty)
     assert layer.nnz == 0
     csr_topology.check(layer)
-    with pytest.raises(AssertionError, match="pruning an inactive"):
+    with pytest.raises(InvariantError, match="pruning an inactive"):
         csr_topology.rewire(layer, torch.tensor([3]), empty)
     assert torch.equal(layer(torch.ones(2, 5, dtype=F64)), layer.bias.detach().expand(2, 4))
 
@@ -233,7 +239,7 @@ def test_training_after_rewire_matches_the_masked_backend(optimizer_name, net_ch
         prune = active[torch.randperm(active.numel(), generator=generator)[:5]]
         grow = inactive[torch.randperm(inactive.numel(), generator=generator)[: 5 + net_change]]
         values = torch.randn(grow.numel(), generator=generator, dtype=F64)
-        topology.rewire(0, prune, grow, values)
+        topology.layers[0].rewire(prune, grow, values)
         csr_topology.rewire(layer, prune, grow, values, csr_optimizer)
         csr_topology.check(layer)
         assert torch.equal(csr_topology.dense_mask_for_tests(layer), topology.layers[0].mask)
@@ -289,7 +295,7 @@ def test_a_rewire_that_changes_the_count_allows_backward_while_the_last_graph_is
 def test_check_catches_a_misaligned_layer():
     layer, _ = csr_layer(6, 5, 0.5, seed=8)
     layer.values.data = layer.values.data[:-1]
-    with pytest.raises(AssertionError, match="aligned"):
+    with pytest.raises(InvariantError, match="aligned"):
         csr_topology.check(layer)
 
 

@@ -9,10 +9,10 @@ import pytest
 import safetensors
 import safetensors.torch
 import torch
-from backend_pairs import twin_mlp
 from torch import nn
 
 import evosparse
+from backend_pairs import twin_mlp
 from evosparse.backends.csr_layer import CsrLinear
 from evosparse.backends.export import METADATA_KEY, export_model, load_exported, tensors_digest
 from evosparse.errors import UsageError
@@ -21,10 +21,15 @@ from evosparse.models import ModelSpec, build_model
 LENET_SPEC = ModelSpec(input_shape=(1, 28, 28), num_classes=10, hidden=(300, 100))
 
 
+def flat_positions(mask: torch.Tensor) -> torch.Tensor:
+    """The active flat positions (int64) of a boolean mask."""
+    return mask.reshape(-1).nonzero().squeeze(1)
+
+
 def sparse_registry_model(
     name: str, spec: ModelSpec, density: float, seed: int
 ) -> tuple[nn.Module, dict[str, torch.Tensor]]:
-    """A registry model whose ≥2-D weights are masked at ``density``; returns (model, masks by parameter name)."""
+    """A registry model whose ≥2-D weights are masked at ``density``; returns (model, active positions by name)."""
     torch.manual_seed(seed)
     model = build_model(name, spec)
     generator = torch.Generator().manual_seed(seed)
@@ -37,7 +42,7 @@ def sparse_registry_model(
         for name, param in model.named_parameters():
             if name in masks:
                 param.mul_(masks[name])
-    return model.eval(), masks
+    return model.eval(), {name: flat_positions(mask) for name, mask in masks.items()}
 
 
 @pytest.fixture(scope="module")
@@ -46,18 +51,20 @@ def lenet_export(tmp_path_factory):
     torch.manual_seed(1)
     model = build_model("mlp", LENET_SPEC)
     sparsifier = evosparse.sparsify(model, torch.optim.SGD(model.parameters(), lr=0.1), "set", density=0.05, seed=1)
-    masks = sparsifier.topology.state_dict()
+    exported, positions = sparsifier.method.export_model()
+    assert exported is model
+    assert positions.keys() == sparsifier.topology.state_dict().keys()
     path = tmp_path_factory.mktemp("export") / "lenet.safetensors"
-    export_model(model, path, masks, model_name="mlp", spec=LENET_SPEC)
-    return model.eval(), masks, path
+    export_model(model, path, positions, model_name="mlp", spec=LENET_SPEC)
+    return model.eval(), positions, path
 
 
 def test_masked_lenet_round_trip_gives_the_same_outputs(lenet_export):
-    model, masks, path = lenet_export
+    model, positions, path = lenet_export
     loaded = load_exported(path)
     assert not loaded.training
     layers = [m for m in loaded.modules() if isinstance(m, CsrLinear)]
-    assert [layer.nnz for layer in layers] == [int(mask.sum()) for mask in masks.values()]
+    assert [layer.nnz for layer in layers] == [active.numel() for active in positions.values()]
     assert not any(isinstance(m, nn.Linear) for m in loaded.modules())
     x = torch.rand(256, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -68,15 +75,15 @@ def test_masked_lenet_round_trip_gives_the_same_outputs(lenet_export):
 
 
 def test_file_holds_csr_arrays_metadata_and_no_pickle(lenet_export):
-    model, masks, path = lenet_export
+    model, positions, path = lenet_export
     with safetensors.safe_open(str(path), framework="pt") as handle:
         names = set(handle.keys())
         metadata = json.loads(handle.metadata()[METADATA_KEY])
         crow = handle.get_tensor("layers.0.weight:crow_indices")
         cols = handle.get_tensor("layers.0.weight:col_indices")
     assert crow.dtype == cols.dtype == torch.int32
-    assert crow.numel() == 301 and cols.numel() == int(masks["layers.0.weight"].sum())
-    assert names == {f"{n}:{part}" for n in masks for part in ("crow_indices", "col_indices", "values")} | {
+    assert crow.numel() == 301 and cols.numel() == positions["layers.0.weight"].numel()
+    assert names == {f"{n}:{part}" for n in positions for part in ("crow_indices", "col_indices", "values")} | {
         f"layers.{i}.bias" for i in (0, 2, 4)
     }
     assert metadata["evosparse_version"] == evosparse.__version__ and metadata["model"] == "mlp"
@@ -106,9 +113,9 @@ def test_csr_model_round_trip_into_a_skeleton_is_exact(tmp_path):
 
 def test_conv_weights_are_stored_sparse_and_restored_dense(tmp_path):
     spec = ModelSpec(input_shape=(1, 8, 8), num_classes=4, hidden=(12,))
-    model, masks = sparse_registry_model("cnn", spec, 0.3, seed=4)
+    model, positions = sparse_registry_model("cnn", spec, 0.3, seed=4)
     path = tmp_path / "cnn.safetensors"
-    export_model(model, path, masks, model_name="cnn", spec=spec)
+    export_model(model, path, positions, model_name="cnn", spec=spec)
     loaded = load_exported(path)
     assert isinstance(loaded.features[0], nn.Conv2d)
     assert torch.equal(loaded.features[0].weight, model.features[0].weight)
@@ -123,7 +130,7 @@ def test_inactive_entries_are_not_stored_whatever_their_value(tmp_path):
     mask = torch.rand(4, 6, generator=torch.Generator().manual_seed(5)) < 0.5
     model = nn.Sequential(linear)
     path = tmp_path / "one.safetensors"
-    export_model(model, path, {"0.weight": mask})  # weights outside the mask are not zero here
+    export_model(model, path, {"0.weight": flat_positions(mask)})  # weights outside the mask are not zero here
     loaded = load_exported(path, nn.Sequential(nn.Linear(6, 4)))
     assert torch.equal(loaded[0].to_dense_weight(), linear.weight.detach() * mask)
 
@@ -177,9 +184,18 @@ def test_loading_into_a_different_architecture_is_refused(lenet_export):
 def test_export_usage_errors(tmp_path):
     model = nn.Sequential(nn.Linear(5, 3))
     with pytest.raises(UsageError, match="names no parameter"):
-        export_model(model, tmp_path / "x", {"1.weight": torch.ones(3, 5, dtype=torch.bool)})
-    with pytest.raises(UsageError, match="boolean tensor of shape"):
-        export_model(model, tmp_path / "x", {"0.weight": torch.ones(5, 3, dtype=torch.bool)})
+        export_model(model, tmp_path / "x", {"1.weight": torch.arange(3)})
+    for wrong in (
+        torch.ones(3, 5, dtype=torch.bool),  # a boolean mask, as before format version 2
+        torch.tensor([0, 15]),  # outside the 15 entries
+        torch.tensor([-1]),
+        torch.tensor([2, 2]),
+        torch.tensor([0.0, 1.0]),
+        [0, 1],
+    ):
+        with pytest.raises(UsageError, match="must be distinct integer indices into its 15 entries"):
+            export_model(model, tmp_path / "x", {"0.weight": wrong})
+    assert not (tmp_path / "x").exists()
     export_model(model, tmp_path / "plain.safetensors")
     with pytest.raises(UsageError, match="records no registry model"):
         load_exported(tmp_path / "plain.safetensors")

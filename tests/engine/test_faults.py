@@ -7,6 +7,7 @@ import torch
 from evosparse.engine import checkpoint, loop
 from evosparse.engine.config import build_config
 from evosparse.errors import EvosparseError, UsageError
+from support import saved_masks
 
 
 def config(out, **overrides):
@@ -53,9 +54,20 @@ def test_a_checkpoint_from_another_architecture_is_refused(tmp_path):
 
 def test_a_checkpoint_missing_masks_is_refused_not_rebuilt_from_zeros(tmp_path):
     def drop_mask(state):
-        del state["sparsifier"]["masks"]["layers.0.weight"]
+        del state["sparsifier"]["topology"]["layers.0.weight"]
 
-    assert "masks do not match" in damage_and_resume(tmp_path, drop_mask)
+    assert "saved topology does not match the model's sparse layers (first mismatch: layers.0.weight)" in (
+        damage_and_resume(tmp_path, drop_mask)
+    )
+
+
+def test_a_checkpoint_of_the_previous_sparsifier_format_is_refused(tmp_path):
+    def downgrade(state):  # format 1 had no version and kept boolean masks under "masks"
+        sparsifier = state["sparsifier"]
+        del sparsifier["format_version"]
+        sparsifier["masks"] = saved_masks(sparsifier.pop("topology"))
+
+    assert "sparsifier state has format version None, this evosparse reads 2" in damage_and_resume(tmp_path, downgrade)
 
 
 def test_a_checkpoint_without_its_sparsifier_state_is_refused(tmp_path):

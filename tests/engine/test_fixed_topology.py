@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from evosparse.analysis.snapshots import list_snapshots, load_snapshot
 from evosparse.cli import main
 from evosparse.engine import loop
 from evosparse.engine.checkpoint import load_checkpoint
 from evosparse.engine.compare import plan_comparison, run_comparison
 from evosparse.engine.config import build_config
 from evosparse.engine.export_run import export_run
-from evosparse.engine.snapshots import list_snapshots, load_snapshot
 from evosparse.errors import UsageError
-from support import killed_then_resumed
+from support import killed_then_resumed, saved_masks
 
 #: digits, a 64-16-8-10 MLP at density 0.3: every run below takes well under a second.
 SETUP = {"hidden": "16,8", "density": 0.3, "epochs": 2, "batch_size": 64, "lr": 0.1}
@@ -32,7 +32,7 @@ def config(out: Path, **overrides):
 
 
 def final_masks(run: Path) -> dict[str, torch.Tensor]:
-    return load_checkpoint(run / "checkpoint.pt")["sparsifier"]["masks"]
+    return saved_masks(load_checkpoint(run / "checkpoint.pt")["sparsifier"]["topology"])
 
 
 @pytest.fixture(scope="module")

@@ -52,7 +52,10 @@ def test_callback_keeps_the_module_sparse_and_evolves_it_each_epoch():
     assert s.epoch == 3 and s.global_step == 3 * 8
     for layer in s.topology.layers:
         assert not layer.weight.detach()[~layer.mask].any()
-    assert s.state_dict()["masks"]
+    saved = s.state_dict()["topology"]
+    assert list(saved) == [layer.name for layer in s.topology.layers] == ["net.0.weight", "net.2.weight"]
+    for layer in s.topology.layers:
+        assert torch.equal(saved[layer.name]["positions"], layer.mask.reshape(-1).nonzero().squeeze(1))
 
 
 def test_step_follows_optimizer_steps_not_batches_when_accumulating():

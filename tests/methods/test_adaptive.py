@@ -17,7 +17,7 @@ from evosparse.methods.adaptive import (
     largest_with_random_ties,
     prune_probability,
 )
-from support import killed_then_resumed, saved_and_loaded
+from support import assert_resume_is_exact_over_epochs, batches, killed_then_resumed, saved_and_loaded
 
 
 def adaptive(model, **params):
@@ -35,7 +35,7 @@ def train_step(model, sparsifier, seed=0):
     weights = [layer.weight for layer in sparsifier.topology.layers]
     loss = F.cross_entropy(model(x), y)
     dense = [g.clone() for g in torch.autograd.grad(loss, weights, retain_graph=True)]
-    optimizer = sparsifier.topology.optimizer
+    optimizer = sparsifier.optimizer
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
@@ -76,9 +76,10 @@ def test_the_method_evaluates_the_formulas_on_its_samples():
     sparsifier = adaptive(model, mode="stochastic", beta0=0.4, beta1=0.6, g=3.0, s=4.0, k=0.5, l=2.0, alpha=0.25)
     dense = train_step(model, sparsifier)
     method = sparsifier.method
+    candidates = method.growth_candidates()
     for index, layer in enumerate(sparsifier.topology.layers):
         bias = 4.0 * (layer.active / layer.numel - 0.25)  # s(a - α)
-        pruning, growth = method.pruning_stage(index), method.growth_stage(index)
+        pruning, growth = method.pruning_stage(index), method.growth_stage(index, candidates[index])
         flat_mask, flat_w = layer.mask.view(-1), layer.weight.detach().view(-1)
         assert flat_mask[pruning.positions].all() and pruning.positions.unique().numel() == round(0.6 * layer.active)
         inactive = layer.numel - layer.active
@@ -167,8 +168,10 @@ def test_stochastic_mode_moves_the_active_fraction_toward_alpha(alpha):
     method, layers = sparsifier.method, sparsifier.topology.layers
     assert not method.fixed_budget and AdaptiveWeightSparsity.fixed_budget
     train_step(model, sparsifier)
+    candidates = method.growth_candidates()
     for index in range(len(layers)):
-        drift = method.growth_stage(index).probabilities.sum() - method.pruning_stage(index).probabilities.sum()
+        growth = method.growth_stage(index, candidates[index])
+        drift = growth.probabilities.sum() - method.pruning_stage(index).probabilities.sum()
         assert drift * (alpha - 0.3) > 0  # expected change in active count points toward α
     for update in range(4):
         sparsifier.end_epoch()
@@ -177,29 +180,48 @@ def test_stochastic_mode_moves_the_active_fraction_toward_alpha(alpha):
         assert abs(layer.active / layer.numel - alpha) < 0.2 - 0.05
 
 
-def test_gradients_are_kept_only_at_sampled_candidates_and_only_when_needed():
+def test_gradients_are_read_only_at_sampled_candidates_and_recorded_only_when_needed(monkeypatch):
     model = small_mlp((20, 40, 5))
     sparsifier = adaptive(model, mode="stochastic", beta0=0.25, update_unit="step", update_interval=3)
-    method = sparsifier.method
-    layers, seen = sparsifier.topology.layers, []
-    real_update = method.update
+    layers, reads = sparsifier.topology.layers, []
+    for layer in layers:
+        real = layer.gradient_at
 
-    def update():
-        kept = {i: g.numel() for i, g in method._gradients.items()}
-        seen.append(kept == {i: round(0.25 * (layer.numel - layer.active)) for i, layer in enumerate(layers)})
-        return real_update()
+        def reading(positions, real=real, layer=layer):
+            reads.append((layer.name, positions.numel(), bool(layer.contains(positions).any())))
+            return real(positions)
 
-    method.update = update
-    for step in range(3):
-        train_step(model, sparsifier, seed=step)
-        assert method._gradients == {}  # steps 1 and 2 are not followed by an update; step 3's update used them
-    assert seen == [True]
+        monkeypatch.setattr(layer, "gradient_at", reading)
+    expected = [(layer.name, round(0.25 * (layer.numel - layer.active)), False) for layer in layers]
+    for step in range(1, 4):
+        generator = torch.Generator().manual_seed(step)
+        x, y = torch.randn(32, 20, generator=generator), torch.randint(0, 5, (32,), generator=generator)
+        optimizer = sparsifier.optimizer
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        for layer in layers:
+            if step < 3:  # steps 1 and 2 are not followed by an update: nothing is recorded
+                with pytest.raises(UsageError, match="no gradient"):
+                    layer.gradient_at(layer.active_positions()[:0])
+        reads.clear()
+        optimizer.step()
+        sparsifier.step()
+        # Only step 3 is followed by an update; it reads the gradient at round(β₀ · free) inactive candidates.
+        assert reads == (expected if step == 3 else [])
+        assert sparsifier.take_stats().updates == (step == 3)
+    for layer in layers:  # the update's gradient is dropped with the topology it belonged to
+        with pytest.raises(UsageError, match="no gradient"):
+            layer.gradient_at(layer.active_positions()[:0])
 
 
-def test_an_update_before_any_gradient_is_a_clean_error():
-    sparsifier = adaptive(small_mlp())
-    with pytest.raises(UsageError, match="training step"):
+@pytest.mark.parametrize("mode", ["deterministic", "stochastic"])
+def test_an_update_before_any_gradient_is_a_clean_error(mode):
+    sparsifier = adaptive(small_mlp(), mode=mode)
+    before = [layer.active_positions().clone() for layer in sparsifier.topology.layers]
+    with pytest.raises(UsageError, match="no gradient of 0.weight was recorded for this topology update"):
         sparsifier.method.update()
+    for layer, positions in zip(sparsifier.topology.layers, before):  # nothing half-done
+        assert torch.equal(layer.active_positions(), positions)
 
 
 def test_the_deterministic_preset_refuses_parameters_it_would_ignore():
@@ -217,6 +239,29 @@ def test_state_dict_round_trips_and_foreign_state_is_refused():
     state["method_state"] = {"unexpected": 1}
     with pytest.raises(UsageError):
         other.load_state_dict(state)
+
+
+@pytest.mark.parametrize("backend", ["masked", "csr"])
+@pytest.mark.parametrize("cut", [(1, 0), (1, 2), (3, 1)])
+def test_stochastic_growth_resumed_inside_an_update_interval_is_exact(backend, cut):
+    """β₀ < 1 draws growth candidates at each update: a state saved between updates must carry nothing
+    half-drawn, and the resumed run must make the uninterrupted run's draws."""
+
+    def fresh(seed):
+        torch.manual_seed(seed)
+        model = small_mlp((20, 24, 5))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        sparsifier = evosparse.sparsify(
+            model, optimizer, "adaptive", density=0.3, seed=seed, backend=backend,
+            mode="stochastic", beta0=0.5, update_interval=2, s=2.0,
+        )  # fmt: skip
+        return model, sparsifier
+
+    epochs = [batches(3, seed=epoch) for epoch in range(6)]  # updates at the ends of epochs 2, 4 and 6
+    uninterrupted = assert_resume_is_exact_over_epochs(fresh, epochs, cut)
+    stats = uninterrupted.take_stats()
+    assert stats.updates == 3 and stats.connections_changed > 0
+    assert uninterrupted.topology.active != sum(uninterrupted.plan.budgets)  # the stochastic form moved it
 
 
 @pytest.mark.parametrize("pairs", [[], ["mode=stochastic", "beta0=0.5", "beta1=0.5"]])

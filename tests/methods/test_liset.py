@@ -25,7 +25,7 @@ def liset(model, optimizer=None, **params):
 def train_steps(model, sparsifier, steps=5, seed=0):
     generator = torch.Generator().manual_seed(seed)
     x, y = torch.randn(16, 20, generator=generator), torch.randint(0, 5, (16,), generator=generator)
-    optimizer = sparsifier.topology.optimizer
+    optimizer = sparsifier.optimizer
     model.train()
     for _ in range(steps):
         optimizer.zero_grad()
@@ -99,7 +99,7 @@ def test_skip_layers_are_trained_by_the_users_optimizer(mlp):
     optimizer = torch.optim.SGD(mlp.parameters(), lr=0.1, momentum=0.9)
     groups_before = len(optimizer.param_groups)
     sparsifier = liset(mlp, optimizer, skip_dropout=0.0)
-    skips = list(sparsifier.method.skip_layers.parameters())
+    skips = [skip.weight for skip in sparsifier.method.skip_layers]
     assert len(optimizer.param_groups) == groups_before + 1
     assert optimizer.param_groups[-1]["params"] == skips
     assert sparsifier.method.extra_parameters() == (20 + 16 + 12) * 5
@@ -111,7 +111,7 @@ def test_skip_layers_are_trained_by_the_users_optimizer(mlp):
 def test_skip_layers_are_reinitialised_after_every_update(mlp):
     sparsifier = liset(mlp, skip_dropout=0.0)
     train_steps(mlp, sparsifier, steps=10)
-    optimizer = sparsifier.topology.optimizer
+    optimizer = sparsifier.optimizer
     skips = sparsifier.method.skip_layers
     trained = [skip.weight.detach().clone() for skip in skips]
     assert all(skip.weight in optimizer.state for skip in skips)
@@ -187,11 +187,21 @@ def test_state_dict_round_trips_through_a_weights_only_checkpoint(mlp):
 
 
 def test_clean_errors_without_an_optimizer_or_with_convolutions():
+    model = small_mlp()
+    before = {name: value.clone() for name, value in model.state_dict().items()}
     with pytest.raises(UsageError, match="optimizer"):
-        evosparse.sparsify(small_mlp(), None, "liset", density=0.3)
+        evosparse.sparsify(model, None, "liset", density=0.3)
     conv = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    conv_before = {name: value.clone() for name, value in conv.state_dict().items()}
+    optimizer = torch.optim.SGD(conv.parameters(), lr=0.1)
     with pytest.raises(UsageError, match="linear layers only"):
-        evosparse.sparsify(conv, torch.optim.SGD(conv.parameters(), lr=0.1), "liset", density=0.3)
+        evosparse.sparsify(conv, optimizer, "liset", density=0.3)
+    # Refused before anything was touched: weights bit-identical, no skip layers added, models reusable.
+    for now, then in [(model.state_dict(), before), (conv.state_dict(), conv_before)]:
+        assert all(torch.equal(value, then[name]) for name, value in now.items())
+    assert len(optimizer.param_groups) == 1
+    assert liset(model).method.skip_layers
+    assert evosparse.sparsify(conv, optimizer, "set", density=0.3).topology.density() < 1
 
 
 def test_a_wrong_output_size_is_reported_in_one_line(mlp):
@@ -210,3 +220,19 @@ def test_learns_on_digits_and_resumes_exactly(tmp_path, monkeypatch, optimizer, 
     assert reference["final_test_acc"] > 0.8
     resumed = killed_then_resumed(lambda: config(tmp_path / "cut"), monkeypatch, kill_after_epoch=2)
     assert [e["test_loss"] for e in resumed["epochs"]] == [e["test_loss"] for e in reference["epochs"]]
+
+
+@pytest.mark.parametrize("end", ["remove", "squash"])
+def test_ending_the_run_takes_the_skip_layers_out_of_the_optimizer(mlp, end):
+    optimizer = torch.optim.SGD(mlp.parameters(), lr=0.1, momentum=0.9)
+    groups = len(optimizer.param_groups)
+    sparsifier = liset(mlp, optimizer)
+    train_steps(mlp, sparsifier)
+    assert len(optimizer.param_groups) == groups + 1
+    getattr(sparsifier, end)()
+    assert len(optimizer.param_groups) == groups
+    skip_weights = {id(skip.weight) for skip in sparsifier.method.skip_layers}
+    assert not skip_weights & {id(param) for param in optimizer.state}
+    mlp.train()
+    x = torch.randn(4, mlp[0].in_features)
+    assert torch.equal(mlp(x), mlp(x))  # no skip layer (with its dropout) adds to the output any more

@@ -18,7 +18,7 @@ from evosparse.criteria.path_weight import MAX_EXACT_PATHS
 from evosparse.criteria.time_varying import TimeVaryingRule
 from evosparse.errors import UsageError
 from evosparse.methods.path_weight import smallest_within_capacity
-from support import digits_accuracies, saved_and_loaded
+from support import DEVICES, batches, digits_accuracies, run_on_device, saved_and_loaded
 
 
 def linear_inputs(model: nn.Sequential, x: torch.Tensor) -> list[torch.Tensor]:
@@ -34,7 +34,7 @@ def linear_inputs(model: nn.Sequential, x: torch.Tensor) -> list[torch.Tensor]:
 
 def train_steps(model, sparsifier, steps: int, generator: torch.Generator):
     """SGD steps on random data; returns the brute-force |F_k| (mean input norm over the samples)."""
-    optimizer = sparsifier.topology.optimizer
+    optimizer = sparsifier.optimizer
     sums, count = None, 0
     for _ in range(steps):
         x = torch.randn(16, model[0].in_features, generator=generator)
@@ -235,6 +235,43 @@ def test_models_without_a_chain_of_linear_layers_are_refused_in_one_line():
         evosparse.sparsify(two_heads, None, "path_weight", density=0.5)
     with pytest.raises(UsageError, match="lam must be ≤ 1"):
         evosparse.sparsify(small_mlp(), None, "path_weight", density=0.5, lam=1.5)
+
+
+def test_a_refusal_leaves_the_model_and_optimizer_untouched_and_the_model_sparsifiable():
+    conv = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))
+    optimizer = torch.optim.SGD(conv.parameters(), lr=0.1, momentum=0.9)
+    before = {name: value.clone() for name, value in conv.state_dict().items()}
+    groups = [list(group["params"]) for group in optimizer.param_groups]
+    x = torch.randn(3, 1, 8, 8)
+    output = conv(x)
+    with pytest.raises(UsageError, match="Conv2d"):
+        evosparse.sparsify(conv, optimizer, "path_weight", density=0.5)
+    for name, value in conv.state_dict().items():
+        assert torch.equal(value, before[name]), name  # bit-identical: no weight drawn, none masked
+    assert [list(group["params"]) for group in optimizer.param_groups] == groups and not optimizer.state
+    assert torch.equal(conv(x), output)
+    for module in conv.modules():  # no hook left behind
+        assert not module._forward_hooks and not module._forward_pre_hooks
+        for param in module.parameters(recurse=False):
+            assert not param._post_accumulate_grad_hooks
+    sparsifier = evosparse.sparsify(conv, optimizer, "path_weight", density=0.5, exclude=["0.weight"])
+    assert [layer.name for layer in sparsifier.topology.layers] == ["3.weight"]
+    assert torch.equal(conv[0].weight, before["0.weight"])
+
+
+@pytest.mark.parametrize("backend", ["masked", "csr"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_path_weight_updates_on_every_device_from_the_cpus_initial_topology(device, backend):
+    kwargs = {"density": 0.3, "update_unit": "step", "update_interval": 2, "zeta": 0.5}
+    data = batches(6)
+    cpu_initial, _ = run_on_device("path_weight", "cpu", backend, data, **kwargs)
+    initial, sparsifier = run_on_device("path_weight", device, backend, data, **kwargs)
+    assert all(torch.equal(a, b) for a, b in zip(initial, cpu_initial))  # draws are made on the CPU
+    stats = sparsifier.take_stats()
+    assert stats.updates == 3 and stats.connections_changed > 0
+    sparsifier.topology.check(fixed_budget=True)
+    for layer in sparsifier.topology.layers:
+        assert layer.active_positions().device.type == device == layer.active_values().device.type
 
 
 def train_digits(method: str, epochs: int, **params) -> list[float]:

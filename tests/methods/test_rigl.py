@@ -4,31 +4,68 @@ from torch.nn import functional as F
 
 import evosparse
 from conftest import small_mlp
-from evosparse.criteria.growth import top_scores_growth
+from evosparse.criteria.growth import top_gradient_positions
 from evosparse.criteria.schedules import cosine_update_fraction
 from evosparse.engine.config import build_config
 from evosparse.engine.loop import train
 from evosparse.errors import UsageError
-from support import assert_resume_is_exact, batches, small_conv, train_steps
+from support import DEVICES, assert_resume_is_exact, batches, run_on_device, small_conv, train_steps
 
 
 def flat_set(mask):
     return set(mask.reshape(-1).nonzero().squeeze(1).tolist())
 
 
-def test_top_scores_growth_picks_the_largest_scores_among_inactive_positions():
+def blocks_of(positions, gradients, sizes):
+    """``positions`` and their ``gradients`` cut into consecutive blocks of the given ``sizes`` (cycled)."""
+    blocks, start, index = [], 0, 0
+    while start < positions.numel():
+        stop = start + sizes[index % len(sizes)]
+        blocks.append((positions[start:stop], gradients[start:stop]))
+        start, index = stop, index + 1
+    return blocks
+
+
+def test_top_gradient_positions_over_blocks_equals_brute_force_with_ties_to_the_smaller_position():
     generator = torch.Generator().manual_seed(0)
-    for shape in [(7, 9), (3, 2, 3, 3)]:
-        scores = torch.rand(shape, generator=generator)
-        mask = torch.rand(shape, generator=generator) < 0.5
-        inactive = [i for i in range(mask.numel()) if not mask.reshape(-1)[i]]
-        best = sorted(inactive, key=lambda i: -scores.reshape(-1)[i].item())
-        for count in [0, 1, 5, len(inactive)]:
-            assert set(top_scores_growth(scores, mask, count).tolist()) == set(best[:count])
-    with pytest.raises(UsageError, match="only"):
-        top_scores_growth(scores, mask, len(inactive) + 1)
-    with pytest.raises(UsageError, match="one score per position"):
-        top_scores_growth(scores.reshape(-1), mask, 1)
+    for trial in range(30):
+        numel = int(torch.randint(1, 80, (1,), generator=generator))
+        positions = torch.randperm(numel, generator=generator)[: max(1, numel // 2)].sort().values
+        # Few distinct magnitudes of both signs: many ties, inside one block and across blocks.
+        gradients = torch.randint(-3, 4, (positions.numel(),), generator=generator).float() / 4
+        sizes = [int(s) for s in torch.randint(1, 9, (3,), generator=generator)]
+        if trial % 2:  # blocks in any order, as a caller might give them
+            order = torch.randperm(positions.numel(), generator=generator)
+            positions, gradients = positions[order], gradients[order]
+        listed = list(zip(positions.tolist(), gradients.abs().tolist()))
+        best = [p for p, _ in sorted(listed, key=lambda pair: (-pair[1], pair[0]))]
+        for count in sorted({0, 1, positions.numel() // 2, positions.numel()}):
+            chosen = top_gradient_positions(blocks_of(positions, gradients, sizes), count)
+            assert chosen.dtype == torch.int64 and chosen.numel() == count
+            assert sorted(chosen.tolist()) == sorted(best[:count]), (trial, count)
+        with pytest.raises(UsageError, match="only"):
+            top_gradient_positions(blocks_of(positions, gradients, sizes), positions.numel() + 1)
+    assert top_gradient_positions([], 0).numel() == 0
+    with pytest.raises(UsageError, match="only 0"):
+        top_gradient_positions([], 1)
+
+
+def test_inactive_gradient_blocks_list_every_inactive_position_once_with_its_gradient():
+    model = small_mlp((12, 10, 4))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    sparsifier = evosparse.sparsify(model, optimizer, "rigl", density=0.4, total_steps=10, update_interval=1)
+    x, y = batches(1, (12,), 4)[0]
+    layers = sparsifier.topology.layers
+    loss = F.cross_entropy(model(x), y)
+    dense_grads = torch.autograd.grad(loss, [layer.weight for layer in layers], retain_graph=True)
+    loss.backward()  # step 1 is followed by an update: the layers record it
+    for layer, grad in zip(layers, dense_grads):
+        for block in (1, 7, layer.shape[1], 10**6):
+            listed = list(layer.inactive_gradient_blocks(block))
+            positions = torch.cat([p for p, _ in listed])
+            assert torch.equal(positions, (~layer.mask).reshape(-1).nonzero().squeeze(1))
+            assert torch.equal(torch.cat([g for _, g in listed]), grad.reshape(-1)[positions])
+            assert all(p.numel() <= max(block, layer.shape[1]) for p, _ in listed)
 
 
 def test_update_drops_the_weakest_and_grows_the_steepest_inactive_positions():
@@ -74,22 +111,25 @@ def test_only_an_update_step_keeps_a_gradient_and_it_is_the_dense_one():
     sparsifier = evosparse.sparsify(
         model, optimizer, "rigl", density=0.3, total_steps=12, update_interval=3, update_until=1.0
     )
-    layers, method = sparsifier.topology.layers, sparsifier.method
+    layers = sparsifier.topology.layers
     for step, (x, y) in enumerate(batches(10), 1):
         loss = F.cross_entropy(model(x), y)
         dense_grads = torch.autograd.grad(loss, [layer.weight for layer in layers], retain_graph=True)
         optimizer.zero_grad()
         loss.backward()
-        if step % 3:
-            assert method.kept_gradients == {}
-        else:
-            assert sorted(method.kept_gradients) == list(range(len(layers)))
-            for index, (layer, grad) in enumerate(zip(layers, dense_grads)):
-                assert torch.equal(method.kept_gradients[index], grad.abs())
-                assert method.kept_gradients[index][~layer.mask].any()  # not the masked gradient
+        for layer, grad in zip(layers, dense_grads):
+            every = torch.arange(layer.numel)
+            if step % 3:
+                with pytest.raises(UsageError, match=f"no gradient of {layer.name} was recorded"):
+                    layer.gradient_at(every)
+            else:
+                assert torch.equal(layer.gradient_at(every), grad.reshape(-1))
+                assert layer.gradient_at(every)[~layer.mask.reshape(-1)].any()  # not the masked gradient
         optimizer.step()
         sparsifier.step()
-        assert method.kept_gradients == {}  # released by the update
+        for layer in layers:  # released by the update (and never kept on other steps)
+            with pytest.raises(UsageError, match="no gradient"):
+                layer.gradient_at(torch.arange(layer.numel))
 
 
 def test_each_update_swaps_the_cosine_decayed_fraction_until_t_end():
@@ -124,7 +164,7 @@ def test_budgets_stay_exact_on_linear_and_convolution_layers(build, input_shape)
     initial = [layer.mask.clone() for layer in layers]
     train_steps(model, sparsifier, batches(20, input_shape))
     assert sparsifier.take_stats().updates == 7  # steps 2..14 (< 0.75 · 20)
-    for layer, budget, mask in zip(layers, sparsifier.target_budgets, initial):
+    for layer, budget, mask in zip(layers, sparsifier.plan.budgets, initial):
         assert layer.active == budget
         assert not layer.weight.detach()[~layer.mask].any()
         if budget < layer.numel:
@@ -142,6 +182,21 @@ def test_a_resumed_run_makes_the_same_updates():
         return model, sparsifier
 
     assert_resume_is_exact(fresh, batches(30), cut=14)  # between the updates at steps 12 and 16
+
+
+@pytest.mark.parametrize("backend", ["masked", "csr"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_rigl_updates_on_every_device_from_the_cpus_initial_topology(device, backend):
+    kwargs = {"density": 0.3, "total_steps": 8, "update_interval": 2, "update_until": 1.0}
+    data = batches(8)
+    cpu_initial, _ = run_on_device("rigl", "cpu", backend, data, **kwargs)
+    initial, sparsifier = run_on_device("rigl", device, backend, data, **kwargs)
+    assert all(torch.equal(a, b) for a, b in zip(initial, cpu_initial))  # draws are made on the CPU
+    stats = sparsifier.take_stats()
+    assert stats.updates == 3 and stats.connections_changed > 0  # steps 2, 4, 6 (< T_end = 8)
+    sparsifier.topology.check(fixed_budget=True)
+    for layer in sparsifier.topology.layers:
+        assert layer.active_positions().device.type == device == layer.active_values().device.type
 
 
 def test_rigl_refuses_what_it_cannot_schedule(mlp):

@@ -44,7 +44,7 @@ def train_with_reference(model, sparsifier, steps: int, generator: torch.Generat
     parameters = dict(reference.named_parameters())
     layers = sparsifier.topology.layers
     sums = [torch.zeros(layer.shape, dtype=torch.float64) for layer in layers]
-    optimizer = sparsifier.topology.optimizer
+    optimizer = sparsifier.optimizer
     for _ in range(steps):
         x, y = random_batch(model, generator)
         reference.load_state_dict(model.state_dict())
@@ -78,9 +78,13 @@ def test_scores_removal_and_node_importance_equal_brute_force(form, make_model):
     sparsifier = build(model, form=form, zeta=0.3)
     mean_grads = train_with_reference(model, sparsifier, 6, torch.Generator().manual_seed(2))
     method = sparsifier.method
-    for index, expected in enumerate(mean_grads):
-        assert method.mean_abs_gradient(index).double() == pytest.approx(expected, rel=1e-5, abs=1e-9)
+    for index, (layer, expected) in enumerate(zip(sparsifier.topology.layers, mean_grads)):
+        # One entry per active connection, aligned with the layer's active positions.
+        assert method.grad_sums[index].shape == (layer.active,)
+        at_active = expected.reshape(-1)[layer.active_positions()]
+        assert method.mean_abs_gradient(index).double() == pytest.approx(at_active, rel=1e-5, abs=1e-9)
     selection = method.select()
+    before = [layer.mask.clone() for layer in sparsifier.topology.layers]
     removed = 0
     for layer, grad, prune, importance in zip(
         sparsifier.topology.layers, mean_grads, selection.prune, selection.node_importance
@@ -94,7 +98,12 @@ def test_scores_removal_and_node_importance_equal_brute_force(form, make_model):
         assert set(prune.tolist()) == set(ranked[:count].tolist())
         removed += count
     assert removed > 0
-    assert all(total.abs().sum() == 0 for total in method.grad_sums), "the epoch's statistics are consumed"
+    method.update()  # removes exactly the selection, then starts the next epoch's statistics afresh
+    for layer, old, prune in zip(sparsifier.topology.layers, before, selection.prune):
+        assert set((old & ~layer.mask).reshape(-1).nonzero().squeeze(1).tolist()) == set(prune.tolist())
+    assert method.grad_steps == [0] * len(mean_grads)
+    for total, layer in zip(method.grad_sums, sparsifier.topology.layers):
+        assert total.shape == (layer.active,) and total.abs().sum() == 0, "the epoch's statistics are consumed"
 
 
 def test_paper_form_gives_zero_weights_zero_sensitivity_and_never_divides_by_zero():
@@ -194,9 +203,9 @@ def test_sensitivity_learns_digits_with_a_convolutional_net():
     for _ in range(4):
         for batch in torch.randperm(len(images), generator=generator).split(32):
             loss = F.cross_entropy(model(images[batch]), data.y_train[batch])
-            sparsifier.topology.optimizer.zero_grad()
+            sparsifier.optimizer.zero_grad()
             loss.backward()
-            sparsifier.topology.optimizer.step()
+            sparsifier.optimizer.step()
             sparsifier.step()
         with torch.no_grad():
             accuracies.append((model(test_images).argmax(1) == data.y_test).float().mean().item())

@@ -13,8 +13,9 @@ from evosparse.data.base import standardise
 from evosparse.engine import loop
 from evosparse.engine.compare import markdown_table, plan_comparison, run_comparison
 from evosparse.engine.config import build_config
-from evosparse.engine.objectives import ACCURACY, NEGATIVE_ELBO, Elbo, gaussian_kl, negative_elbo, result_metric
+from evosparse.engine.objectives import Elbo, gaussian_kl, negative_elbo
 from evosparse.errors import UsageError
+from evosparse.metrics import ACCURACY, NEGATIVE_ELBO, result_metric
 from evosparse.models import ModelSpec, build_model
 from evosparse.models.vae import VAE
 from evosparse.topology.masks import find_sparse_parameters

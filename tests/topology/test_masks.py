@@ -2,8 +2,9 @@ import pytest
 import torch
 from torch import nn
 
-from evosparse.errors import UsageError
-from evosparse.topology.masks import Topology, find_sparse_parameters, random_mask
+from conftest import small_mlp
+from evosparse.errors import InvariantError, UsageError
+from evosparse.topology.masks import build_masked_topology, find_sparse_parameters, random_mask
 
 
 class Mixed(nn.Module):
@@ -51,27 +52,31 @@ def test_random_mask_has_exact_count_and_covers_rows(shape, count):
         assert mask.flatten(1).any(dim=1).all()
 
 
-def build(model, budgets, optimizer=None):
-    return Topology.build(find_sparse_parameters(model), budgets, torch.Generator().manual_seed(0), optimizer=optimizer)
+def build(model, budgets, optimizer=None, seed=0):
+    return build_masked_topology(find_sparse_parameters(model), budgets, torch.Generator().manual_seed(seed), optimizer)
 
 
 def test_rewire_refuses_inconsistent_sets(mlp):
     topology = build(mlp, [40, 30, 20])
-    mask = topology.layers[0].mask.view(-1)
+    layer = topology.layers[0]
+    mask = layer.mask.view(-1)
+    before = mask.clone()
     active, inactive = mask.nonzero().squeeze(1), (~mask).nonzero().squeeze(1)
-    with pytest.raises(AssertionError, match="pruning an inactive"):
-        topology.rewire(0, inactive[:1], inactive[1:2])
-    with pytest.raises(AssertionError, match="growing an active"):
-        topology.rewire(0, active[:1], active[1:2])
-    with pytest.raises(AssertionError, match="duplicate"):
-        topology.rewire(0, active[:1], torch.cat([inactive[:1], inactive[:1]]))
+    with pytest.raises(InvariantError, match="pruning an inactive"):
+        layer.rewire(inactive[:1], inactive[1:2])
+    with pytest.raises(InvariantError, match="growing an active"):
+        layer.rewire(active[:1], active[1:2])
+    with pytest.raises(InvariantError, match="duplicate"):
+        layer.rewire(active[:1], torch.cat([inactive[:1], inactive[:1]]))
+    assert torch.equal(mask, before)
 
 
 def test_a_connection_pruned_now_cannot_be_regrown_in_the_same_rewire(mlp):
     topology = build(mlp, [40, 30, 20])
     active = topology.layers[0].mask.view(-1).nonzero().squeeze(1)
-    with pytest.raises(AssertionError, match="growing an active"):
-        topology.rewire(0, active[:2], active[:2])
+    with pytest.raises(InvariantError, match="growing an active"):
+        topology.layers[0].rewire(active[:2], active[:2])
+    assert torch.equal(topology.layers[0].active_positions(), active)
 
 
 @pytest.mark.parametrize(
@@ -94,7 +99,7 @@ def test_rewire_zeroes_every_parameter_shaped_optimizer_state(mlp, make_optimize
         t.fill_(1.0)
     mask = topology.layers[0].mask.view(-1)
     prune, grow = mask.nonzero().squeeze(1)[:3], (~mask).nonzero().squeeze(1)[:3]
-    assert topology.rewire(0, prune, grow, torch.tensor([0.5, -0.5, 0.25])) == 6
+    assert topology.layers[0].rewire(prune, grow, torch.tensor([0.5, -0.5, 0.25])) == 6
     for t in tensors:
         flat = t.view(-1)
         assert not flat[prune].any() and not flat[grow].any()
@@ -108,17 +113,43 @@ def test_masks_live_on_the_parameter_device_and_state_round_trips(mlp):
     for layer in topology.layers:
         assert layer.mask.device == layer.weight.device
     saved = topology.state_dict()
-    other = build(mlp, [40, 30, 20])
+    assert list(saved) == ["0.weight", "2.weight", "4.weight"]
+    for layer in topology.layers:
+        entry = saved[layer.name]
+        assert entry["shape"] == list(layer.shape)
+        assert entry["positions"].dtype == torch.int64 and entry["positions"].device.type == "cpu"
+        assert torch.equal(entry["positions"], layer.mask.reshape(-1).nonzero().squeeze(1))
+    other = build(small_mlp(), [40, 30, 20], seed=1)
+    other.layers[0].budget = 0  # loading restores the budgets too
+    assert not all(torch.equal(a.mask, b.mask) for a, b in zip(topology.layers, other.layers))
     other.load_state_dict(saved)
     assert all(torch.equal(a.mask, b.mask) for a, b in zip(topology.layers, other.layers))
+    assert [layer.budget for layer in other.layers] == [40, 30, 20]
+    other.apply_masks()
+    other.check()
 
 
 def test_loading_masks_that_do_not_fit_is_refused(mlp):
     topology = build(mlp, [40, 30, 20])
     saved = topology.state_dict()
-    wrong_shape = dict(saved, **{"2.weight": torch.ones(3, 3, dtype=torch.bool)})
-    with pytest.raises(UsageError, match="has shape"):
-        topology.load_state_dict(wrong_shape)
+    before = [layer.mask.clone() for layer in topology.layers]
+    positions = saved["2.weight"]["positions"]
+    wrong = {
+        "has shape": {"shape": [3, 3], "positions": torch.arange(4)},
+        "no int64 positions": {"shape": [12, 16], "positions": positions.to(torch.int32)},
+        "holds no int64 positions": torch.ones(12, 16, dtype=torch.bool),  # a mask, as before format version 2
+        "not sorted, distinct and inside": {"shape": [12, 16], "positions": positions.flip(0)},
+        "inside the weight": {"shape": [12, 16], "positions": torch.tensor([0, 12 * 16])},
+    }
+    for message, entry in wrong.items():
+        with pytest.raises(UsageError, match=message) as info:
+            topology.load_state_dict(dict(saved, **{"2.weight": entry}))
+        assert "\n" not in str(info.value)
     missing = {k: v for k, v in saved.items() if k != "0.weight"}
-    with pytest.raises(UsageError, match="do not match"):
+    with pytest.raises(UsageError, match="does not match the model's sparse layers .first mismatch: 0.weight"):
         topology.load_state_dict(missing)
+    with pytest.raises(UsageError, match="does not match"):
+        topology.load_state_dict(dict(saved, extra={"shape": [1, 1], "positions": torch.arange(1)}))
+    with pytest.raises(UsageError, match="not a mapping"):
+        topology.load_state_dict([saved])
+    assert all(torch.equal(a, b.mask) for a, b in zip(before, topology.layers))

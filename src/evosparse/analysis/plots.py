@@ -14,7 +14,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from evosparse.engine.checkpoint import atomic_write_bytes  # noqa: E402
-from evosparse.engine.objectives import ACCURACY, Metric  # noqa: E402
+from evosparse.metrics import ACCURACY, Metric  # noqa: E402
 
 
 def save_png(figure: Figure, path: Path) -> None:

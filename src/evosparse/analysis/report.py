@@ -22,8 +22,8 @@ import torch  # noqa: E402
 
 from evosparse.analysis.graph import graph_metrics, layered_adjacency, matrix_adjacency, matrix_graph_metrics  # noqa: E402
 from evosparse.analysis.plots import save_png  # noqa: E402
+from evosparse.analysis.snapshots import list_snapshots, load_snapshot  # noqa: E402
 from evosparse.engine.checkpoint import atomic_write_text  # noqa: E402
-from evosparse.engine.snapshots import list_snapshots, load_snapshot  # noqa: E402
 from evosparse.errors import UsageError  # noqa: E402
 
 METRICS = ("algebraic_connectivity", "degree_gini", "clustering", "avg_shortest_path")
@@ -79,12 +79,10 @@ def analyze_run(run_dir: Path) -> list[dict[str, Any]]:
     if not snapshots:
         raise UsageError(f"{run_dir} has no topology snapshots (a sparse run of evosparse train writes them)")
     rows: list[dict[str, Any]] = []
-    first = last = None
-    for epoch, path in snapshots:
-        masks = load_snapshot(path)
+    every = [load_snapshot(path) for _, path in snapshots]
+    for (epoch, _), masks in zip(snapshots, every):
         rows += epoch_metrics(epoch, masks)
-        first = first or masks
-        last = masks
+    first, last = every[0], every[-1]
     if not rows:
         raise UsageError(f"{run_dir}: the sparse layers form no layered chain and hold no recurrent matrix")
     out = run_dir / "analysis"

@@ -12,13 +12,14 @@ stream, since the masked draw enumerates all out x in positions.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from evosparse.backends.csr_layer import CsrLinear
-from evosparse.backends.uniform_sampling import sample_absent
 from evosparse.errors import UsageError
+from evosparse.topology.positions import sample_absent
 
 #: Above this many dense weight entries in its sparse layers, ``evosparse train --backend csr``
 #: builds the model on the meta device and its layers with :func:`build_csr_layer` (2²⁸ entries:
@@ -63,3 +64,22 @@ def build_csr_layer(linear: nn.Linear, count: int, init: str, generator: torch.G
         bound = 1.0 / math.sqrt(shape[1])
         bias = (torch.rand(shape[0], generator=generator) * 2 - 1) * bound
     return CsrLinear.from_positions(shape, positions, values, bias)
+
+
+def build_for_backend(backend: str, build: Callable[[], nn.Module], device: torch.device) -> nn.Module:
+    """The model ``build()`` makes, on ``device``; for the csr backend with huge linear layers, a meta skeleton.
+
+    Above :data:`DIRECT_BUILD_ENTRIES` dense weight entries in its linear layers, a csr model is left on
+    the meta device (no storage) and the Sparsifier builds its sparse layers directly; smaller ones are
+    built as the masked backend builds them (the same random draws: the skeleton, built first, draws
+    nothing, and the global generator is restored after it), so both backends start identical.
+    """
+    if backend == "csr":
+        state = torch.get_rng_state()
+        with torch.device("meta"):
+            skeleton = build()
+        linear_entries = sum(m.weight.numel() for m in skeleton.modules() if isinstance(m, nn.Linear))
+        if linear_entries > DIRECT_BUILD_ENTRIES:
+            return skeleton
+        torch.set_rng_state(state)
+    return build().to(device)

@@ -105,7 +105,9 @@ class CsrLinear(nn.Module):
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> CsrLinear:
         """Apply ``fn`` (a move or cast) to parameters and to the structure's index tensors."""
         super()._apply(fn, recurse)
-        moved = {f.name: fn(getattr(self.structure, f.name)) for f in fields(self.structure) if f.name != "shape"}
+        moved: dict[str, Any] = {
+            f.name: fn(getattr(self.structure, f.name)) for f in fields(self.structure) if f.name != "shape"
+        }
         self.structure = replace(self.structure, **moved)
         return self
 

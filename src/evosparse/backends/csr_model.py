@@ -1,155 +1,247 @@
-"""Putting a model on the csr backend: its sparse ``nn.Linear`` layers become :class:`CsrLinear`.
+"""The csr backend: a model's sparse ``nn.Linear`` layers become :class:`CsrLinear`, seen as :class:`CsrLayer`.
 
-:func:`convert_to_csr` takes the masked :class:`~evosparse.topology.masks.Topology` the
-:class:`~evosparse.Sparsifier` has just built and initialised, swaps every sparse linear layer for
-a :class:`CsrLinear` holding the same active positions and values (and the very same bias
-Parameter), and puts each layer's ``values`` in the optimizer's param groups in place of the dense
-weight. From then on :class:`CsrTopology` plays the role of the masked ``Topology`` (counts,
-invariant checks, persistence) without any dense out x in tensor.
+:func:`csr_twins` turns the masked :class:`~evosparse.topology.layer.Topology` the
+:class:`~evosparse.Sparsifier` has just drawn into :class:`CsrLinear` layers holding the same active
+positions and values (and the very same bias Parameter), without touching the model;
+:func:`install_csr` then swaps them into the model and puts each layer's ``values`` in the optimizer's
+param groups in place of the dense weight; :func:`squash_csr` turns them back into ``nn.Linear``.
+
+:class:`CsrLayer` implements the :class:`~evosparse.topology.layer.SparseLayer` protocol over a
+:class:`CsrLinear` without any dense out x in tensor: gradients at inactive positions come from the
+layer's :class:`~evosparse.backends.csr_ops.GradientTap` (an SDDMM of the recorded input and output
+gradient).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from evosparse.backends import csr_topology
 from evosparse.backends.csr_build import build_csr_layer
-from evosparse.backends.csr_layer import CsrLinear
+from evosparse.backends.csr_layer import CsrLinear, set_parameter_data
+from evosparse.backends.csr_ops import GradientTap
 from evosparse.errors import UsageError
-from evosparse.topology.masks import LayerCounts, SparseLayer, Topology
-
-if TYPE_CHECKING:
-    from evosparse.methods.base import Method
-
+from evosparse.topology.init import check_init_scheme, sparse_kaiming_draws
+from evosparse.topology.layer import ActiveGradientHook, SparseLayer, Topology, no_gradient_message
+from evosparse.topology.masks import MaskedLayer
 
 #: The storage backends of sparse layers.
 BACKENDS = ("masked", "csr")
 
 
-def check_backend(method_cls: type[Method], backend: str) -> None:
-    """Refuse an unknown backend, or csr for a method that has no csr implementation, in one line."""
-    if backend not in BACKENDS:
-        raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend == "csr" and not method_cls.sparse:
-        raise UsageError(f"method {method_cls.name} trains dense weights; --backend csr needs a sparse method")
-    if backend == "csr" and not method_cls.supports_csr:
-        raise UsageError(
-            f"method {method_cls.name} has no csr implementation yet (it reads the dense masks and weights of "
-            "the masked backend); use --backend masked"
-        )
+class CsrLayer(SparseLayer):
+    """A :class:`CsrLinear` as a sparse layer; ``optimizer`` (if any) is kept aligned with its values on rewiring.
 
+    ``name`` is the qualified name of the dense weight the layer replaced (``"0.weight"``), so names
+    and positions are those of the masked backend.
+    """
 
-@dataclass
-class CsrSparseLayer:
-    """One csr sparse layer: its name (the qualified weight name it replaces), module and budget."""
+    def __init__(
+        self, name: str, module: CsrLinear, budget: int, optimizer: torch.optim.Optimizer | None = None
+    ) -> None:
+        self.name = name
+        self._module = module
+        self.budget = budget
+        self.optimizer = optimizer
 
-    name: str
-    module: CsrLinear
-    budget: int
+    # -- what it is -------------------------------------------------------------------------------
+
+    @property
+    def module(self) -> CsrLinear:
+        return self._module
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.module.shape
+        return self._module.shape
 
     @property
-    def numel(self) -> int:
-        return self.shape[0] * self.shape[1]
+    def device(self) -> torch.device:
+        return self._module.values.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._module.values.dtype
+
+    @property
+    def is_linear(self) -> bool:
+        return True
 
     @property
     def active(self) -> int:
-        return self.module.nnz
+        return self._module.nnz
 
-    @property
-    def fan_out_axis_size(self) -> int:
-        return self.shape[0]
+    # -- topology ---------------------------------------------------------------------------------
 
+    def active_positions(self) -> Tensor:
+        return csr_topology.active_positions(self._module)
 
-class CsrTopology(LayerCounts):
-    """The csr counterpart of :class:`~evosparse.topology.masks.Topology` for the Sparsifier's bookkeeping.
+    def active_values(self) -> Tensor:
+        return csr_topology.active_values(self._module)
 
-    The structure lives in the :class:`CsrLinear` modules (and their ``state_dict``); there are no
-    masks to apply and no gradients to mask, so those calls do nothing.
-    """
+    def contains(self, positions: Tensor) -> Tensor:
+        return csr_topology.contains(self._module, positions)
 
-    def __init__(self, layers: list[CsrSparseLayer], optimizer: torch.optim.Optimizer | None) -> None:
-        self.layers = layers
-        self.optimizer = optimizer
+    def rewire(self, prune: Tensor, grow: Tensor, grow_values: Tensor | float = 0.0) -> int:
+        return csr_topology.rewire(self._module, prune, grow, grow_values, self.optimizer)
 
-    def apply_masks(self) -> None:
+    def load_positions(self, positions: Tensor) -> None:
+        """Check that the restored structure holds ``positions``: a csr layer carries its topology in the
+        model's ``state_dict``, which must be loaded first."""
+        if not torch.equal(self.active_positions().cpu(), positions.cpu().to(torch.int64)):
+            raise UsageError(
+                f"the saved topology of {self.name} differs from its csr layer's structure: load the model's "
+                "state_dict before the sparsifier's"
+            )
+
+    def apply_mask(self) -> None:
         """Nothing to do: inactive connections are not stored."""
 
+    @torch.no_grad()
+    def initialise(self, scheme: str, generator: torch.Generator) -> None:
+        """Sparse-Kaiming values taken from the same dense draw the masked backend makes (O(out · in) once)."""
+        check_init_scheme(scheme)
+        if scheme == "sparse_kaiming":
+            draws = sparse_kaiming_draws(self, generator).reshape(-1)[self.active_positions().cpu()]
+            set_parameter_data(self._module.values, draws.to(self.device, self.dtype))
+
+    # -- gradients --------------------------------------------------------------------------------
+
+    def install_hooks(self) -> None:
+        """Nothing to install: gradients exist only at active connections."""
+
     def remove_hooks(self) -> None:
-        """Nothing to do: the csr backend installs no gradient hooks."""
+        """Nothing to remove."""
 
-    def check(self, *, fixed_budget: bool = True) -> None:
-        """Assert each layer's CSR invariants and, for fixed-budget methods, its exact budget."""
-        for layer in self.layers:
-            csr_topology.check(layer.module)
-            if fixed_budget:
-                assert layer.active == layer.budget, f"{layer.name}: {layer.active} active != budget {layer.budget}"
+    def record_gradients(self, enabled: bool) -> None:
+        if not enabled:
+            self._module.tap = None
+        elif self._module.tap is None:
+            self._module.tap = GradientTap()
 
-    def state_dict(self) -> dict[str, int]:
-        """Budgets by layer name (the structure itself is saved in the model's ``state_dict``)."""
-        return {layer.name: layer.budget for layer in self.layers}
+    def gradient_at(self, positions: Tensor) -> Tensor:
+        tap = self._module.tap
+        if tap is None or not tap.recorded:
+            raise UsageError(no_gradient_message(self.name))
+        positions = positions.to(self.device, torch.int64)
+        in_features = self.shape[1]
+        return tap.gradient_at(torch.div(positions, in_features, rounding_mode="floor"), positions % in_features)
 
-    def load_state_dict(self, budgets: Mapping[str, object]) -> None:
-        """Check that the saved layers match and adopt the restored structures' counts as budgets."""
-        names = sorted(layer.name for layer in self.layers)
-        if sorted(budgets) != names:
-            raise UsageError(f"saved csr layers {sorted(budgets)} do not match the model's {names}")
-        for layer in self.layers:
-            layer.budget = layer.active
+    def forget_gradients(self) -> None:
+        if self._module.tap is not None:
+            self._module.tap.clear()
+
+    def register_gradient_hook(self, hook: ActiveGradientHook) -> RemovableHandle:
+        """The gradient of ``values`` is exactly ∂L/∂w at the active connections, in their order."""
+
+        def observe(values: Tensor) -> None:
+            if values.grad is not None:
+                hook(values.grad.detach())
+
+        return self._module.values.register_post_accumulate_grad_hook(observe)
+
+    # -- invariants -------------------------------------------------------------------------------
+
+    def check_storage(self) -> None:
+        csr_topology.check(self._module)
 
 
-def convert_to_csr(model: nn.Module, topology: Topology) -> CsrTopology:
-    """Replace every layer of ``topology`` in ``model`` by a :class:`CsrLinear` with the same active weights.
+def csr_twins(topology: Topology, optimizer: torch.optim.Optimizer | None) -> Topology:
+    """A :class:`CsrLayer` for every masked layer of ``topology``: same active positions, values copied.
 
-    The bias Parameter is carried over as is; in ``topology.optimizer`` the dense weight is replaced
-    by the new ``values`` in its param group (so learning rates, weight decay and other groups stay
-    as the caller configured them). The optimizer must not hold state for the weights yet.
+    Nothing is put in place yet (see :func:`install_csr`): the model and the optimizer are untouched.
+    Each twin shares the dense layer's bias Parameter.
     """
-    check_convertible([(layer.name, layer.module, layer.attr) for layer in topology.layers])
-    optimizer = topology.optimizer
-    if optimizer is not None and any(layer.weight in optimizer.state for layer in topology.layers):
+    masked = [layer for layer in topology.layers if isinstance(layer, MaskedLayer)]
+    if len(masked) != len(topology.layers):
+        raise UsageError("csr twins are made from the masked layers the Sparsifier has just drawn")
+    check_convertible([(layer.name, layer.module, layer.attr) for layer in masked])
+    if optimizer is not None and any(layer.weight in optimizer.state for layer in masked):
         raise UsageError("convert to csr before the first optimizer step (the optimizer already holds state)")
-    converted = [_convert_layer(model, layer, optimizer) for layer in topology.layers]
-    return CsrTopology(converted, optimizer)
+    twins: list[SparseLayer] = []
+    for layer in masked:
+        linear = layer.module
+        assert isinstance(linear, nn.Linear)  # checked just above
+        csr = CsrLinear.from_dense(linear.weight, layer.mask)
+        csr.bias = linear.bias
+        twins.append(CsrLayer(layer.name, csr, layer.budget, optimizer))
+    return Topology(twins)
 
 
-def build_csr_topology(
+def build_csr_direct(
     model: nn.Module,
     found: Sequence[tuple[str, nn.Module, str]],
     budgets: Sequence[int],
     init: str,
     generator: torch.Generator,
     optimizer: torch.optim.Optimizer | None,
-) -> CsrTopology:
-    """Give each (meta-device) linear layer of ``found`` a :class:`CsrLinear` drawn sparse directly.
+) -> Topology:
+    """A :class:`CsrLayer` drawn sparse directly for each (meta-device) linear layer of ``found``.
 
-    See :mod:`evosparse.backends.csr_build`; weight and bias are replaced in ``model`` and in the
-    optimizer's param groups. Every parameter of ``model`` must be real afterwards (a meta
-    parameter outside the sparse layers is refused in one line).
+    See :mod:`evosparse.backends.csr_build`. Nothing is put in place yet (see :func:`install_csr`), but
+    every other parameter of ``model`` must be real (a meta parameter outside the sparse layers is
+    refused in one line).
     """
-    layers = []
-    for (name, linear, _), count in zip(found, budgets, strict=True):
-        assert isinstance(linear, nn.Linear)
-        csr = build_csr_layer(linear, count, init, generator)
-        replace_submodule(model, _module_name(name), csr)
-        if optimizer is not None:
-            _replace_in_param_groups(optimizer, linear.weight, csr.values)
-            if linear.bias is not None:
-                assert csr.bias is not None
-                _replace_in_param_groups(optimizer, linear.bias, csr.bias)
-        layers.append(CsrSparseLayer(name, csr, count))
-    leftover = next((name for name, param in model.named_parameters() if param.is_meta), None)
+    check_convertible(found)
+    replaced = {id(param) for _, linear, _ in found for param in linear.parameters()}
+    leftover = next((n for n, p in model.named_parameters() if p.is_meta and id(p) not in replaced), None)
     if leftover is not None:
         raise UsageError(f"parameter {leftover} is on the meta device; only sparse nn.Linear layers are built there")
-    return CsrTopology(layers, optimizer)
+    layers: list[SparseLayer] = []
+    for (name, linear, _), count in zip(found, budgets, strict=True):
+        assert isinstance(linear, nn.Linear)  # checked just above
+        layers.append(CsrLayer(name, build_csr_layer(linear, count, init, generator), count, optimizer))
+    return Topology(layers)
+
+
+def install_csr(
+    model: nn.Module,
+    found: Sequence[tuple[str, nn.Module, str]],
+    topology: Topology,
+    optimizer: torch.optim.Optimizer | None,
+) -> None:
+    """Put each csr layer of ``topology`` in place of the ``nn.Linear`` it was made for (``found``, in order).
+
+    In ``model`` the module is replaced; in ``optimizer`` the dense weight is replaced by the new
+    ``values`` in its param group (so learning rates, weight decay and other groups stay as the caller
+    configured them), and so is the bias when the csr layer has a new one.
+    """
+    for (name, linear, _), layer in zip(found, topology.layers, strict=True):
+        csr = layer.module
+        if not isinstance(csr, CsrLinear) or not isinstance(linear, nn.Linear):
+            raise UsageError(f"{name}: only csr layers made for an nn.Linear can be installed")
+        replace_submodule(model, _module_name(name), csr)
+        if optimizer is None:
+            continue
+        _replace_in_param_groups(optimizer, linear.weight, csr.values)
+        if linear.bias is not None and csr.bias is not None and csr.bias is not linear.bias:
+            _replace_in_param_groups(optimizer, linear.bias, csr.bias)
+
+
+@torch.no_grad()
+def squash_csr(model: nn.Module, topology: Topology, optimizer: torch.optim.Optimizer | None) -> None:
+    """Replace every csr layer of ``topology`` in ``model`` by an ``nn.Linear`` holding its dense weight.
+
+    The bias Parameter is carried over as is; in ``optimizer`` the ``values`` are replaced by the new
+    dense weight (its optimizer state is dropped: it had one entry per connection).
+    """
+    for layer in topology.layers:
+        csr = layer.module
+        if not isinstance(csr, CsrLinear):
+            raise UsageError(f"{layer.name} is not a csr layer")
+        linear = nn.Linear(
+            csr.in_features, csr.out_features, bias=False, device=csr.values.device, dtype=csr.values.dtype
+        )
+        linear.weight.copy_(csr.to_dense_weight())
+        if csr.bias is not None:
+            linear.bias = csr.bias
+        replace_submodule(model, _module_name(layer.name), linear)
+        if optimizer is not None:
+            optimizer.state.pop(csr.values, None)
+            _replace_in_param_groups(optimizer, csr.values, linear.weight)
 
 
 def check_convertible(found: Sequence[tuple[str, nn.Module, str]]) -> None:
@@ -165,18 +257,6 @@ def _module_name(parameter_name: str) -> str:
     return parameter_name.rpartition(".")[0]
 
 
-def _convert_layer(model: nn.Module, layer: SparseLayer, optimizer: torch.optim.Optimizer | None) -> CsrSparseLayer:
-    """Swap one masked linear layer for its csr twin in ``model`` and in ``optimizer``."""
-    linear = layer.module
-    assert isinstance(linear, nn.Linear)
-    csr = CsrLinear.from_dense(linear.weight, layer.mask)
-    csr.bias = linear.bias
-    replace_submodule(model, _module_name(layer.name), csr)
-    if optimizer is not None:
-        _replace_in_param_groups(optimizer, linear.weight, csr.values)
-    return CsrSparseLayer(layer.name, csr, layer.budget)
-
-
 def replace_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     """Set the submodule called ``name`` (dotted, inside ``nn.Sequential`` too) of ``model`` to ``new``."""
     if not name:
@@ -185,7 +265,7 @@ def replace_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_name), child, new)
 
 
-def _replace_in_param_groups(optimizer: torch.optim.Optimizer, old: nn.Parameter, new: nn.Parameter) -> None:
+def _replace_in_param_groups(optimizer: torch.optim.Optimizer, old: torch.Tensor, new: torch.Tensor) -> None:
     """Put ``new`` where ``old`` is in the optimizer's param groups (refuse if ``old`` is not there)."""
     for group in optimizer.param_groups:
         for index, param in enumerate(group["params"]):

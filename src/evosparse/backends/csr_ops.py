@@ -45,10 +45,11 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, fields, replace
 from numbers import Integral
+from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import once_differentiable
 
 from evosparse.errors import UsageError
 
@@ -228,7 +229,7 @@ class _CsrLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: FunctionCtx,
+        ctx: Any,
         x: Tensor,
         values: Tensor,
         bias: Tensor | None,
@@ -252,7 +253,7 @@ class _CsrLinear(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: FunctionCtx, grad_y: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
         x_t, values = ctx.saved_tensors
         structure: CsrStructure = ctx.structure
         needs_x, needs_values, needs_bias, _, _ = ctx.needs_input_grad
@@ -288,7 +289,7 @@ def _compressed_offsets(sorted_indices: Tensor, length: int) -> Tensor:
     return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
 
 
-def _check_shape(shape: tuple[int, int]) -> tuple[int, int]:
+def _check_shape(shape: object) -> tuple[int, int]:
     """Validate a logical weight shape (out_features, in_features) of positive ints."""
     if (
         not isinstance(shape, tuple | list)

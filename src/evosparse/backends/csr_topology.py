@@ -18,7 +18,8 @@ from torch import Tensor
 
 from evosparse.backends.csr_layer import CsrLinear, set_parameter_data
 from evosparse.backends.csr_ops import CsrStructure
-from evosparse.backends.uniform_sampling import is_member, locate, sample_absent
+from evosparse.errors import InvariantError
+from evosparse.topology.positions import is_member, locate
 
 
 def active_positions(layer: CsrLinear) -> Tensor:
@@ -38,17 +39,6 @@ def contains(layer: CsrLinear, positions: Tensor) -> Tensor:
     return is_member(keys, positions.to(keys.device, torch.int64))
 
 
-def sample_inactive(layer: CsrLinear, count: int, generator: torch.Generator, exclude: Tensor | None = None) -> Tensor:
-    """``count`` distinct inactive positions, uniform without replacement, none in ``exclude``.
-
-    No dense mask: random positions are drawn and rejected when active, excluded or repeated
-    (expected O(count · log nnz)), with an exact enumeration of the free positions when the layer is
-    nearly full; see :func:`evosparse.backends.uniform_sampling.sample_absent` for the cost bounds.
-    """
-    out_features, in_features = layer.shape
-    return sample_absent(active_positions(layer), out_features * in_features, count, generator, exclude)
-
-
 @torch.no_grad()
 def rewire(
     layer: CsrLinear,
@@ -60,10 +50,11 @@ def rewire(
     """Deactivate flat positions ``prune``, activate ``grow`` with ``grow_values``; return the number changed.
 
     ``prune`` must be active and ``grow`` inactive before the call, both without duplicates
-    (AssertionError otherwise, as in the masked backend). The values Parameter keeps its identity;
-    its gradient and every optimizer-state tensor shaped like it (SGD momentum, Adam moments, ...) are
-    carried to the new CSR order, with pruned entries dropped and grown entries zero. When the
-    number of connections is unchanged, all of them are updated in place (same storage).
+    (:class:`~evosparse.errors.InvariantError` otherwise, as in the masked backend). The values
+    Parameter keeps its identity; its gradient and every optimizer-state tensor shaped like it (SGD
+    momentum, Adam moments, ...) are carried to the new CSR order, with pruned entries dropped and
+    grown entries zero. When the number of connections is unchanged, all of them are updated in place
+    (same storage).
     Cost O(nnz log nnz) (two sorts of the new positions to build the CSR structure and its transpose).
     """
     keys = active_positions(layer)
@@ -73,7 +64,7 @@ def rewire(
     values = layer.values
     new_values = torch.as_tensor(grow_values, dtype=values.dtype, device=keys.device).reshape(-1)
     if new_values.numel() not in (1, grow.numel()):
-        raise AssertionError(f"{new_values.numel()} grow values for {grow.numel()} grown positions")
+        raise InvariantError(f"{new_values.numel()} grow values for {grow.numel()} grown positions")
     new_values = new_values.expand(grow.numel())[merge.grow_order]
 
     rows = torch.div(merge.new_keys, layer.in_features, rounding_mode="floor")
@@ -107,20 +98,20 @@ class _Merge:
 
     @classmethod
     def plan(cls, layer: CsrLinear, keys: Tensor, prune: Tensor, grow: Tensor) -> _Merge:
-        """Check the rewiring's preconditions (AssertionError) and plan the merge: O(nnz + changes · log nnz)."""
+        """Check the rewiring's preconditions (InvariantError) and plan the merge: O(nnz + changes · log nnz)."""
         name = f"csr layer {layer.shape}"
         prune_slots, found = locate(keys, torch.sort(prune).values)
         if not bool(found.all()):
-            raise AssertionError(f"{name}: pruning an inactive connection")
+            raise InvariantError(f"{name}: pruning an inactive connection")
         keep = torch.ones(keys.numel(), dtype=torch.bool, device=keys.device)
         keep[prune_slots] = False
         grow_sorted, grow_order = torch.sort(grow)
         if int(keep.sum()) != keys.numel() - prune.numel() or bool((grow_sorted[1:] == grow_sorted[:-1]).any()):
-            raise AssertionError(f"{name}: duplicate positions in a rewiring")
+            raise InvariantError(f"{name}: duplicate positions in a rewiring")
         if grow.numel() and (int(grow_sorted[0]) < 0 or int(grow_sorted[-1]) >= layer.shape[0] * layer.shape[1]):
-            raise AssertionError(f"{name}: growing a position outside the weight")
+            raise InvariantError(f"{name}: growing a position outside the weight")
         if grow.numel() and bool(is_member(keys, grow_sorted).any()):
-            raise AssertionError(f"{name}: growing an active connection")
+            raise InvariantError(f"{name}: growing an active connection")
         kept_keys = keys[keep]
         grown_slots = torch.searchsorted(kept_keys, grow_sorted) + torch.arange(grow.numel(), device=keys.device)
         is_grown = torch.zeros(kept_keys.numel() + grow.numel(), dtype=torch.bool, device=keys.device)
@@ -142,14 +133,18 @@ class _Merge:
 
 
 def check(layer: CsrLinear) -> None:
-    """Assert the structure's invariants: values aligned with it, positions strictly increasing, in range."""
+    """Raise InvariantError unless the values are aligned with the structure, whose positions strictly
+    increase inside the weight."""
     structure = layer.structure
-    assert layer.values.shape == (structure.nnz,), "values are not aligned with the CSR structure"
-    assert structure.crow_indices.numel() == structure.shape[0] + 1
-    assert int(structure.crow_indices[-1]) == structure.nnz
     keys = active_positions(layer)
-    assert keys.numel() < 2 or bool((keys[1:] > keys[:-1]).all()), "CSR positions are not strictly increasing"
-    assert keys.numel() == 0 or (int(keys[0]) >= 0 and int(keys[-1]) < structure.shape[0] * structure.shape[1])
+    if layer.values.shape != (structure.nnz,):
+        raise InvariantError(f"csr layer {layer.shape}: values are not aligned with the CSR structure")
+    if structure.crow_indices.numel() != structure.shape[0] + 1 or int(structure.crow_indices[-1]) != structure.nnz:
+        raise InvariantError(f"csr layer {layer.shape}: row offsets do not end at nnz")
+    if keys.numel() > 1 and not bool((keys[1:] > keys[:-1]).all()):
+        raise InvariantError(f"csr layer {layer.shape}: positions are not strictly increasing")
+    if keys.numel() and (int(keys[0]) < 0 or int(keys[-1]) >= structure.shape[0] * structure.shape[1]):
+        raise InvariantError(f"csr layer {layer.shape}: a position lies outside the weight")
 
 
 def dense_mask_for_tests(layer: CsrLinear) -> Tensor:

@@ -11,8 +11,9 @@ File layout (no pickle anywhere):
   registry model name and its :class:`~evosparse.models.ModelSpec` when known, the architecture,
   and a SHA-256 over all tensors (so a corrupted file is refused, not silently mis-loaded).
 
-Sparse weights come from :class:`CsrLinear` modules or from ``masks`` (the masked backend's
-``Topology.state_dict()``: parameter name -> boolean mask). On loading, each sparse linear layer
+Sparse weights come from :class:`CsrLinear` modules (stored sparse in the model) or, for weights stored
+dense, from ``positions`` (parameter name -> flat active positions, as every sparse layer lists them).
+On loading, each sparse linear layer
 becomes a :class:`CsrLinear`; other sparse weights (convolutions, LSTM matrices) are restored dense.
 """
 
@@ -64,17 +65,18 @@ class SparseEntry:
 def export_model(
     model: nn.Module,
     path: str | Path,
-    masks: Mapping[str, Tensor] | None = None,
+    positions: Mapping[str, Tensor] | None = None,
     *,
     model_name: str | None = None,
     spec: ModelSpec | None = None,
 ) -> None:
     """Write ``model`` to ``path`` as safetensors with every sparse weight in CSR form.
 
-    ``masks`` names the sparse weights of a masked model (parameter name -> boolean mask shaped like
-    it; inactive entries are not stored, whatever their value). :class:`CsrLinear` layers are
-    sparse by construction. ``model_name`` and ``spec`` (the registry entry that built the model) let
-    :func:`load_exported` rebuild it without being given a skeleton.
+    ``positions`` names the sparse weights and their active flat positions (inactive entries are not
+    stored, whatever their value); a name whose weight the model already stores sparse (a
+    :class:`CsrLinear`) is written from that layer's own structure. ``model_name`` and ``spec`` (the
+    registry entry that built the model) let :func:`load_exported` rebuild it without being given a
+    skeleton.
     """
     tensors: dict[str, Tensor] = {}
     entries: list[SparseEntry] = []
@@ -86,12 +88,18 @@ def export_model(
             _put_csr(tensors, entry, module.structure, module.values.detach())
             entries.append(entry)
             skip |= {f"{prefix}values", f"{prefix}_extra_state"}
-    for name, mask in (masks or {}).items():
-        module_name, module, weight = _masked_parameter(model, name, mask)
+    stored_sparse = {entry.name for entry in entries}
+    for name, active in (positions or {}).items():
+        if name in stored_sparse:
+            continue
+        module_name, module, weight = _dense_parameter(model, name, active)
         linear = isinstance(module, nn.Linear) and weight.dim() == 2
-        entry = SparseEntry(name, module_name, tuple(weight.shape), int(mask.sum()), linear)
-        structure = CsrStructure.from_dense_mask(mask.reshape(entry.matrix_shape).to(weight.device))
-        values = weight.detach().reshape(entry.matrix_shape)[structure.row_indices, structure.col_indices]
+        entry = SparseEntry(name, module_name, tuple(weight.shape), int(active.numel()), linear)
+        active = active.to(weight.device, torch.int64)
+        columns = entry.matrix_shape[1]
+        rows = torch.div(active, columns, rounding_mode="floor")
+        structure, order = CsrStructure.from_indices(rows, active - rows * columns, entry.matrix_shape)
+        values = weight.detach().reshape(-1)[active][order.to(weight.device)]
         _put_csr(tensors, entry, structure, values)
         entries.append(entry)
         skip.add(name)
@@ -189,7 +197,7 @@ def tensors_digest(tensors: Mapping[str, Tensor]) -> str:
     for name in sorted(tensors):
         tensor = tensors[name].detach().cpu().contiguous()
         digest.update(f"{name}|{tensor.dtype}|{list(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -217,18 +225,24 @@ def _take_csr(tensors: dict[str, Tensor], entry: SparseEntry, path: str | Path) 
     return structure, values
 
 
-def _masked_parameter(model: nn.Module, name: str, mask: Tensor) -> tuple[str, nn.Module, Tensor]:
-    """Module name, owning module and parameter of a masked weight, with the mask checked against it."""
+def _dense_parameter(model: nn.Module, name: str, positions: Tensor) -> tuple[str, nn.Module, Tensor]:
+    """Module name, owning module and parameter of a sparse weight stored dense, its positions checked."""
     module_name, _, attr = name.rpartition(".")
     try:
         module = model.get_submodule(module_name)
     except AttributeError:
-        raise UsageError(f"mask {name!r} names no parameter of the model") from None
+        raise UsageError(f"sparse weight {name!r} names no parameter of the model") from None
     weight = getattr(module, attr, None)
     if not isinstance(weight, nn.Parameter):
-        raise UsageError(f"mask {name!r} names no parameter of the model")
-    if not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.shape != weight.shape:
-        raise UsageError(f"mask {name!r} must be a boolean tensor of shape {tuple(weight.shape)}")
+        raise UsageError(f"sparse weight {name!r} names no parameter of the model")
+    if (
+        not isinstance(positions, Tensor)
+        or positions.dim() != 1
+        or positions.is_floating_point()
+        or (positions.numel() and (int(positions.min()) < 0 or int(positions.max()) >= weight.numel()))
+        or positions.unique().numel() != positions.numel()
+    ):
+        raise UsageError(f"positions of {name!r} must be distinct integer indices into its {weight.numel()} entries")
     return module_name, module, weight
 
 
@@ -271,6 +285,6 @@ def _submodule(model: nn.Module, name: str, path: str | Path) -> nn.Module:
         raise UsageError(f"{path}: the model has no module {name!r}") from None
 
 
-def _linear_shape(module: nn.Module) -> tuple[int, int]:
+def _linear_shape(module: nn.Linear | CsrLinear) -> tuple[int, int]:
     """(out_features, in_features) of an ``nn.Linear`` or :class:`CsrLinear`."""
     return (module.out_features, module.in_features)

@@ -136,7 +136,9 @@ def path_quantile(
         log_importance = _all_log_path_importances(layers, completions)
     else:
         edges = _sample_edges(layers, completions, samples, generator)
-        log_importance = sum(_at(layer.log_values, edge) for layer, edge in zip(layers, edges, strict=True))
+        log_importance = _at(layers[0].log_values, edges[0])
+        for layer, edge in zip(layers[1:], edges[1:], strict=True):
+            log_importance = log_importance + _at(layer.log_values, edge)
     rank = max(1, math.ceil(q * log_importance.numel() * (1 - _RANK_TOLERANCE)))
     return math.exp(float(torch.kthvalue(log_importance, rank).values))
 
@@ -351,7 +353,11 @@ def _draw_in_segments(cumulative: Tensor, starts: Tensor, ends: Tensor, generato
     increments of ``cumulative`` (a running sum of non-negative weights) over that segment."""
     before = torch.where(starts > 0, _at(cumulative, (starts - 1).clamp(min=0)), 0.0)
     span = _at(cumulative, ends - 1) - before
-    uniform = torch.rand(starts.shape, dtype=torch.float64, generator=generator, device=cumulative.device)
+    # Drawn where the generator lives (a CPU generator for the methods), then moved: the same seed gives
+    # the same paths on every device.
+    draw_device = generator.device if generator is not None else cumulative.device
+    uniform = torch.rand(starts.shape, dtype=torch.float64, generator=generator, device=draw_device)
+    uniform = uniform.to(cumulative.device)
     drawn = torch.searchsorted(cumulative, before + uniform * span, right=True)
     return torch.minimum(drawn, ends - 1)  # rounding may push a target past its segment's end
 

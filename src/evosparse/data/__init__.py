@@ -20,6 +20,8 @@ DATASETS: dict[str, str] = {
     "cifar100": "evosparse.data.cifar:load_cifar100",
     "isolet": "evosparse.data.isolet:load_isolet",
 }
+#: Dataset ids that name a user's own file.
+FILE_DATASETS = ("csv:PATH", "text:PATH")
 
 
 def load_dataset(spec: str, *, data_dir: Path | None = None, target: str | None = None) -> Dataset:
@@ -35,11 +37,11 @@ def load_dataset(spec: str, *, data_dir: Path | None = None, target: str | None 
     if target is not None:
         raise UsageError("--target applies only to csv:PATH datasets")
     if spec not in DATASETS:
-        known = ", ".join(sorted(DATASETS))
-        raise UsageError(f"unknown dataset {spec!r}; choose one of {known}, csv:PATH or text:PATH")
+        known = ", ".join([*sorted(DATASETS), *FILE_DATASETS])
+        raise UsageError(f"unknown dataset {spec!r}; choose one of {known}")
     module_name, function_name = DATASETS[spec].split(":")
     loader = getattr(importlib.import_module(module_name), function_name)
     return loader(data_dir=data_dir)
 
 
-__all__ = ["DATASETS", "Dataset", "load_dataset"]
+__all__ = ["DATASETS", "FILE_DATASETS", "Dataset", "load_dataset"]

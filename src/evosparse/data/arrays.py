@@ -31,16 +31,16 @@ def dataset_from_arrays(
             raise DataError(f"{name}: {len(inputs)} samples but {len(labels)} labels")
         if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
             raise DataError(f"{name}: labels must lie in 0..{num_classes - 1}")
-    inputs = [torch.from_numpy(np.asarray(x, dtype=np.float32)) for x, _ in splits]
-    labels = [torch.from_numpy(np.asarray(y, dtype=np.int64)) for _, y in splits]
-    x_train, x_test, *x_val = standardise(*inputs, per_feature=per_feature)
+    features = [torch.from_numpy(np.asarray(x, dtype=np.float32)) for x, _ in splits]
+    targets = [torch.from_numpy(np.asarray(y, dtype=np.int64)) for _, y in splits]
+    x_train, x_test, *x_val = standardise(*features, per_feature=per_feature)
     return Dataset(
         name=name,
         x_train=x_train,
-        y_train=labels[0],
+        y_train=targets[0],
         x_test=x_test,
-        y_test=labels[1],
+        y_test=targets[1],
         num_classes=num_classes,
         x_val=x_val[0] if x_val else None,
-        y_val=labels[2] if validation is not None else None,
+        y_val=targets[2] if validation is not None else None,
     )

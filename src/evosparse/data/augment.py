@@ -22,10 +22,10 @@ def random_crop_flip(images: Tensor, generator: torch.Generator, padding: int = 
     if padding < 0:
         raise UsageError(f"crop padding must be non-negative, got {padding}")
     batch, channels, height, width = images.shape
-    draw = {"generator": generator, "device": generator.device}
-    top = torch.randint(0, 2 * padding + 1, (batch,), **draw).to(images.device)
-    left = torch.randint(0, 2 * padding + 1, (batch,), **draw).to(images.device)
-    flip = (torch.rand(batch, **draw) < 0.5).to(images.device)
+    top = torch.randint(0, 2 * padding + 1, (batch,), generator=generator, device=generator.device)
+    left = torch.randint(0, 2 * padding + 1, (batch,), generator=generator, device=generator.device)
+    flip = torch.rand(batch, generator=generator, device=generator.device) < 0.5
+    top, left, flip = top.to(images.device), left.to(images.device), flip.to(images.device)
     rows = top[:, None] + torch.arange(height, device=images.device)
     columns = torch.arange(width, device=images.device).expand(batch, width)
     columns = left[:, None] + torch.where(flip[:, None], columns.flip(1), columns)

@@ -34,7 +34,7 @@ class Dataset:
         return int(torch.tensor(self.input_shape).prod().item())
 
 
-def standardise(train: torch.Tensor, *others: torch.Tensor | None, per_feature: bool) -> list[torch.Tensor | None]:
+def standardise(train: torch.Tensor, *others: torch.Tensor, per_feature: bool) -> list[torch.Tensor]:
     """Shift and scale every split by the training split's statistics.
 
     Images use one global mean/std (per-pixel statistics blow up rarely-lit border pixels);
@@ -48,6 +48,4 @@ def standardise(train: torch.Tensor, *others: torch.Tensor | None, per_feature: 
     else:
         mean = train.mean()
         std = train.std().clamp_min(1e-8)
-    out: list[torch.Tensor | None] = [(train - mean) / std]
-    out += [None if t is None else (t.to(torch.float32) - mean) / std for t in others]
-    return out
+    return [(train - mean) / std, *((t.to(torch.float32) - mean) / std for t in others)]

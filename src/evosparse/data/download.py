@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from http.client import HTTPException
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from evosparse.errors import DataError
 
@@ -28,7 +28,8 @@ DATA_DIR_ENV = "EVOSPARSE_DATA_DIR"
 LOCK_NAME = ".download.lock"
 
 #: Opens a request like :func:`urllib.request.urlopen` (tests inject their own).
-Opener = Callable[..., IO[bytes]]
+#: Opens a URL like :func:`urllib.request.urlopen`: returns a readable HTTP response with ``headers``.
+Opener = Callable[..., Any]
 
 _CHUNK = 1 << 20
 _log = logging.getLogger(__name__)

@@ -7,6 +7,7 @@ needs and refuses every other one before it is imported.
 
 from __future__ import annotations
 
+import gzip
 import pickle
 from typing import IO, Any
 
@@ -15,9 +16,9 @@ import numpy as np
 from evosparse.errors import DataError
 
 try:  # NumPy >= 2 moved the implementation module; both spellings occur in existing pickles.
-    from numpy._core.multiarray import _reconstruct
+    from numpy._core.multiarray import _reconstruct  # type: ignore[attr-defined]
 except ImportError:  # pragma: no cover - NumPy < 1.26
-    from numpy.core.multiarray import _reconstruct
+    from numpy.core.multiarray import _reconstruct  # type: ignore[attr-defined]
 
 _ALLOWED: dict[tuple[str, str], Any] = {
     ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
@@ -41,7 +42,7 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
             raise DataError(f"refusing to unpickle {module}.{name}: the file may only contain NumPy arrays") from None
 
 
-def load_numpy_pickle(stream: IO[bytes], encoding: str = "latin1") -> Any:
+def load_numpy_pickle(stream: IO[bytes] | gzip.GzipFile, encoding: str = "latin1") -> Any:
     """Unpickle ``stream`` with :class:`NumpyOnlyUnpickler`.
 
     ``latin1`` lets Python 2 pickles (whose array buffers are byte strings) load unchanged.

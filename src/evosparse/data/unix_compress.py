@@ -64,7 +64,7 @@ def _code_blocks(payload: np.ndarray, max_width: int, block_mode: bool) -> list[
         at_top = width == max_width
         wanted = min(available, _TOP_WIDTH_CHUNK) if at_top else (1 << width) - free + int(stream_start)
         codes = _unpack(padded, start, width, min(wanted, available))
-        clears = np.flatnonzero(codes == _CLEAR) if block_mode else ()
+        clears = np.flatnonzero(codes == _CLEAR) if block_mode else np.zeros(0, dtype=np.int64)
         if len(clears):
             used = int(clears[0]) + 1
             current.append(codes[: used - 1])

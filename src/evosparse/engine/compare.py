@@ -43,12 +43,11 @@ from evosparse.engine.config import (
     read_toml,
 )
 from evosparse.engine.loop import train
-from evosparse.engine.objectives import ACCURACY, result_metric
 from evosparse.engine.records import RESULT_NAME
 from evosparse.engine.variants import base_method, learned_source, run_order, variant_settings
 from evosparse.errors import EvosparseError, UsageError
 from evosparse.methods import get_method
-from evosparse.metrics import epoch_reaching, spread
+from evosparse.metrics import ACCURACY, epoch_reaching, result_metric, spread
 from evosparse.models import default_distribution
 
 SUMMARY_SCHEMA = 1

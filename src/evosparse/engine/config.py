@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evosparse.backends.csr_model import BACKENDS, check_backend
+from evosparse.backends.csr_model import BACKENDS
 from evosparse.data.subset import check_fraction
 from evosparse.engine.width_scaling import AUTO_MODES, parse_width_scale
 from evosparse.errors import UsageError
 from evosparse.methods import get_method, resolve_params
 from evosparse.models import MODELS, default_distribution
+from evosparse.sparsifier import check_backend
 from evosparse.topology.distributions import DISTRIBUTIONS
 from evosparse.topology.init import INIT_SCHEMES
 

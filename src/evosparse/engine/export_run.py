@@ -31,9 +31,9 @@ def export_run(run_dir: Path, path: Path | None = None) -> ExportReport:
     trainer = Trainer(config, progress=False)
     trainer.restore(resume=True, ignore=LOCATION_KEYS)  # the folder may have moved since training
     sparsifier = trainer.sparsifier
-    model, masks = sparsifier.method.export_model()
+    model, positions = sparsifier.method.export_model()
     target = path or run_dir / EXPORT_NAME
-    export_model(model, target, masks, model_name=config.model, spec=trainer.spec)
+    export_model(model, target, positions, model_name=config.model, spec=trainer.spec)
     sparse_names = {layer.name for layer in sparsifier.topology.layers}
     other = sum(p.numel() for name, p in model.named_parameters() if not _is_sparse(name, sparse_names))
     dense_bytes = 4 * (sparsifier.topology.total + other)

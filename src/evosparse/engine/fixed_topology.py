@@ -22,7 +22,6 @@ from evosparse.errors import UsageError
 from evosparse.methods import get_method
 from evosparse.models import DEFAULT_HIDDEN
 from evosparse.sparsifier import Sparsifier
-from evosparse.topology.init import initialise_sparse_weights
 
 
 def structure(config: TrainConfig) -> dict[str, Any]:
@@ -57,14 +56,14 @@ def check_same_structure(source: TrainConfig, config: TrainConfig, folder: Path)
             )
 
 
-def check_masks_fit(masks: Mapping[str, Any], sparsifier: Sparsifier, folder: Path) -> None:
-    """Refuse masks whose layers or shapes differ from this model's sparse layers, naming the first."""
+def check_topology_fits(topology: Mapping[str, Any], sparsifier: Sparsifier, folder: Path) -> None:
+    """Refuse a saved topology whose layers or shapes differ from this model's sparse layers, naming the first."""
     layers = {layer.name: tuple(layer.shape) for layer in sparsifier.topology.layers}
-    saved = {name: tuple(mask.shape) for name, mask in masks.items()}
+    saved = {name: tuple(entry.get("shape", ())) for name, entry in topology.items()}
     for name in sorted(set(layers) | set(saved)):
         if layers.get(name) != saved.get(name):
             raise UsageError(
-                f"the masks of {folder} do not fit this model: {name} is {saved.get(name)} there, "
+                f"the topology of {folder} does not fit this model: {name} is {saved.get(name)} there, "
                 f"{layers.get(name)} here"
             )
 
@@ -77,8 +76,8 @@ def hold_fixed_topology(sparsifier: Sparsifier, config: TrainConfig) -> None:
         raise UsageError(f"{folder} holds no finished run (no {RESULT_NAME}); its final topology is not known yet")
     state = load_checkpoint(folder / CHECKPOINT_NAME)
     check_same_structure(source_config(state.get("config", {}), folder), config, folder)
-    masks = state["sparsifier"]["masks"]
-    check_masks_fit(masks, sparsifier, folder)
-    sparsifier.topology.load_state_dict(masks)
-    for layer in sparsifier.topology.layers:
-        initialise_sparse_weights(layer, config.init, sparsifier.generator)
+    topology = state.get("sparsifier", {}).get("topology")
+    if not isinstance(topology, Mapping):
+        raise UsageError(f"the checkpoint in {folder} holds no topology this release can read; train the source again")
+    check_topology_fits(topology, sparsifier, folder)
+    sparsifier.adopt_topology(topology, config.init)

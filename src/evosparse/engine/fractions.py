@@ -37,8 +37,8 @@ from evosparse.engine.compare import (
     setup_line,
     target_key,
 )
-from evosparse.engine.objectives import result_metric
 from evosparse.errors import UsageError
+from evosparse.metrics import result_metric
 
 #: Keys of a comparison's summary shared by all fractions (the rest is per fraction).
 SHARED_KEYS = ("schema", "command", "architecture", "metric", "seeds", "targets")

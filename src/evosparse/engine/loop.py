@@ -17,7 +17,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from evosparse.analysis.plots import plot_run_curves
-from evosparse.backends.csr_build import DIRECT_BUILD_ENTRIES
+from evosparse.analysis.snapshots import save_snapshot
+from evosparse.backends.csr_build import build_for_backend
 from evosparse.data import Dataset, load_dataset
 from evosparse.data.augment import random_crop_flip
 from evosparse.data.subset import subset_training
@@ -27,17 +28,11 @@ from evosparse.engine.config import TrainConfig, config_difference
 from evosparse.engine.fixed_topology import hold_fixed_topology
 from evosparse.engine.objectives import Objective, objective_for
 from evosparse.engine.records import RESULT_NAME, EpochRecord, build_result, write_metrics_csv, write_result
-from evosparse.engine.snapshots import save_snapshot
 from evosparse.engine.width_scaling import scale_widths
 from evosparse.errors import EvosparseError, UsageError
 from evosparse.models import ModelSpec, architecture_of, build_model
-from evosparse.models.parts import select_layers
+from evosparse.models.parts import excluded_layers
 from evosparse.sparsifier import Sparsifier
-
-
-def excluded_layers(model: nn.Module, part: str) -> list[str]:
-    """Weights left dense by ``--sparsify fc`` (the convolutions) or ``--sparsify conv`` (the linear layers)."""
-    return {"all": [], "fc": select_layers(model, "conv"), "conv": select_layers(model, "fc")}[part]
 
 
 def resolve_device(name: str, context: DistributedContext | None = None) -> torch.device:
@@ -47,24 +42,6 @@ def resolve_device(name: str, context: DistributedContext | None = None) -> torc
     if name == "cuda" and context is not None and context.active:
         return torch.device("cuda", context.local_rank)
     return torch.device(name)
-
-
-def build_for_backend(config: TrainConfig, spec: ModelSpec, device: torch.device) -> nn.Module:
-    """The model on ``device``; for ``--backend csr`` with huge linear layers, a meta-device skeleton.
-
-    Above :data:`~evosparse.backends.csr_build.DIRECT_BUILD_ENTRIES` dense weight entries in its
-    linear layers, a csr model is left on the meta device (no storage) and the Sparsifier builds
-    its sparse layers directly; smaller ones are built as the masked backend builds them (same
-    random draws), so both backends start identical.
-    """
-    if config.backend == "csr":
-        with torch.device("meta"):
-            skeleton = build_model(config.model, spec)
-        linear_entries = sum(m.weight.numel() for m in skeleton.modules() if isinstance(m, nn.Linear))
-        if linear_entries > DIRECT_BUILD_ENTRIES:
-            return skeleton
-        torch.manual_seed(config.seed)
-    return build_model(config.model, spec).to(device)
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -134,8 +111,16 @@ class Trainer:
             hidden=tuple(config.hidden) if config.hidden else None,
             dropout=config.dropout,
         )
-        self.spec, self.width_scaling = scale_widths(config, spec)
-        self.model = build_for_backend(config, self.spec, self.device)
+        self.spec, self.width_scaling = scale_widths(
+            spec,
+            model=config.model,
+            sparsify=config.sparsify,
+            width_scale=config.width_scale,
+            distribution=config.effective_distribution,
+            density=config.effective_density,
+            epsilon=config.epsilon,
+        )
+        self.model = build_for_backend(config.backend, lambda: build_model(config.model, self.spec), self.device)
         self.optimizer = make_optimizer(config, self.model)
         full, rest = divmod(self.data.x_train.shape[0], config.batch_size)
         self.steps_per_epoch = full + (rest >= self.context.world_size)

@@ -9,50 +9,19 @@ objective's :class:`Metric`, named in the top-level key ``metric``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from evosparse.data import Dataset
 from evosparse.errors import UsageError
+from evosparse.metrics import ACCURACY, NEGATIVE_ELBO, Metric
+from evosparse.models.vae import VAE
 
 #: Test samples evaluated per forward pass.
 EVAL_BATCH = 2048
 #: Seed of the latent noise drawn when the ELBO is evaluated, so that evaluation is deterministic.
 EVAL_NOISE_SEED = 0
-
-
-@dataclass(frozen=True)
-class Metric:
-    """The number a run reports per epoch in ``test_acc``: its name in result.json, labels for text and
-    table headers, and its direction."""
-
-    name: str
-    label: str
-    short: str
-    higher_is_better: bool
-
-    def best(self, values: Sequence[float]) -> float:
-        """The best of per-epoch values: the largest accuracy, the smallest loss."""
-        return max(values) if self.higher_is_better else min(values)
-
-
-ACCURACY = Metric("accuracy", "accuracy", "acc", higher_is_better=True)
-#: The negative evidence lower bound in nats per test sample (a loss: lower is better).
-NEGATIVE_ELBO = Metric("neg_elbo_nats", "-ELBO (nats)", "-ELBO", higher_is_better=False)
-METRICS = {metric.name: metric for metric in (ACCURACY, NEGATIVE_ELBO)}
-
-
-def result_metric(result: Mapping[str, Any]) -> Metric:
-    """The :class:`Metric` a result.json's ``test_acc`` holds (accuracy in results written before ``metric``)."""
-    name = result.get("metric", ACCURACY.name)
-    if name not in METRICS:
-        raise UsageError(f"unknown metric {name!r} in a result; known: {', '.join(METRICS)}")
-    return METRICS[name]
 
 
 class Objective:
@@ -142,6 +111,8 @@ class Elbo(Objective):
         total = 0.0
         for start in range(0, x.shape[0], EVAL_BATCH):
             pixels = self.pixels(x[start : start + EVAL_BATCH])
+            if not isinstance(model, VAE):
+                raise UsageError(f"the ELBO objective needs the vae model, got {type(model).__name__}")
             noise = torch.randn(pixels.shape[0], model.latent, generator=generator, device=x.device)
             total += self._batch(model, pixels, noise).sum().item()
         mean = total / x.shape[0]

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from evosparse.engine.checkpoint import atomic_write_text
-from evosparse.engine.objectives import Metric
-from evosparse.metrics import ara
+from evosparse.metrics import Metric, ara
 
 #: A run folder's record of a finished run (its presence means the run finished).
 RESULT_NAME = "result.json"

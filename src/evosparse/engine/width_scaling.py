@@ -16,17 +16,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from evosparse.errors import UsageError
 from evosparse.models import DEFAULT_HIDDEN, UNSCALED_TAIL, ModelSpec, build_model
-from evosparse.topology.distributions import layer_budgets
+from evosparse.models.parts import excluded_layers
+from evosparse.topology.budget import BudgetRequest, plan_budget
 from evosparse.topology.masks import find_sparse_parameters
-
-if TYPE_CHECKING:
-    from evosparse.engine.config import TrainConfig
 
 AUTO_WIDE, AUTO_SMALL = "auto-wide", "auto-small"
 AUTO_MODES = (AUTO_WIDE, AUTO_SMALL)
@@ -98,48 +96,66 @@ def closest_scaling(count: Callable[[Widths], int], base: Sequence[int], target:
 
 def sparse_weight_shapes(model_name: str, spec: ModelSpec, sparsify: str) -> list[torch.Size]:
     """Shapes of the weights a run would sparsify, from the model built on the meta device (no memory)."""
-    from evosparse.engine.loop import excluded_layers  # the loop imports this module
-
     with torch.device("meta"):
         model = build_model(model_name, spec)
     found = find_sparse_parameters(model, getattr(model, "sparse_include", None), excluded_layers(model, sparsify))
     return [getattr(module, attr).shape for _, module, attr in found]
 
 
-def target_count(config: TrainConfig, dense_shapes: Sequence[torch.Size]) -> int:
-    """The weight count ``auto-wide`` / ``auto-small`` aim at, from the run's budget at its base widths."""
-    density, epsilon = config.density, config.epsilon
-    if density is None and epsilon is None:
-        density = config.DEFAULT_DENSITY  # what the sparse runs of the same setup use
-    budget = {"distribution": config.effective_distribution, "density": density, "epsilon": epsilon}
-    active = sum(layer_budgets(dense_shapes, **budget))
-    if config.width_scale == AUTO_SMALL:
+def target_count(
+    width_scale: str,
+    dense_shapes: Sequence[torch.Size],
+    distribution: str,
+    density: float | None,
+    epsilon: float | None,
+) -> int:
+    """The weight count ``auto-wide`` / ``auto-small`` aim at, from the sparse runs' budget at the base widths.
+
+    ``density`` / ``epsilon`` are those of the sparse runs of the same setup (the run's effective density).
+    """
+    plan = plan_budget(dense_shapes, distribution, BudgetRequest("the sparse runs", density, epsilon))
+    active = plan.total_budget
+    if width_scale == AUTO_SMALL:
         return active
     total = sum(shape.numel() for shape in dense_shapes)
-    return round(total / (density if density is not None else active / total))
+    assert plan.density is not None  # a required budget always has one
+    return round(total / plan.density)
 
 
-def scale_widths(config: TrainConfig, spec: ModelSpec) -> tuple[ModelSpec, WidthScaling | None]:
-    """``spec`` with its hidden widths scaled as ``config.width_scale`` asks, and a record of it."""
-    if config.width_scale is None:
+def scale_widths(
+    spec: ModelSpec,
+    *,
+    model: str,
+    sparsify: str,
+    width_scale: str | None,
+    distribution: str,
+    density: float | None,
+    epsilon: float | None,
+) -> tuple[ModelSpec, WidthScaling | None]:
+    """``spec`` with its hidden widths scaled as ``width_scale`` asks, and a record of it.
+
+    ``distribution``, ``density`` and ``epsilon`` give the sparse runs' budget the auto modes size against.
+    """
+    if width_scale is None:
         return spec, None
-    hidden = spec.hidden or DEFAULT_HIDDEN.get(config.model, ())
-    split = len(hidden) - UNSCALED_TAIL.get(config.model, 0)
+    hidden = spec.hidden or DEFAULT_HIDDEN.get(model, ())
+    split = len(hidden) - UNSCALED_TAIL.get(model, 0)
     base, kept = hidden[:split], hidden[split:]
     if not base:
-        raise UsageError(f"model {config.model} has no hidden widths to scale; give them with --hidden")
+        raise UsageError(f"model {model} has no hidden widths to scale; give them with --hidden")
 
     def count(widths: Widths) -> int:
-        shapes = sparse_weight_shapes(config.model, replace(spec, hidden=(*widths, *kept)), config.sparsify)
+        shapes = sparse_weight_shapes(model, replace(spec, hidden=(*widths, *kept)), sparsify)
         return sum(shape.numel() for shape in shapes)
 
     target = None
-    if config.width_scale in AUTO_MODES:
-        target = target_count(config, sparse_weight_shapes(config.model, replace(spec, hidden=hidden), config.sparsify))
+    if width_scale in AUTO_MODES:
+        base_shapes = sparse_weight_shapes(model, replace(spec, hidden=hidden), sparsify)
+        target = target_count(width_scale, base_shapes, distribution, density, epsilon)
         factor, widths = closest_scaling(count, base, target)
     else:
-        factor = float(config.width_scale)
+        factor = float(width_scale)
         widths = scaled_widths(base, factor)
-    mode = config.width_scale if config.width_scale in AUTO_MODES else "factor"
+    mode = width_scale if width_scale in AUTO_MODES else "factor"
     record = WidthScaling(mode, factor, list(hidden), [*widths, *kept], target, count(widths))
     return replace(spec, hidden=(*widths, *kept)), record

@@ -22,55 +22,44 @@ Two modes:
   plays no role. The number pruned is capped at the layer's free positions (a dense layer swaps
   nothing), and a position pruned in an update is never activated in the same update.
 
-Growth needs the dense gradient at inactive positions; it is taken at the last training step
-before the update (no second backward pass), as the paper's per-step algorithm uses the current
-gradient. On the masked backend it comes from the sparsifier's gradient hook; with β₀ < 1 only the
-sampled candidate positions' gradients are kept, and the candidates are drawn (from the method's
-generator, for all layers at once) at the first training step after each update, so a run resumed
-from a checkpoint draws the same ones.
-
-On the csr backend no dense gradient exists: each layer's
-:class:`~evosparse.backends.csr_ops.GradientTap` keeps the last step's layer input X and output
-gradient dY, and ∂L/∂w[i, j] = Σ_b dY[b, i] · X[b, j] is computed only where it is needed, an SDDMM
-over those positions (:meth:`~evosparse.backends.csr_ops.GradientTap.gradient_at`), exactly equal to
-the dense gradient there:
+Growth needs ∂L/∂w at inactive positions; it is taken at the last training step before the update
+(no second backward pass), as the paper's per-step algorithm uses the current gradient. The layers
+record it (:meth:`~evosparse.topology.layer.SparseLayer.gradient_at`) in whatever form their backend
+computes cheaply: the dense gradient on the masked backend; on the csr backend the layer input X and
+output gradient dY, from which ∂L/∂w[i, j] = Σ_b dY[b, i] · X[b, j] is computed only where needed (an
+SDDMM, exactly equal to the dense gradient there). So:
 
 * deterministic: every inactive position is scored, block of rows by block of rows
-  (:func:`~evosparse.backends.csr_growth.inactive_gradient_blocks`), keeping only the running
-  largest (and ties at the cut): the same choice as the masked backend, in O(out · in · batch) time
-  but O(block + grown + ties at the cut) memory;
-* stochastic with β₀ < 1: the candidates are drawn at the update (the same draw the masked backend
-  makes, as nothing else uses the generator in between) and the gradient is computed at them only,
-  O(candidates · batch). That is the paper's own sampling of a fraction β₀ of the inactive
-  positions (here exactly round(β₀ · free) of them, uniformly without replacement), so the csr
-  backend adds no approximation to it; the gradient is that of the last mini-batch before the
-  update, on both backends (the paper updates after every step, this library on its schedule);
-* stochastic with β₀ = 1 scores every inactive position at once, so on csr it lists all of them:
-  O(out · in) time and memory, like the masked backend. Use β₀ < 1 for large layers.
+  (:meth:`~evosparse.topology.layer.SparseLayer.inactive_gradient_blocks`), keeping only the running
+  largest (and ties at the cut): O(block + grown + ties at the cut) memory, and on csr O(out · in ·
+  batch) time;
+* stochastic with β₀ < 1: the candidates are drawn at the update, for all layers at once, from the
+  method's generator (checkpointed, so a resumed run draws the same ones), and the gradient is read at
+  them only: O(candidates · batch) on csr. That is the paper's own sampling of a fraction β₀ of the
+  inactive positions (here exactly round(β₀ · free) of them, uniformly without replacement); the
+  gradient is that of the last mini-batch before the update (the paper updates after every step, this
+  library on its schedule);
+* stochastic with β₀ = 1 scores every inactive position at once, so it lists all of them: O(out · in)
+  time and memory on every backend. Use β₀ < 1 for large layers.
 
-Both modes are written once against the layer views; only where the gradient is read from differs.
+Both modes are written once against the sparse-layer protocol and make the same choices on every backend.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from evosparse.backends.csr_growth import inactive_gradient_blocks
-from evosparse.backends.layer_view import CsrLayerView, SparseLayerView
-from evosparse.backends.uniform_sampling import complement
 from evosparse.criteria.magnitude import weakest_of
 from evosparse.errors import UsageError
-from evosparse.methods.base import SCHEDULE_PARAMS, Method, Param, register
-
-if TYPE_CHECKING:
-    from evosparse.sparsifier import Sparsifier
+from evosparse.methods.base import SCHEDULE_PARAMS, GradientRecording, Method, Param, register
+from evosparse.methods.context import MethodContext
+from evosparse.topology.layer import SparseLayer
+from evosparse.topology.positions import complement
 
 MODES = ("deterministic", "stochastic")
-_NO_GRADIENT = "adaptive grows by gradient: run a training step (backward + step) before each update"
 #: Parameters that only the stochastic form reads; the deterministic preset refuses changed values.
 STOCHASTIC_ONLY = ("beta0", "beta1", "g", "s", "l", "alpha")
 
@@ -136,13 +125,13 @@ def largest_in_blocks(
     return positions[chosen.to(positions.device)], gradients[chosen]
 
 
-def magnitude_threshold_prune(view: SparseLayerView, k: float) -> tuple[torch.Tensor, float]:
+def magnitude_threshold_prune(layer: SparseLayer, k: float) -> tuple[torch.Tensor, float]:
     """The g → ∞ pruning set: active positions with |w| < k·W̄, the weakest first when capped at the layer's
     free positions, and W̄ (mean |w| over the active ones)."""
-    positions, values = view.active_positions(), view.active_values()
+    positions, values = layer.active_positions(), layer.active_values()
     magnitude = values.abs()
     mean = float(magnitude.mean()) if values.numel() else 0.0
-    below = weakest_of(values, (magnitude < k * mean).nonzero().squeeze(1), view.numel - view.active)
+    below = weakest_of(values, (magnitude < k * mean).nonzero().squeeze(1), layer.numel - layer.active)
     return positions[below.to(positions.device)], mean
 
 
@@ -168,7 +157,6 @@ class AdaptiveWeightSparsity(Method):
     name = "adaptive"
     summary = "Adaptive Weight Sparsity: prune below k·mean|w|, grow largest |gradient| (ICLR 2018 subm.)"
     evolves = True
-    supports_csr: ClassVar[bool] = True
     params = (
         Param("mode", "deterministic", "the paper's experimental fixed-budget limit, or the stochastic form", MODES),
         Param("k", 0.5, "pruning threshold: weights with |w| < k·mean|w| are pruned (paper: 0.25 or 0.5)", minimum=0.0),
@@ -183,8 +171,8 @@ class AdaptiveWeightSparsity(Method):
         *SCHEDULE_PARAMS,
     )
 
-    def __init__(self, sparsifier: Sparsifier) -> None:
-        super().__init__(sparsifier)
+    def __init__(self, context: MethodContext) -> None:
+        super().__init__(context)
         self.stochastic = self.hparams["mode"] == "stochastic"
         self.fixed_budget = not self.stochastic
         if not self.stochastic:
@@ -192,83 +180,27 @@ class AdaptiveWeightSparsity(Method):
             changed = [name for name in STOCHASTIC_ONLY if self.hparams[name] != defaults[name]]
             if changed:
                 raise UsageError(f"parameter {changed[0]} has no effect in deterministic mode; add mode=stochastic")
-        #: Masked backend: the last step's gradient of each layer (flat; only at the candidates when β₀ < 1).
-        self._gradients: dict[int, torch.Tensor] = {}
-        self._candidates: dict[int, torch.Tensor] = {}
 
-    # -- gradients ------------------------------------------------------------------------------
+    def gradient_recording(self) -> GradientRecording:
+        return "before_update" if self.hparams["update_unit"] == "step" else "every_step"
 
-    def wants_gradients(self) -> bool:
-        return True
-
-    @property
-    def _sampled_growth(self) -> bool:
-        return self.stochastic and self.hparams["beta0"] < 1.0
-
-    def observe_gradient(self, index: int, grad: torch.Tensor) -> None:
-        """Keep this step's gradient (only at the sampled candidates when β₀ < 1), overwriting the last."""
-        if self.hparams["update_unit"] == "step" and not self.sparsifier.update_pending():
-            return
-        flat = grad.detach().view(-1)
-        if self._sampled_growth:
-            flat = flat[self._growth_candidates(index)]
-        kept = self._gradients.get(index)
-        if kept is None:
-            self._gradients[index] = flat.clone()
-        else:
-            kept.copy_(flat)
-
-    def _growth_candidates(self, index: int) -> torch.Tensor:
-        """The inactive positions stochastic growth chooses from: a β₀-sample (every layer's drawn at once,
-        in layer order, on the first need after an update), or all of them in increasing order when β₀ = 1."""
-        if not self._candidates:
-            for layer_index, view in enumerate(self.sparsifier.views):
-                if self._sampled_growth:
-                    count = round(self.hparams["beta0"] * (view.numel - view.active))
-                    self._candidates[layer_index] = view.sample_inactive(count, self.generator)
-                else:
-                    self._candidates[layer_index] = complement(view.active_positions(), view.numel)
-        return self._candidates[index]
-
-    def _candidate_gradients(self, index: int) -> torch.Tensor:
-        """∂L/∂w of the last training step at the growth candidates of layer ``index``."""
-        candidates = self._growth_candidates(index)
-        view = self.sparsifier.views[index]
-        if isinstance(view, CsrLayerView):
-            return view.recorded_gradient_at(candidates, _NO_GRADIENT)
-        kept = self._kept_gradient(index)
-        return kept if self._sampled_growth else kept[candidates]
-
-    def _inactive_gradients(self, index: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(positions, ∂L/∂w) of the last training step at every inactive position, in increasing position
-        order: in one block on the masked backend, block of rows by block of rows on csr."""
-        view = self.sparsifier.views[index]
-        if isinstance(view, CsrLayerView):
-            view.recorded_tap(_NO_GRADIENT)  # refuse an empty tap with this method's message, before any work
-            return inactive_gradient_blocks(view.layer)
-        kept = self._kept_gradient(index)
-        inactive = complement(view.active_positions(), view.numel)
-        return iter([(inactive, kept[inactive.to(kept.device)])])
-
-    def _kept_gradient(self, index: int) -> torch.Tensor:
-        """The gradient kept by :meth:`observe_gradient` for layer ``index`` (masked backend)."""
-        if index not in self._gradients:
-            raise UsageError(_NO_GRADIENT)
-        return self._gradients[index]
-
-    def _forget_gradients(self) -> None:
-        """Drop the kept gradients, candidates and (csr) the taps' recorded batch, which belong to the old topology."""
-        self._gradients.clear()
-        self._candidates.clear()
-        for view in self.sparsifier.views:
-            if isinstance(view, CsrLayerView) and view.layer.tap is not None:
-                view.layer.tap.clear()
+    def growth_candidates(self) -> list[torch.Tensor]:
+        """Per layer, the inactive positions stochastic growth chooses from: a β₀-sample (drawn for every
+        layer, in layer order, before any other draw of the update), or all of them in increasing order."""
+        candidates = []
+        for layer in self.layers:
+            if self.hparams["beta0"] < 1.0:
+                count = round(self.hparams["beta0"] * (layer.numel - layer.active))
+                candidates.append(layer.sample_inactive(count, self.generator))
+            else:
+                candidates.append(complement(layer.active_positions(), layer.numel))
+        return candidates
 
     # -- shared pieces --------------------------------------------------------------------------
 
     def target_fraction(self, index: int) -> float:
         """α for layer ``index``: the ``alpha`` parameter, or the layer's target budget / size."""
-        return self.hparams["alpha"] or self.sparsifier.target_budgets[index] / self.sparsifier.views[index].numel
+        return self.hparams["alpha"] or self.context.plan.budgets[index] / self.layers[index].numel
 
     def new_weights(self, gradients: torch.Tensor, mean_magnitude: float) -> torch.Tensor:
         """C_g·∂L/∂w + U(−r, r), with r = 2·k·W̄ unless the ``r`` parameter is set (AWS, Section 3)."""
@@ -284,9 +216,9 @@ class AdaptiveWeightSparsity(Method):
     # between 0.03 and 1.
 
     def pruning_stage(self, index: int) -> Stage:
-        """Sample β₁ of the active weights and compute each one's P(1→0)."""
-        view = self.sparsifier.views[index]
-        active, values = view.active_positions(), view.active_values()
+        """Sample β₁ of the active weights of layer ``index`` and compute each one's P(1→0)."""
+        layer = self.layers[index]
+        active, values = layer.active_positions(), layer.active_values()
         sampled = sample_fraction(
             torch.arange(active.numel(), device=active.device), self.hparams["beta1"], self.generator
         )
@@ -296,10 +228,9 @@ class AdaptiveWeightSparsity(Method):
         probability = prune_probability(magnitude, mean, h["k"], h["g"], h["s"], *self._fractions(index))
         return Stage(active[sampled], probability, mean)
 
-    def growth_stage(self, index: int) -> Stage:
-        """The growth candidates (inactive before this update) with each one's P(0→1)."""
-        candidates = self._growth_candidates(index)
-        gradients = self._candidate_gradients(index)
+    def growth_stage(self, index: int, candidates: torch.Tensor) -> Stage:
+        """The growth ``candidates`` of layer ``index`` (inactive before this update) with each one's P(0→1)."""
+        gradients = self.layers[index].gradient_at(candidates)
         magnitude = gradients.abs().to(torch.float64)
         mean = float(magnitude.mean()) if candidates.numel() else 0.0
         h = self.hparams
@@ -308,41 +239,37 @@ class AdaptiveWeightSparsity(Method):
 
     def _fractions(self, index: int) -> tuple[float, float]:
         """(a, α): the layer's active fraction now and its target."""
-        view = self.sparsifier.views[index]
-        return view.active / view.numel, self.target_fraction(index)
+        layer = self.layers[index]
+        return layer.active / layer.numel, self.target_fraction(index)
 
     def _draw(self, stage: Stage) -> torch.Tensor:
         hits = torch.rand(stage.probabilities.numel(), generator=self.generator, dtype=torch.float64)
         return hits.to(stage.probabilities.device) < stage.probabilities
 
-    def _stochastic_update(self, index: int) -> int:
-        pruning, growth = self.pruning_stage(index), self.growth_stage(index)
+    def _stochastic_update(self, index: int, candidates: torch.Tensor) -> int:
+        pruning, growth = self.pruning_stage(index), self.growth_stage(index, candidates)
         prune = pruning.positions[self._draw(pruning).to(pruning.positions.device)]
         chosen = self._draw(growth)
         assert growth.gradients is not None
         values = self.new_weights(growth.gradients[chosen], pruning.reference)
         grow = growth.positions[chosen.to(growth.positions.device)]
-        return self.sparsifier.views[index].rewire(prune, grow, values)
+        return self.layers[index].rewire(prune, grow, values)
 
     # -- deterministic preset -------------------------------------------------------------------
 
-    def _deterministic_update(self, index: int) -> int:
-        view = self.sparsifier.views[index]
-        prune, mean = magnitude_threshold_prune(view, self.hparams["k"])
+    def _deterministic_update(self, layer: SparseLayer) -> int:
+        prune, mean = magnitude_threshold_prune(layer, self.hparams["k"])
         if prune.numel() == 0:
             return 0
-        grow, gradients = largest_in_blocks(self._inactive_gradients(index), prune.numel(), self.generator)
-        return view.rewire(prune, grow, self.new_weights(gradients, mean))
+        grow, gradients = largest_in_blocks(layer.inactive_gradient_blocks(), prune.numel(), self.generator)
+        return layer.rewire(prune, grow, self.new_weights(gradients, mean))
 
     def update(self) -> int:
-        if self.stochastic:
-            self._growth_candidates(0)  # every layer's, before any other draw: the masked backend's order
-        step = self._stochastic_update if self.stochastic else self._deterministic_update
-        changed = sum(step(index) for index in range(len(self.sparsifier.views)))
-        self._forget_gradients()
-        return changed
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """No state to restore; gradients and candidates kept so far belong to the old masks and are dropped."""
-        super().load_state_dict(state)
-        self._forget_gradients()
+        try:
+            if not self.stochastic:
+                return sum(self._deterministic_update(layer) for layer in self.layers)
+            candidates = self.growth_candidates()
+            return sum(self._stochastic_update(index, chosen) for index, chosen in enumerate(candidates))
+        finally:
+            for layer in self.layers:
+                layer.forget_gradients()

@@ -5,18 +5,21 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from evosparse.errors import UsageError
+from evosparse.methods.context import MethodContext
+from evosparse.topology.budget import BudgetRequest
 from evosparse.topology.init import GROW_INITS, grown_weight_values
-from evosparse.topology.masks import Topology
+from evosparse.topology.layer import SparseLayer
 
-if TYPE_CHECKING:
-    from evosparse.backends.layer_view import SparseLayerView
-    from evosparse.sparsifier import Sparsifier
+#: When a method reads gradients at inactive positions (``gradient_at``, ``inactive_gradient_blocks``):
+#: never, from the backward pass of a step followed by an update, or from every step's (the last one
+#: before an epoch-scheduled update, which a step cannot know in advance).
+GradientRecording = Literal["never", "before_update", "every_step"]
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -111,12 +114,17 @@ def step_schedule(interval_help: str, until_help: str, interval: int = 100, unti
 class Method:
     """Base class of a sparse-training method; subclasses register with :func:`register`.
 
-    A method sees the :class:`Topology` and changes it only through ``Topology.rewire``. The hooks
-    are called by :class:`evosparse.Sparsifier`: ``observe_gradient`` for every sparse layer's dense
-    gradient (only when ``wants_gradients()``), ``after_step`` after each optimizer step, and
-    ``update`` when the schedule says so; ``update`` returns how many connections it changed.
-    ``self.sparsifier`` gives the clock (``global_step``, ``epoch``, ``total_steps``,
-    ``update_pending()``), the model and the optimizer (``topology.optimizer``).
+    Lifecycle (driven by :class:`evosparse.Sparsifier`):
+
+    1. ``__init__(context)``: validate the settings and build the method's own modules (it may draw from
+       ``context.generator``). The layers exist but their weights are not initialised yet, and nothing
+       of the model or optimizer may be touched here, so a refusal leaves them as they were.
+    2. :meth:`attach`: the layers are initialised and in place; install hooks, add parameter groups.
+    3. During training: :meth:`after_step` after every optimizer step, :meth:`update` when the schedule
+       says so (returns how many connections changed). A method changes the topology only through
+       ``layer.rewire``.
+
+    The class attributes are facts the Sparsifier reads; a method never writes into the Sparsifier.
     """
 
     name: ClassVar[str]
@@ -124,34 +132,43 @@ class Method:
     params: ClassVar[tuple[Param, ...]] = ()
     #: ``False`` only for the dense baseline: no masks at all.
     sparse: ClassVar[bool] = True
-    #: Whether the number of active connections per layer stays at its initial budget.
-    fixed_budget: ClassVar[bool] = True
+    #: Whether the number of active connections per layer stays at its initial budget (an instance may
+    #: narrow it from its parameters, e.g. AWS's stochastic mode).
+    fixed_budget: bool = True
     #: Whether the topology changes during training.
     evolves: ClassVar[bool] = False
     #: Dense-to-sparse methods (GMP, pruning) start with every connection active and reach the
-    #: requested density themselves; ``Sparsifier.target_budgets`` holds the per-layer goal.
+    #: requested density themselves; ``context.plan.budgets`` holds the per-layer goal.
     starts_dense: ClassVar[bool] = False
     #: ``False`` for methods that find their own density (the switcher): ``density`` is then optional and,
-    #: when given, the method's budget (``Sparsifier.requested_density``).
+    #: when given, the method's budget.
     needs_budget: ClassVar[bool] = True
     #: ``False`` for methods that train modules of their own (skip layers, switchers) which DDP would not
     #: keep in sync across ranks.
     supports_distributed: ClassVar[bool] = True
-    #: Whether the method runs on the csr backend (``--backend csr``), written against ``SparseLayerView``.
-    supports_csr: ClassVar[bool] = False
+    #: Whether the method runs on the csr backend (``--backend csr``). Methods written against the
+    #: :class:`~evosparse.topology.layer.SparseLayer` protocol alone do; the switcher reads dense weights.
+    supports_csr: ClassVar[bool] = True
     #: ``True`` for methods whose update after the final epoch only settles what training reached (the
     #: switcher fixes its last gates as masks); other methods never change the evaluated final model.
     updates_after_final_epoch: ClassVar[bool] = False
 
-    def __init__(self, sparsifier: Sparsifier) -> None:
-        self.sparsifier = sparsifier
-        self.topology: Topology = sparsifier.topology
-        self.hparams: dict[str, Any] = dict(sparsifier.hparams)
-        self.generator: torch.Generator = sparsifier.generator
+    def __init__(self, context: MethodContext) -> None:
+        self.context = context
+        self.layers: tuple[SparseLayer, ...] = context.layers
+        self.hparams: Mapping[str, Any] = context.hparams
+        self.generator: torch.Generator = context.generator
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
 
+    @classmethod
+    def budget_request(cls, hparams: Mapping[str, Any], density: float | None, epsilon: float | None) -> BudgetRequest:
+        """What this method asks of the budget plan, given the run's ``density`` or ``epsilon``."""
+        return BudgetRequest(
+            cls.name, density, epsilon, sparse=cls.sparse, required=cls.needs_budget, starts_dense=cls.starts_dense
+        )
+
     def add_hook(self, handle: torch.utils.hooks.RemovableHandle) -> None:
-        """Keep a hook the method registered (on the model or a tensor) so ``remove_hooks`` can undo it."""
+        """Keep a hook the method registered (on the model, a layer or a tensor) so ``remove_hooks`` can undo it."""
         self._hooks.append(handle)
 
     def remove_hooks(self) -> None:
@@ -159,34 +176,27 @@ class Method:
             handle.remove()
         self._hooks.clear()
 
-    def grown_values(self, view: SparseLayerView, count: int) -> torch.Tensor:
-        """Starting values of ``count`` connections grown in ``view``, by the method's ``grow_init``/``grow_std``."""
-        return grown_weight_values(
-            view,  # type: ignore[arg-type]  # reads only ``active`` and ``fan_out_axis_size``
-            count,
-            self.hparams["grow_init"],
-            self.generator,
-            self.hparams["grow_std"],
-        )
+    def detach(self) -> None:
+        """Undo :meth:`attach` when the Sparsifier stops driving the model: hooks (and, in methods that add
+        them, parameter groups)."""
+        self.remove_hooks()
+
+    def grown_values(self, layer: SparseLayer, count: int) -> Tensor:
+        """Starting values of ``count`` connections grown in ``layer``, by the method's ``grow_init``/``grow_std``."""
+        return grown_weight_values(layer, count, self.hparams["grow_init"], self.generator, self.hparams["grow_std"])
 
     def attach(self) -> None:
-        """Called once the sparse layers are final (csr layers in place): install hooks on the layers here.
+        """Called once the sparse layers are initialised and in place: install hooks, add parameter groups."""
 
-        Methods are constructed before the csr backend replaces the layers (so that a method refusing
-        its settings leaves the model untouched); hooks put on the layers in ``__init__`` would be lost.
-        """
-
-    def wants_gradients(self) -> bool:
-        return False
-
-    def observe_gradient(self, index: int, grad: torch.Tensor) -> None:
-        """Receive the dense gradient of sparse layer ``index`` (before it is masked)."""
+    def gradient_recording(self) -> GradientRecording:
+        """Which backward passes the layers must record for :meth:`update` (see :data:`GradientRecording`)."""
+        return "never"
 
     def after_step(self) -> None:
         """Called after every optimizer step, once the masks have been re-applied."""
 
     def update(self) -> int:
-        """Evolve the topology; return the number of mask positions that changed."""
+        """Evolve the topology; return the number of positions that changed."""
         return 0
 
     def log(self) -> list[dict[str, Any]]:
@@ -194,13 +204,12 @@ class Method:
         return []
 
     def active_connections(self) -> int:
-        """Sparsifiable weights the model computes with now: the masks' count, unless a method gates them."""
-        return self.topology.active
+        """Sparsifiable weights the model computes with now: the layers' count, unless a method gates them."""
+        return sum(layer.active for layer in self.layers)
 
-    def export_model(self) -> tuple[nn.Module, dict[str, torch.Tensor] | None]:
-        """The model to export for inference and the masks of its sparse weights (None: csr layers hold theirs)."""
-        masks = self.topology.state_dict() if self.sparsifier.backend == "masked" else None
-        return self.sparsifier.model, masks
+    def export_model(self) -> tuple[nn.Module, dict[str, Tensor]]:
+        """The model to export for inference and the active positions of its sparse weights by name."""
+        return self.context.model, {layer.name: layer.active_positions() for layer in self.layers}
 
     def extra_parameters(self) -> int:
         """Parameters the method adds for training only (LiSET's skip layers, switcher networks)."""
@@ -218,9 +227,12 @@ METHODS: dict[str, type[Method]] = {}
 
 
 def register(cls: type[Method]) -> type[Method]:
-    """Class decorator adding a method to the registry under its ``name``."""
+    """Class decorator adding a method to the registry under its ``name``; a taken name is refused."""
     names = [p.name for p in cls.params]
-    assert len(names) == len(set(names)), f"{cls.name}: duplicate parameter names"
+    if len(names) != len(set(names)):
+        raise UsageError(f"method {cls.name} declares a parameter twice")
+    if cls.name in METHODS:
+        raise UsageError(f"a method called {cls.name!r} is already registered ({METHODS[cls.name].__qualname__})")
     METHODS[cls.name] = cls
     return cls
 

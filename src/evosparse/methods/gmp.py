@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from evosparse.criteria.schedules import cubic_sparsity, last_update_step
-from evosparse.errors import UsageError
+from evosparse.errors import InvariantError, UsageError
 from evosparse.methods.base import Method, Param, register, step_schedule
+from evosparse.methods.context import MethodContext
 from evosparse.methods.prune import prune_smallest_magnitude
-
-if TYPE_CHECKING:
-    from evosparse.sparsifier import Sparsifier
 
 
 @register
@@ -27,6 +23,7 @@ class GMP(Method):
     evolves = True
     fixed_budget = False
     starts_dense = True
+    supports_csr = False
     params = (
         Param("prune_begin", 0.0, "t0: fraction of training at which pruning begins", minimum=0.0, maximum=1.0),
         *step_schedule(
@@ -35,11 +32,9 @@ class GMP(Method):
         ),
     )
 
-    def __init__(self, sparsifier: Sparsifier) -> None:
-        super().__init__(sparsifier)
-        total = sparsifier.total_steps
-        if total is None:
-            raise UsageError("method gmp needs total_steps, the length of training, for its pruning schedule")
+    def __init__(self, context: MethodContext) -> None:
+        super().__init__(context)
+        total = context.require_total_steps(self.name, "for its pruning schedule")
         self.begin_step: float = self.hparams["prune_begin"] * total
         self.end_step = last_update_step(self.hparams["update_interval"], self.hparams["update_until"] * total)
         if self.end_step <= self.begin_step:
@@ -54,9 +49,10 @@ class GMP(Method):
         return numel - round(sparsity * numel)
 
     def update(self) -> int:
-        step = self.sparsifier.global_step
+        step = self.context.step
         removed = 0
-        for index, (layer, budget) in enumerate(zip(self.topology.layers, self.sparsifier.target_budgets)):
-            removed += prune_smallest_magnitude(self.topology, index, self.scheduled_count(layer.numel, budget, step))
-            assert step < self.end_step or layer.active == budget, f"{layer.name} missed its budget at the end"
+        for layer, budget in zip(self.layers, self.context.plan.budgets):
+            removed += prune_smallest_magnitude(layer, self.scheduled_count(layer.numel, budget, step))
+            if step >= self.end_step and layer.active != budget:
+                raise InvariantError(f"{layer.name} missed its budget {budget} at the end ({layer.active} active)")
         return removed

@@ -6,29 +6,27 @@ inputs of layer k carry linear features the main network has not used yet. Growt
 favours connections from those inputs. Evaluation and saved models use the main network only: the
 skip layers live in the method, not in the model, and act only while ``model.training``.
 
-The topology update is written once against the layer views
-(:class:`~evosparse.backends.layer_view.SparseLayerView`): SET's pruning
-(:func:`~evosparse.backends.set_on_view.set_prune_positions`) and growth by source
-(:meth:`~evosparse.backends.layer_view.SparseLayerView.sample_inactive_by_source`) read only the
-active positions, so the masked and csr backends make the same choices and nothing of size out x in
-is formed on csr. The skip layers are dense but small (inputs x outputs of the model).
+The topology update is written once against the sparse-layer protocol
+(:class:`~evosparse.topology.layer.SparseLayer`): SET's pruning
+(:func:`~evosparse.criteria.magnitude.set_prune_positions`) and growth by source
+(:meth:`~evosparse.topology.layer.SparseLayer.sample_inactive_by_source`) read only the active
+positions, so every backend makes the same choices and nothing of size out x in is formed on csr. The
+skip layers are dense but small (inputs x outputs of the model).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
 
-from evosparse.backends.set_on_view import set_prune_positions
+from evosparse.criteria.magnitude import set_prune_positions
 from evosparse.errors import UsageError
 from evosparse.methods.base import SCHEDULE_PARAMS, Method, Param, grow_params, register
-
-if TYPE_CHECKING:
-    from evosparse.sparsifier import Sparsifier
+from evosparse.methods.context import MethodContext
 
 #: Skip weights are drawn from U(±SKIP_INIT_SCALE/√fan_in): PyTorch's default linear bound, shrunk
 #: 100-fold as in the authors' code, so a freshly (re-)initialised skip layer barely moves the logits.
@@ -63,7 +61,6 @@ class LiSET(Method):
     summary = "SET whose growth favours inputs used by dense skip layers to the output (Radu 2021)"
     evolves = True
     supports_distributed = False
-    supports_csr: ClassVar[bool] = True
     params = (
         Param("gamma", 0.0, "γ: large → uniform growth (SET), small → growth concentrated on strong inputs"),
         Param("zeta", 0.3, "fraction of each layer's active weights replaced per update", minimum=0.0, maximum=1.0),
@@ -84,46 +81,45 @@ class LiSET(Method):
         *SCHEDULE_PARAMS,
     )
 
-    def __init__(self, sparsifier: Sparsifier) -> None:
-        super().__init__(sparsifier)
-        optimizer = self.topology.optimizer
-        if optimizer is None:
-            raise UsageError("liset trains skip layers with the model's optimizer: pass the optimizer to sparsify()")
-        self.optimizer: torch.optim.Optimizer = optimizer
-        self._require_linear_layers()
-        outputs = self.hparams["output_size"] or self._last_linear_width()
-        self.skip_layers = nn.ModuleList(
-            nn.utils.skip_init(
-                nn.Linear, layer.shape[1], outputs, bias=False, device=layer.weight.device, dtype=layer.weight.dtype
-            )
-            for layer in self.topology.layers
-        )
-        self._reinitialise_skip_layers()
-        optimizer.add_param_group({"params": list(self.skip_layers.parameters())})
-        self._inputs: dict[int, torch.Tensor] = {}
-        self.add_hook(self.sparsifier.model.register_forward_hook(self._add_skip_outputs))
-
-    def attach(self) -> None:
-        """A forward pre-hook on every (final) sparse layer keeps its input for the skip layers."""
-        for index, layer in enumerate(self.topology.layers):
-            self.add_hook(layer.module.register_forward_pre_hook(self._input_catcher(index)))
-
-    # -- construction ---------------------------------------------------------------------------
-
-    def _require_linear_layers(self) -> None:
-        if not self.topology.layers:
-            raise UsageError(
-                "liset builds its skip layers before the csr layers of a model on the meta device exist; "
-                "build the model on a real device"
-            )
-        for layer in self.topology.layers:
-            if not isinstance(layer.module, nn.Linear) or layer.attr != "weight":
+    def __init__(self, context: MethodContext) -> None:
+        super().__init__(context)
+        self.optimizer = context.require_optimizer(self.name, "trains skip layers with the model's optimizer")
+        for layer in self.layers:
+            if not layer.is_linear:
                 raise UsageError(
                     f"liset supports linear layers only; {layer.name} belongs to a {type(layer.module).__name__}"
                 )
+        outputs = self.hparams["output_size"] or self._last_linear_width()
+        self.skip_layers: list[nn.Linear] = [
+            nn.utils.skip_init(nn.Linear, layer.shape[1], outputs, bias=False, device=layer.device, dtype=layer.dtype)
+            for layer in self.layers
+        ]
+        self._reinitialise_skip_layers()
+        self._inputs: dict[int, torch.Tensor] = {}
+
+    def attach(self) -> None:
+        """Train the skip layers with the user's optimizer; hooks keep each sparse layer's input and add the
+        skip layers' outputs to the model's."""
+        self.context.add_param_group(skip.weight for skip in self.skip_layers)
+        self.add_hook(self.context.model.register_forward_hook(self._add_skip_outputs))
+        for index, layer in enumerate(self.layers):
+            self.add_hook(layer.module.register_forward_pre_hook(self._input_catcher(index)))
+
+    def detach(self) -> None:
+        """Also take the skip layers (training only) out of the user's optimizer."""
+        super().detach()
+        skip_weights = {id(skip.weight) for skip in self.skip_layers}
+        for group in list(self.optimizer.param_groups):
+            if {id(param) for param in group["params"]} == skip_weights:
+                self.optimizer.param_groups.remove(group)
+        for skip in self.skip_layers:
+            self.optimizer.state.pop(skip.weight, None)
+
+    # -- construction ---------------------------------------------------------------------------
 
     def _last_linear_width(self) -> int:
-        linears = [m for m in self.sparsifier.model.modules() if isinstance(m, nn.Linear)]
+        """Output width of the model: that of its last ``nn.Linear`` (the model is untouched until ``attach``)."""
+        linears = [m for m in self.context.model.modules() if isinstance(m, nn.Linear)]
         if not linears:
             raise UsageError("liset cannot tell the model's output width; give it with --param output_size=N")
         return linears[-1].out_features
@@ -141,7 +137,7 @@ class LiSET(Method):
 
     def _input_catcher(self, index: int) -> Callable[[nn.Module, tuple[Any, ...]], None]:
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-            if self.sparsifier.model.training and args:
+            if self.context.model.training and args:
                 self._inputs[index] = args[0]
 
         return hook
@@ -168,7 +164,7 @@ class LiSET(Method):
 
     def extra_parameters(self) -> int:
         """Number of skip-layer weights: trained alongside the model, but not part of it."""
-        return sum(p.numel() for p in self.skip_layers.parameters())
+        return sum(skip.weight.numel() for skip in self.skip_layers)
 
     # -- evolution --------------------------------------------------------------------------------
 
@@ -178,20 +174,20 @@ class LiSET(Method):
         Growth by source spreads a source's weight over its free positions, so passing w̃_i · free_i
         makes every free position (i, j) weigh w̃_i, as eq. 2 asks.
         """
-        free_per_source = self.sparsifier.views[index].free_per_source().to(torch.float64)
+        free_per_source = self.layers[index].free_per_source().cpu().to(torch.float64)
         return source_preference(self.skip_layers[index].weight, self.hparams["gamma"]).cpu() * free_per_source
 
     def growth_selection(self, index: int, count: int) -> torch.Tensor:
         """``count`` free flat positions of layer ``index``, each drawn with weight w̃ of its source."""
-        view = self.sparsifier.views[index]
-        return view.sample_inactive_by_source(count, self.growth_weights(index), self.generator)
+        return self.layers[index].sample_inactive_by_source(count, self.growth_weights(index), self.generator)
 
     def update(self) -> int:
         changed = 0
-        for index, view in enumerate(self.sparsifier.views):
-            prune = set_prune_positions(view, self.hparams["zeta"])
+        for index, layer in enumerate(self.layers):
+            free = layer.numel - layer.active
+            prune = set_prune_positions(layer.active_positions(), layer.active_values(), free, self.hparams["zeta"])
             grow = self.growth_selection(index, prune.numel())
-            changed += view.rewire(prune, grow, self.grown_values(view, grow.numel()))
+            changed += layer.rewire(prune, grow, self.grown_values(layer, grow.numel()))
         self._reinitialise_skip_layers()
         return changed
 

@@ -33,11 +33,11 @@ How we read the points the paper leaves open (also in docs/design.md):
 * **Scope.** Paths need a chain of fully connected layers: every sparse layer must be an
   ``nn.Linear`` whose input size equals the previous sparse layer's output size (in the order the
   model defines them). Other models get a one-line error pointing at ``sensitivity``.
-* **Backends.** Everything reads the topology through the layer views
-  (:class:`~evosparse.backends.layer_view.SparseLayerView`): path statistics take the active
-  connections as a sparse matrix, growth draws from the active positions alone
-  (:meth:`~evosparse.backends.layer_view.SparseLayerView.sample_inactive_by_source`), so the masked and
-  the csr backend choose the same connections and nothing of size out x in is formed on csr.
+* **Backends.** Everything reads the topology through the sparse-layer protocol
+  (:class:`~evosparse.topology.layer.SparseLayer`): path statistics take the active connections as a
+  sparse matrix, growth draws from the active positions alone
+  (:meth:`~evosparse.topology.layer.SparseLayer.sample_inactive_by_source`), so every backend chooses
+  the same connections and nothing of size out x in is formed on csr.
 * **Defaults** (the paper gives none): λ = 0.9, ζ = 0.3, δ = 1. On LeNet-300-100 at density 0.05 after
   one MNIST epoch, λ = 0.5 makes only ~4% of the connections candidates (~1.3% replaced per update,
   nearly a static network), λ = 0.9 ~29% (~9% replaced); over 10 epochs (3 seeds) λ = 0.9 reached
@@ -48,16 +48,13 @@ How we read the points the paper leaves open (also in docs/design.md):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from evosparse.backends.csr_layer import CsrLinear
-from evosparse.backends.layer_view import SparseLayerView
-from evosparse.backends.uniform_sampling import locate
 from evosparse.criteria.path_weight import MAX_EXACT_PATHS, path_quantile, path_statistics
 from evosparse.criteria.time_varying import (
     TimeVaryingRule,
@@ -67,9 +64,9 @@ from evosparse.criteria.time_varying import (
 )
 from evosparse.errors import UsageError
 from evosparse.methods.base import SCHEDULE_PARAMS, Method, Param, grow_params, register
-
-if TYPE_CHECKING:
-    from evosparse.sparsifier import Sparsifier
+from evosparse.methods.context import MethodContext
+from evosparse.topology.layer import SparseLayer
+from evosparse.topology.positions import locate
 
 #: Relative margin below the quantile: path importances are exponentials of log sums (~1e-15 rounding),
 #: so a connection whose strongest path *is* the quantile path must not count as below it.
@@ -113,26 +110,26 @@ class NodeImportanceEvolution(Method):
     #: Names of the parameters the time-varying rule adapts.
     adapted: ClassVar[tuple[str, ...]] = ("zeta", "delta")
 
-    def __init__(self, sparsifier: Sparsifier) -> None:
-        super().__init__(sparsifier)
+    def __init__(self, context: MethodContext) -> None:
+        super().__init__(context)
         self.rule = TimeVaryingRule()
         self.start_values = {name: float(self.hparams[name]) for name in self.adapted}
         self.values = dict(self.start_values)
         self.trajectory: list[dict[str, float | int]] = []
-        # Shadows the class flag the Sparsifier reads for its budget check.
+        # Narrows the class fact the Sparsifier reads for its budget check.
         self.fixed_budget = self.hparams["delta"] == 1.0 and not self.hparams["time_varying"]
 
     def select(self) -> Selection:
-        """Decide the removals and node importances of this update (and reset per-epoch statistics)."""
+        """Decide the removals and node importances of this update from the statistics gathered since the last one."""
         raise NotImplementedError
 
     def update(self) -> int:
         selection = self.select()
         changed, grown = 0, 0
-        for view, prune, importance in zip(self.sparsifier.views, selection.prune, selection.node_importance):
-            count = min(int(round(self.values["delta"] * prune.numel())), view.numel - view.active)
-            grow = view.sample_inactive_by_source(count, importance, self.generator)
-            changed += view.rewire(prune, grow, self.grown_values(view, grow.numel()))
+        for layer, prune, importance in zip(self.layers, selection.prune, selection.node_importance):
+            count = min(int(round(self.values["delta"] * prune.numel())), layer.numel - layer.active)
+            grow = layer.sample_inactive_by_source(count, importance, self.generator)
+            changed += layer.rewire(prune, grow, self.grown_values(layer, grow.numel()))
             grown += grow.numel()
         self._record_and_adapt(selection, grown)
         return changed
@@ -141,16 +138,16 @@ class NodeImportanceEvolution(Method):
         """Log this update's parameters and criteria; in the time-varying version apply eq. 9."""
         removed_sources = torch.cat(
             [
-                importance.cpu()[source_of(view.shape, prune.cpu())]
-                for importance, prune, view in zip(selection.node_importance, selection.prune, self.sparsifier.views)
+                importance.cpu()[source_of(layer.shape, prune.cpu())]
+                for importance, prune, layer in zip(selection.node_importance, selection.prune, self.layers)
             ]
         )
         c_prim = primary_criterion(selection.node_importance)
         c_sec = secondary_criterion(removed_sources)
         self.trajectory.append(
             {
-                "epoch": self.sparsifier.epoch,
-                "step": self.sparsifier.global_step,
+                "epoch": self.context.epoch,
+                "step": self.context.step,
                 **self.values,
                 "c_prim": c_prim,
                 "c_sec": c_sec,
@@ -178,13 +175,14 @@ class NodeImportanceEvolution(Method):
 class FeatureNorms:
     """|F_k| of eq. 3: per layer, the mean Euclidean norm of its input vectors since the last reset.
 
-    Forward pre-hooks add each training batch's norms into running sums kept on the layer's device, so
-    gathering costs one reduction per forward and never synchronises with the device.
+    Forward pre-hooks add each training batch's norms into running sums kept on the device of the
+    layer's input (they follow the model when it moves), so gathering costs one reduction per forward
+    and never synchronises with the device.
     """
 
-    def __init__(self, modules: list[nn.Module]) -> None:
-        self.sums = [torch.zeros((), dtype=torch.float64, device=_device_of(module)) for module in modules]
-        self.counts = [torch.zeros((), dtype=torch.float64, device=_device_of(module)) for module in modules]
+    def __init__(self, layers: int) -> None:
+        self.sums = [torch.zeros((), dtype=torch.float64) for _ in range(layers)]
+        self.counts = [torch.zeros((), dtype=torch.float64) for _ in range(layers)]
 
     def hook(self, index: int) -> Callable[[nn.Module, tuple[Any, ...]], None]:
         """A forward pre-hook recording the input of layer ``index`` (training forwards only)."""
@@ -193,6 +191,9 @@ class FeatureNorms:
             if not (module.training and torch.is_grad_enabled()) or not args:
                 return
             norms = torch.linalg.vector_norm(args[0].detach(), dim=-1, dtype=torch.float64)
+            if self.sums[index].device != norms.device:
+                self.sums[index] = self.sums[index].to(norms.device)
+                self.counts[index] = self.counts[index].to(norms.device)
             self.sums[index] += norms.sum()
             self.counts[index] += norms.numel()
 
@@ -215,10 +216,6 @@ class FeatureNorms:
                 raise UsageError("the checkpoint's feature norms do not match the model's sparse layers")
             for tensor, value in zip(mine, saved):
                 tensor.copy_(value)
-
-
-def _device_of(module: nn.Module) -> torch.device:
-    return next(module.parameters()).device
 
 
 def smallest_within_capacity(scores: list[Tensor], count: int, capacity: list[int]) -> list[Tensor]:
@@ -256,7 +253,6 @@ class PathWeight(NodeImportanceEvolution):
     name = "path_weight"
     summary = "prune the weakest connections on weak paths, grow from important nodes (Naji et al.)"
     adapted = ("lam", "zeta", "delta")
-    supports_csr: ClassVar[bool] = True
     params = (
         Param(
             "lam",
@@ -276,17 +272,15 @@ class PathWeight(NodeImportanceEvolution):
         *EVOLUTION_PARAMS,
     )
 
-    def __init__(self, sparsifier: Sparsifier) -> None:
-        super().__init__(sparsifier)
-        check_linear_chain(self.topology.layers)  # refuse before the model is touched
-        self.feature_norms: FeatureNorms
+    def __init__(self, context: MethodContext) -> None:
+        super().__init__(context)
+        check_linear_chain(self.layers)
+        self.feature_norms = FeatureNorms(len(self.layers))
 
     def attach(self) -> None:
-        """|F_k| gathering: a forward pre-hook on every (final) sparse layer."""
-        modules = check_linear_chain(self.topology.layers)
-        self.feature_norms = FeatureNorms(modules)
-        for index, module in enumerate(modules):
-            self.add_hook(module.register_forward_pre_hook(self.feature_norms.hook(index)))
+        """|F_k| gathering: a forward pre-hook on every sparse layer's module."""
+        for index, layer in enumerate(self.layers):
+            self.add_hook(layer.module.register_forward_pre_hook(self.feature_norms.hook(index)))
 
     def weak_path_quantile(self, abs_weights: list[Tensor], total_paths: float) -> float:
         """The λ-quantile of path importance: exact up to ``samples`` paths, else sampled; inf (every
@@ -299,20 +293,20 @@ class PathWeight(NodeImportanceEvolution):
         return path_quantile(abs_weights, self.values["lam"], samples=samples, generator=self.generator)
 
     def select(self) -> Selection:
-        views = self.sparsifier.views
+        layers = self.layers
         norms = [max(norm, _MIN_FEATURE_NORM) for norm in self.feature_norms.means()]
         self.feature_norms.reset()
-        abs_weights = [normalised_weight_matrix(view, norm) for view, norm in zip(views, norms)]
+        abs_weights = [normalised_weight_matrix(layer, norm) for layer, norm in zip(layers, norms)]
         stats = path_statistics(abs_weights)
         threshold = self.weak_path_quantile(abs_weights, stats.total_paths) * _BELOW_QUANTILE
         candidates, scores = [], []
-        for view, norm, strongest in zip(views, norms, stats.edge_max_path):
-            positions, values = view.active_positions(), view.active_values()
-            weak = (strongest_path_per_connection(strongest, view) < threshold).nonzero().squeeze(1)
+        for layer, norm, strongest in zip(layers, norms, stats.edge_max_path):
+            positions, values = layer.active_positions(), layer.active_values()
+            weak = (strongest_path_per_connection(strongest, layer) < threshold).nonzero().squeeze(1)
             candidates.append(positions[weak.to(positions.device)].cpu())
             scores.append((values[weak.to(values.device)].to(torch.float64).abs() / norm).cpu())
         count = int(round(self.values["zeta"] * sum(c.numel() for c in candidates)))
-        capacity = [view.numel - view.active for view in views]
+        capacity = [layer.numel - layer.active for layer in layers]
         chosen = smallest_within_capacity(scores, count, capacity)
         prune = [c[i] for c, i in zip(candidates, chosen)]
         return Selection(prune, stats.node_importance[:-1])
@@ -327,29 +321,29 @@ class PathWeight(NodeImportanceEvolution):
         self.feature_norms.load_state_dict(state["feature_norms"])
 
 
-def normalised_weight_matrix(view: SparseLayerView, feature_norm: float) -> Tensor:
+def normalised_weight_matrix(layer: SparseLayer, feature_norm: float) -> Tensor:
     """A_k = |W_k|ᵀ / |F_k| (eq. 3) of the active connections: a sparse COO (in, out) float64 matrix.
 
     The layout ``path_statistics`` takes (input x output); built from the view's active positions and
-    values, so it costs O(nnz log nnz) on either backend and is the same matrix on both.
+    values, so it costs O(nnz log nnz) on every backend and is the same matrix on all.
     """
-    out_features, in_features = view.shape
-    positions = view.active_positions()
-    values = view.active_values().to(device=positions.device, dtype=torch.float64).abs() / feature_norm
+    out_features, in_features = layer.shape
+    positions = layer.active_positions()
+    values = layer.active_values().to(device=positions.device, dtype=torch.float64).abs() / feature_norm
     indices = torch.stack([positions % in_features, positions // in_features])
     matrix = torch.sparse_coo_tensor(indices, values, (in_features, out_features), check_invariants=False)
     return matrix.coalesce()
 
 
-def strongest_path_per_connection(edge_max_path: Tensor, view: SparseLayerView) -> Tensor:
-    """The strongest path through each active connection, aligned with ``view.active_positions()``.
+def strongest_path_per_connection(edge_max_path: Tensor, layer: SparseLayer) -> Tensor:
+    """The strongest path through each active connection, aligned with ``layer.active_positions()``.
 
     ``edge_max_path`` is the sparse (in, out) result of ``path_statistics`` for the matrix of
     :func:`normalised_weight_matrix`; it lists only connections of non-zero weight, so an active
     connection of weight exactly 0 (on no path) gets 0.
     """
-    out_features, in_features = view.shape
-    positions = view.active_positions()
+    out_features, in_features = layer.shape
+    positions = layer.active_positions()
     sparse = edge_max_path.coalesce()
     rows, cols = sparse.indices()
     slots, found = locate(
@@ -360,14 +354,10 @@ def strongest_path_per_connection(edge_max_path: Tensor, view: SparseLayerView) 
     return strongest
 
 
-def check_linear_chain(layers: list[Any]) -> list[nn.Module]:
-    """The modules of the sparse layers if they form a chain of linear layers, else UsageError.
-
-    ``layers`` are the topology's layers, masked (``nn.Linear``) or csr (:class:`CsrLinear`).
-    """
-    modules = []
+def check_linear_chain(layers: Sequence[SparseLayer]) -> None:
+    """Raise a one-line UsageError unless the sparse layers form a chain of fully connected layers."""
     for index, layer in enumerate(layers):
-        if not isinstance(layer.module, nn.Linear | CsrLinear) or getattr(layer, "attr", "weight") != "weight":
+        if not layer.is_linear:
             raise UsageError(
                 f"path_weight needs a chain of fully connected layers, but sparse layer {layer.name!r} is a "
                 f"{type(layer.module).__name__}; sparsify only the fully connected part (--sparsify fc) or use "
@@ -378,5 +368,3 @@ def check_linear_chain(layers: list[Any]) -> list[nn.Module]:
                 f"path_weight needs a chain of fully connected layers, but {layer.name!r} takes "
                 f"{layer.shape[1]} inputs after {layers[index - 1].name!r} gives {layers[index - 1].shape[0]}"
             )
-        modules.append(layer.module)
-    return modules

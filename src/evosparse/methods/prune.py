@@ -3,32 +3,32 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+
+import torch
 
 from evosparse.criteria.magnitude import weakest_of
 from evosparse.criteria.schedules import last_update_step
-from evosparse.errors import UsageError
+from evosparse.errors import InvariantError, UsageError
 from evosparse.methods.base import SCHEDULE_PARAMS, Method, Param, register
-from evosparse.topology.masks import Topology
-
-if TYPE_CHECKING:
-    from evosparse.sparsifier import Sparsifier
+from evosparse.methods.context import MethodContext
+from evosparse.topology.layer import SparseLayer
 
 
-def prune_smallest_magnitude(topology: Topology, index: int, keep: int) -> int:
-    """Deactivate the smallest-|w| active connections of layer ``index`` until ``keep`` remain.
+def prune_smallest_magnitude(layer: SparseLayer, keep: int) -> int:
+    """Deactivate the smallest-|w| active connections of ``layer`` until ``keep`` remain.
 
     Returns the number of connections removed (0 when the layer already has ``keep`` or fewer). The
     layer's budget follows its active count, exactly as a checkpoint restores it.
     """
-    layer = topology.layers[index]
     excess = layer.active - keep
     if excess <= 0:
         return 0
-    active = layer.mask.view(-1).nonzero().squeeze(1)
-    removed = topology.rewire(index, weakest_of(layer.weight, active, excess), active[:0])
+    positions, values = layer.active_positions(), layer.active_values()
+    weakest = weakest_of(values, torch.arange(values.numel(), device=values.device), excess)
+    removed = layer.rewire(positions[weakest], positions[:0])
     layer.budget = layer.active
-    assert layer.active == keep, f"{layer.name}: {layer.active} active after pruning to {keep}"
+    if layer.active != keep:
+        raise InvariantError(f"{layer.name}: {layer.active} active after pruning to {keep}")
     return removed
 
 
@@ -48,6 +48,7 @@ class Prune(Method):
     evolves = True
     fixed_budget = False
     starts_dense = True
+    supports_csr = False
     params = (
         Param(
             "dense_fraction",
@@ -59,29 +60,26 @@ class Prune(Method):
         *SCHEDULE_PARAMS,
     )
 
-    def __init__(self, sparsifier: Sparsifier) -> None:
-        super().__init__(sparsifier)
-        if sparsifier.total_steps is None:
-            raise UsageError("method prune needs total_steps, the length of training, to place its prune")
+    def __init__(self, context: MethodContext) -> None:
+        super().__init__(context)
+        self.total_steps = context.require_total_steps(self.name, "to place its prune")
         fraction, until = self.hparams["dense_fraction"], self.hparams["update_until"]
         if fraction >= until:
             raise UsageError(f"prune: dense_fraction ({fraction}) must be below update_until ({until})")
-        self.total_steps: int = sparsifier.total_steps
         # Rounded first so that e.g. 0.55 × 100 (= 55.00000000000001) lands on the update at step 55.
         self.prune_step = math.ceil(round(fraction * self.total_steps, 6))
 
     def update(self) -> int:
-        if self.sparsifier.global_step < self.prune_step:
+        if self.context.step < self.prune_step:
             self._check_the_prune_will_come()
             return 0
-        budgets = self.sparsifier.target_budgets
-        return sum(prune_smallest_magnitude(self.topology, index, keep) for index, keep in enumerate(budgets))
+        return sum(prune_smallest_magnitude(layer, keep) for layer, keep in zip(self.layers, self.context.plan.budgets))
 
     def after_step(self) -> None:
         """Refuse to finish a run that was never pruned (no topology update came after the prune step)."""
-        budgets = self.sparsifier.target_budgets
-        if self.sparsifier.global_step >= self.total_steps and any(
-            layer.active > keep for layer, keep in zip(self.topology.layers, budgets)
+        budgets = self.context.plan.budgets
+        if self.context.step >= self.total_steps and any(
+            layer.active > keep for layer, keep in zip(self.layers, budgets)
         ):
             raise UsageError(
                 f"prune: no topology update came after dense_fraction={self.hparams['dense_fraction']} of "
@@ -102,4 +100,4 @@ class Prune(Method):
         interval = self.hparams["update_interval"]
         if self.hparams["update_unit"] == "step":
             return interval
-        return interval * max(1, self.sparsifier.global_step // max(1, self.sparsifier.epoch))
+        return interval * max(1, self.context.step // max(1, self.context.epoch))

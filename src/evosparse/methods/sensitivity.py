@@ -19,11 +19,11 @@ How we read the points the paper leaves open (also in docs/design.md):
 * **Node importance** (eq. 11) sums S over a source's active outgoing connections: for a convolution the
   source is an input channel and the sum runs over output channels and kernel positions. Works for every
   sparse layer type.
-* **Backends.** On the masked backend g is accumulated from the dense gradient hook (shaped like the
-  weight); on the csr backend from the gradient of the layer's ``values``, which is exactly ∂L/∂w at the
-  active connections (an SDDMM), one entry per connection, so nothing of size out x in is formed. Only the
-  active entries are ever read, and the selection and growth are written once against the layer views, so
-  both backends make the same choices.
+* **Backends.** g is accumulated per active connection from each layer's gradient hook
+  (:meth:`~evosparse.topology.layer.SparseLayer.register_gradient_hook`: ∂L/∂w at the active connections,
+  read from the dense gradient on the masked backend and from the gradient of the csr layer's values, an
+  SDDMM, on csr), so nothing of size out x in is kept. Selection and growth are written once against the
+  sparse-layer protocol, so every backend makes the same choices.
 * **Defaults** (the paper gives none): ζ = 0.3 as SET, δ = 1, ``form="relative"``. On LeNet-300-100 at
   density 0.05 (MNIST, 10 epochs, seed 0) the relative form reached 96.2% test accuracy and the paper
   form 92.4%, falling after epoch 2: |g/w| keeps the tiny weights and removes the large ones.
@@ -32,19 +32,16 @@ How we read the points the paper leaves open (also in docs/design.md):
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from evosparse.backends.layer_view import SparseLayerView
 from evosparse.criteria.time_varying import source_of
 from evosparse.errors import UsageError
 from evosparse.methods.base import Param, register
+from evosparse.methods.context import MethodContext
 from evosparse.methods.path_weight import EVOLUTION_PARAMS, NodeImportanceEvolution, Selection
-
-if TYPE_CHECKING:
-    from evosparse.sparsifier import Sparsifier
 
 FORMS = ("paper", "relative")
 
@@ -74,7 +71,7 @@ def node_sensitivity(shape: tuple[int, ...], positions: Tensor, scores: Tensor) 
 class Sensitivity(NodeImportanceEvolution):
     """Removes the connections the loss is least sensitive to and grows from sensitive nodes (eq. 10-11).
 
-    Gradient magnitudes are accumulated at every step from the dense gradient; each update removes the
+    Gradient magnitudes are accumulated at every step from the backward pass; each update removes the
     fraction ζ of each layer's connections with the lowest sensitivity and grows round(δ · removed)
     connections whose source is drawn ∝ node sensitivity. Works on linear and convolution layers.
     """
@@ -82,7 +79,6 @@ class Sensitivity(NodeImportanceEvolution):
     name = "sensitivity"
     summary = "prune the least sensitive connections |g/w| or |g·w|, grow from sensitive nodes (Naji et al.)"
     adapted = ("zeta", "delta")
-    supports_csr: ClassVar[bool] = True
     params = (
         Param(
             "form",
@@ -96,71 +92,49 @@ class Sensitivity(NodeImportanceEvolution):
         *EVOLUTION_PARAMS,
     )
 
-    def __init__(self, sparsifier: Sparsifier) -> None:
-        super().__init__(sparsifier)
-        self.csr = sparsifier.backend == "csr"
-        #: Per layer, the sum of |∂L/∂w| since the last update: shaped like the weight on the masked
-        #: backend, one entry per active connection (in the order of its values) on csr.
-        self.grad_sums: list[Tensor] = []
-        self.grad_steps: list[int] = []
+    def __init__(self, context: MethodContext) -> None:
+        super().__init__(context)
+        #: Per layer, the sum of |∂L/∂w| at each active connection (in the order of its active positions)
+        #: over the steps since the last update, and the number of those steps.
+        self.grad_sums: list[Tensor] = [torch.zeros(layer.active) for layer in self.layers]
+        self.grad_steps: list[int] = [0] * len(self.layers)
 
     def attach(self) -> None:
-        """Zeroed sums sized by the final layers; on csr a hook on each layer's values feeds them."""
-        layers = self.topology.layers
-        self.grad_steps = [0] * len(layers)
-        if not self.csr:
-            self.grad_sums = [torch.zeros_like(layer.weight, dtype=torch.float32) for layer in layers]
-            return
-        self.grad_sums = [torch.zeros(layer.active, device=layer.module.values.device) for layer in layers]
-        for index, layer in enumerate(layers):
-            hook = self._values_hook(index)
-            self.add_hook(layer.module.values.register_post_accumulate_grad_hook(hook))
+        """A gradient hook on every sparse layer feeds the sums."""
+        for index, layer in enumerate(self.layers):
+            self.add_hook(layer.register_gradient_hook(self._accumulator(index)))
 
-    def _values_hook(self, index: int) -> Callable[[Tensor], None]:
-        def observe(values: Tensor) -> None:
-            if values.grad is not None:
-                self.observe_gradient(index, values.grad)
+    def _accumulator(self, index: int) -> Callable[[Tensor], None]:
+        def accumulate(at_active: Tensor) -> None:
+            total = self.grad_sums[index]
+            if total.device != at_active.device:  # follows the model when it moves
+                total = self.grad_sums[index] = total.to(at_active.device)
+            total.add_(at_active.abs())
+            self.grad_steps[index] += 1
 
-        return observe
-
-    def wants_gradients(self) -> bool:
-        """The dense gradient hook on the masked backend; csr layers feed :meth:`observe_gradient` themselves."""
-        return not self.csr
-
-    def observe_gradient(self, index: int, grad: Tensor) -> None:
-        """Add |∂L/∂w| (dense on masked, at the active connections on csr) to layer ``index``'s sums."""
-        self.grad_sums[index].add_(grad.detach().abs())
-        self.grad_steps[index] += 1
+        return accumulate
 
     def mean_abs_gradient(self, index: int) -> Tensor:
-        """Mean |∂L/∂w| of sparse layer ``index`` over the steps since the last update (zeros if none),
-        shaped like :attr:`grad_sums`."""
+        """Mean |∂L/∂w| at the active connections of sparse layer ``index`` over the steps since the last
+        update (zeros if none), aligned with its active positions."""
         return self.grad_sums[index] / max(self.grad_steps[index], 1)
-
-    def _mean_at_active(self, index: int, view: SparseLayerView) -> Tensor:
-        """Mean |∂L/∂w| at the active connections of layer ``index``, aligned with ``view.active_positions()``."""
-        mean = self.mean_abs_gradient(index)
-        return mean if self.csr else mean.view(-1)[view.active_positions()]
 
     def select(self) -> Selection:
         prune, importance = [], []
-        for index, view in enumerate(self.sparsifier.views):
-            active = view.active_positions()
-            scores = sensitivity_scores(self._mean_at_active(index, view), view.active_values(), self.hparams["form"])
-            count = min(int(round(self.values["zeta"] * active.numel())), view.numel - view.active)
+        for index, layer in enumerate(self.layers):
+            active = layer.active_positions()
+            mean = self.mean_abs_gradient(index).to(active.device)
+            scores = sensitivity_scores(mean, layer.active_values(), self.hparams["form"])
+            count = min(int(round(self.values["zeta"] * active.numel())), layer.numel - layer.active)
             prune.append(active[torch.argsort(scores, stable=True)[:count].to(active.device)])
-            importance.append(node_sensitivity(view.shape, active.to(scores.device), scores))
-        for total in self.grad_sums:
-            total.zero_()
-        self.grad_steps = [0] * len(self.grad_steps)
+            importance.append(node_sensitivity(layer.shape, active.to(scores.device), scores))
         return Selection(prune, importance)
 
     def update(self) -> int:
+        """Select, rewire, then start new sums over the new connections (δ ≠ 1 changes their number)."""
         changed = super().update()
-        if self.csr:  # one entry per connection: follow the new connections (δ ≠ 1 changes their number)
-            self.grad_sums = [
-                total.new_zeros(view.active) for total, view in zip(self.grad_sums, self.sparsifier.views)
-            ]
+        self.grad_sums = [total.new_zeros(layer.active) for total, layer in zip(self.grad_sums, self.layers)]
+        self.grad_steps = [0] * len(self.layers)
         return changed
 
     def state_dict(self) -> dict[str, Any]:
@@ -171,14 +145,15 @@ class Sensitivity(NodeImportanceEvolution):
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the sums, one entry per active connection of the (already restored) layers."""
         sums = state.get("grad_sums")
         if (
-            sums is None
-            or len(sums) != len(self.grad_sums)
-            or any(s.shape != mine.shape for s, mine in zip(sums, self.grad_sums))
+            not isinstance(sums, list)
+            or len(sums) != len(self.layers)
+            or any(not torch.is_tensor(s) or s.shape != (layer.active,) for s, layer in zip(sums, self.layers))
+            or len(state.get("grad_steps", ())) != len(self.layers)
         ):
             raise UsageError(f"the checkpoint's method state does not belong to method {self.name}")
         super().load_state_dict(state)
-        for mine, saved in zip(self.grad_sums, sums):
-            mine.copy_(saved)
+        self.grad_sums = [saved.detach().clone().to(layer.device) for saved, layer in zip(sums, self.layers)]
         self.grad_steps = [int(steps) for steps in state["grad_steps"]]

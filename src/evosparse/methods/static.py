@@ -1,7 +1,5 @@
 """Static random sparsity: a random mask drawn once and never changed."""
 
-from typing import ClassVar
-
 from evosparse.methods.base import Method, register
 
 
@@ -11,5 +9,3 @@ class Static(Method):
 
     name = "static"
     summary = "random sparse topology, fixed for the whole run"
-    #: Nothing to update, so nothing backend-specific.
-    supports_csr: ClassVar[bool] = True

@@ -13,7 +13,7 @@ How it sits in a training loop that knows nothing about it (the user calls ``opt
 s.step()`` and ``s.end_epoch()``):
 
 * hooks on the gated layers apply the gates. Connection mode: a forward hook recomputes the layer's
-  output as ``F.linear(x, W⊙Z, b)`` (``Topology`` holds on to the ``weight`` parameter, so the layer's
+  output as ``F.linear(x, W⊙Z, b)`` (the masked layer holds on to the ``weight`` parameter, so the layer's
   own product is computed and discarded; ``bench/switcher_cost.py`` measures what that costs). Neuron
   mode: a forward pre-hook scales the layer's input by the gates (and in switcher epochs a forward
   hook adds the contribution of switched-off columns, see *dormant* weights below);
@@ -25,10 +25,13 @@ s.step()`` and ``s.end_epoch()``):
   switcher steps);
 * at the end of a switcher epoch the gates for the coming task epoch are computed once and fixed (the
   task network "adapts to this new structure", section 3.1.2), and the masks are set to the non-zero
-  gates through ``Topology.rewire``.
+  gates through the layers' ``rewire``.
+
+The switchers read the dense weight matrix W, so the method runs on the masked backend only
+(``supports_csr`` is False): it reads W as the ``weight`` of each gated ``nn.Linear``.
 
 The paper's task network keeps the weight of a switched-off connection (W_final = W⊙Z), while the
-``Topology`` invariant makes masked weights 0. So the method keeps switched-off values aside as
+sparse-layer invariant makes masked weights 0. So the method keeps switched-off values aside as
 *dormant* weights D: the switchers read the full matrix W + D, switcher epochs compute with (W + D)⊙Z
 (a gate that turns a connection back on gets a gradient from its old weight), and a connection switched
 back on at the end of a switcher epoch is regrown with its dormant value. In task epochs D⊙Z = 0.
@@ -57,7 +60,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -65,12 +68,10 @@ from torch.nn import functional as F
 
 from evosparse.errors import UsageError
 from evosparse.methods.base import Method, Param, register
+from evosparse.methods.context import MethodContext
 from evosparse.methods.switcher_net import MODES, SwitcherNet
-from evosparse.topology.distributions import layer_densities
-from evosparse.topology.masks import SparseLayer
-
-if TYPE_CHECKING:
-    from evosparse.sparsifier import Sparsifier
+from evosparse.topology.budget import BudgetRequest
+from evosparse.topology.layer import SparseLayer
 
 SWITCHER_OPTIMIZERS = ("sgd", "adam")
 PHASES = ("task", "switcher")
@@ -92,6 +93,7 @@ class Switcher(Method):
     supports_distributed = False
     fixed_budget = False
     starts_dense = True
+    supports_csr = False
     needs_budget = False
     updates_after_final_epoch = True
     params = (
@@ -127,34 +129,33 @@ class Switcher(Method):
         Param("update_until", 1.0, "fixed: the phases alternate until the end", minimum=1.0, maximum=1.0),
     )
 
-    def __init__(self, sparsifier: Sparsifier) -> None:
-        super().__init__(sparsifier)
-        if self.topology.optimizer is None:
-            raise UsageError("switcher freezes the task network through its optimizer: pass it to sparsify()")
-        self.gated = [
-            index
-            for index, layer in enumerate(self.topology.layers)
-            if isinstance(layer.module, nn.Linear) and layer.attr == "weight"
-        ]
+    def __init__(self, context: MethodContext) -> None:
+        super().__init__(context)
+        self.optimizer = context.require_optimizer(self.name, "freezes the task network through its optimizer")
+        self.gated = [index for index, layer in enumerate(self.layers) if layer.is_linear]
         if not self.gated:
             raise UsageError("switcher gates fully connected layers, and the model has no nn.Linear layer")
         self.switchers = nn.ModuleList(self._build_switcher(index) for index in self.gated)
         self.switcher_optimizer = self._build_optimizer()
-        self.target_density = self._resolve_target(sparsifier.requested_density)
-        sparsifier.density_target = self.target_density or None
-        if self.target_density > 0:
-            shapes = [tuple(layer.shape) for layer in self.topology.layers]
-            sparsifier.target_densities = layer_densities(
-                shapes, distribution=sparsifier.distribution, density=self.target_density
-            )
+        self.target_density = context.plan.density or 0.0
         self.budgets = [self._gate_budget(index) for index in self.gated]
         #: Values of switched-off connections (0 elsewhere), one matrix per gated layer.
-        self.dormant = [torch.zeros_like(self._layer(slot).weight.detach()) for slot in range(len(self.gated))]
+        self.dormant = [torch.zeros_like(self._weight(slot).detach()) for slot in range(len(self.gated))]
         #: Gates used by the forward hooks (None: compute them when next needed). In switcher epochs they
         #: are leaves that collect the task loss's gradient; ``_outputs`` holds the switchers' graphs.
         self._gates: list[torch.Tensor | None] = [None] * len(self.gated)
         self._outputs: list[torch.Tensor] | None = None
         self._accumulated = 0
+
+    @classmethod
+    def budget_request(cls, hparams: Mapping[str, Any], density: float | None, epsilon: float | None) -> BudgetRequest:
+        """The budget: ``target_density``, else the run's ``--density`` (0 or 1 = none); both must agree."""
+        own = hparams["target_density"]
+        requested = density if density is not None and density < 1.0 else None
+        if own > 0 and requested is not None and abs(own - requested) > 1e-12:
+            raise UsageError(f"switcher got target_density={own} and density={requested}; give one of them")
+        target = own if own > 0 else requested
+        return BudgetRequest(cls.name, target, epsilon, required=False, starts_dense=True)
 
     def attach(self) -> None:
         """The gating hooks; with a budget, or when training starts with a task epoch, masks from the
@@ -166,10 +167,23 @@ class Switcher(Method):
     # -- construction ---------------------------------------------------------------------------
 
     def _layer(self, slot: int) -> SparseLayer:
-        return self.topology.layers[self.gated[slot]]
+        return self.layers[self.gated[slot]]
+
+    def _weight(self, slot: int) -> nn.Parameter:
+        """W of gated layer ``slot``: the dense weight of its ``nn.Linear`` (masked backend only)."""
+        weight = self._layer(slot).module.weight
+        assert isinstance(weight, nn.Parameter)
+        return weight
+
+    def _mask(self, slot: int) -> torch.Tensor:
+        """The boolean mask of gated layer ``slot`` (its active positions, shaped like W)."""
+        layer = self._layer(slot)
+        mask = torch.zeros(layer.numel, dtype=torch.bool, device=layer.device)
+        mask[layer.active_positions()] = True
+        return mask.view(layer.shape)
 
     def _build_switcher(self, index: int) -> SwitcherNet:
-        layer = self.topology.layers[index]
+        layer = self.layers[index]
         out_features, in_features = layer.shape
         net = SwitcherNet(
             out_features,
@@ -180,7 +194,7 @@ class Switcher(Method):
             kernel=self.hparams["kernel"],
             generator=self.generator,
         )
-        return net.to(layer.weight.device)
+        return net.to(layer.device, layer.dtype)
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
         params = self.switchers.parameters()
@@ -188,14 +202,6 @@ class Switcher(Method):
         if self.hparams["switcher_optimizer"] == "adam":
             return torch.optim.Adam(params, lr=lr, weight_decay=decay)
         return torch.optim.SGD(params, lr=lr, momentum=self.hparams["switcher_momentum"], weight_decay=decay)
-
-    def _resolve_target(self, requested: float | None) -> float:
-        """The budget: ``target_density``, else the run's ``--density`` (0 or 1 = none); both must agree."""
-        own = self.hparams["target_density"]
-        requested = requested if requested is not None and requested < 1.0 else None
-        if own > 0 and requested is not None and abs(own - requested) > 1e-12:
-            raise UsageError(f"switcher got target_density={own} and density={requested}; give one of them")
-        return own if own > 0 else (requested or 0.0)
 
     def _gate_budget(self, index: int) -> int | None:
         """How many gates layer ``index`` may keep under the budget (None: no budget).
@@ -206,8 +212,8 @@ class Switcher(Method):
         """
         if self.target_density <= 0:
             return None
-        target = self.sparsifier.target_densities[index]
-        out_features, in_features = self.topology.layers[index].shape
+        target = self.context.plan.densities[index]
+        out_features, in_features = self.layers[index].shape
         gates = in_features if self.hparams["mode"] == "neuron" else out_features * in_features
         return max(1, round(target * gates))
 
@@ -219,12 +225,12 @@ class Switcher(Method):
                 self.add_hook(module.register_forward_hook(self._dormant_columns(slot)))
             else:
                 self.add_hook(module.register_forward_hook(self._connection_gating(slot)))
-        self.add_hook(self.topology.optimizer.register_step_pre_hook(self._drop_task_gradients))
+        self.add_hook(self.optimizer.register_step_pre_hook(self._drop_task_gradients))
 
     # -- the gated forward pass -----------------------------------------------------------------
 
     def _connection_gating(self, slot: int) -> Callable[..., torch.Tensor]:
-        def hook(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+        def hook(module: nn.Linear, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
             return F.linear(args[0], self.gated_weight(slot), module.bias)
 
         return hook
@@ -247,7 +253,7 @@ class Switcher(Method):
 
     def full_weight(self, slot: int) -> torch.Tensor:
         """W + D of gated layer ``slot``: the task network's matrix including switched-off values."""
-        return self._layer(slot).weight + self.dormant[slot]
+        return self._weight(slot) + self.dormant[slot]
 
     def gated_weight(self, slot: int) -> torch.Tensor:
         """The effective weight (W + D)⊙Z; in task epochs D⊙Z = 0 (D lies where the fixed gates are 0).
@@ -255,7 +261,7 @@ class Switcher(Method):
         In switcher epochs W is frozen, so W + D is detached: the backward pass computes no dL/dW only
         for the optimizer step hook to drop it.
         """
-        weight = self.full_weight(slot).detach() if self.in_switcher_phase() else self._layer(slot).weight
+        weight = self.full_weight(slot).detach() if self.in_switcher_phase() else self._weight(slot)
         return weight * self.gate(slot)
 
     def in_switcher_phase(self) -> bool:
@@ -264,7 +270,7 @@ class Switcher(Method):
         With ``first_phase="switcher"`` these are the even epochs counted from 0 (the paper's Algorithm).
         """
         first = 0 if self.hparams["first_phase"] == "switcher" else 1
-        return self.sparsifier.epoch % 2 == first
+        return self.context.epoch % 2 == first
 
     def gate(self, slot: int) -> torch.Tensor:
         """The gates of gated layer ``slot`` as the forward pass uses them (computed when missing).
@@ -289,7 +295,7 @@ class Switcher(Method):
 
     def _selected(self, slot: int) -> torch.Tensor:
         """The gates kept under the budget since the last selection: the active connections (or neurons)."""
-        mask = self._layer(slot).mask
+        mask = self._mask(slot)
         return mask.any(dim=0) if self.hparams["mode"] == "neuron" else mask
 
     def _compute_gates(self) -> None:
@@ -371,19 +377,19 @@ class Switcher(Method):
             self._masks_follow(slot, self._per_connection(slot, gates) != 0)
 
     def _training_is_over(self) -> bool:
-        total = self.sparsifier.total_steps
-        return total is not None and self.sparsifier.global_step >= total
+        total = self.context.total_steps
+        return total is not None and self.context.step >= total
 
     @torch.no_grad()
     def _masks_follow(self, slot: int, wanted: torch.Tensor) -> int:
         """Make the mask of gated layer ``slot`` ``wanted`` (its non-zero gates), moving values to and from D."""
-        layer, dormant = self._layer(slot), self.dormant[slot].view(-1)
-        prune = (layer.mask & ~wanted).flatten().nonzero().squeeze(1)
-        grow = (wanted & ~layer.mask).flatten().nonzero().squeeze(1)
-        dormant[prune] = layer.weight.detach().view(-1)[prune]
+        mask, dormant = self._mask(slot), self.dormant[slot].view(-1)
+        prune = (mask & ~wanted).flatten().nonzero().squeeze(1)
+        grow = (wanted & ~mask).flatten().nonzero().squeeze(1)
+        dormant[prune] = self._weight(slot).detach().view(-1)[prune]
         revived = dormant[grow].clone()
         dormant[grow] = 0.0
-        return self.topology.rewire(self.gated[slot], prune, grow, revived)
+        return self._layer(slot).rewire(prune, grow, revived)
 
     def connection_gates(self, slot: int) -> torch.Tensor:
         """The gate of every connection of gated layer ``slot`` (neuron gates repeated down the columns)."""
@@ -408,36 +414,40 @@ class Switcher(Method):
             return super().active_connections()
         gated = dict(zip(self.gated, range(len(self.gated))))
         active = 0
-        for index, layer in enumerate(self.topology.layers):
+        for index, layer in enumerate(self.layers):
             slot = gated.get(index)
             active += layer.active if slot is None else int((self.connection_gates(slot) != 0).sum())
         return active
 
     @torch.no_grad()
     def export_model(self) -> tuple[nn.Module, dict[str, torch.Tensor]]:
-        """A plain copy of the model with the gates folded into its weights, and its masks (non-zero gates).
+        """A plain copy of the model with the gates folded into its weights, and its active positions (non-zero
+        gates).
 
         Connection mode stores (W + D)⊙Z, neuron mode scales column j of W + D by gate j; switched-off
         entries are exactly 0. The copy has none of the method's hooks; the original is untouched.
         """
         folded = [self.full_weight(slot) * self.connection_gates(slot) for slot in range(len(self.gated))]
-        masks = self.topology.state_dict()
+        positions = {layer.name: layer.active_positions() for layer in self.layers}
         for slot in range(len(self.gated)):
-            masks[self._layer(slot).name] = self.connection_gates(slot) != 0
-        names = {id(module): name for name, module in self.sparsifier.model.named_modules()}
+            positions[self._layer(slot).name] = (self.connection_gates(slot) != 0).flatten().nonzero().squeeze(1)
+        model = self.context.model
+        names = {id(module): name for name, module in model.named_modules()}
         self.remove_hooks()
         try:
-            plain = copy.deepcopy(self.sparsifier.model)
+            plain = copy.deepcopy(model)
         finally:
             self._install_hooks()
         for slot, weight in enumerate(folded):
-            plain.get_submodule(names[id(self._layer(slot).module)]).weight.copy_(weight)
-        return plain, masks
+            plain_linear = plain.get_submodule(names[id(self._layer(slot).module)])
+            assert isinstance(plain_linear, nn.Linear)  # a deep copy of a gated layer
+            plain_linear.weight.copy_(weight)
+        return plain, positions
 
     # -- persistence ----------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        gates = None if self._gates[0] is None else self._gates
+        gates = [g for g in self._gates if g is not None] if self._gates[0] is not None else None
         return {
             "switchers": {key: value.detach().clone() for key, value in self.switchers.state_dict().items()},
             "optimizer": self.switcher_optimizer.state_dict(),
@@ -482,9 +492,9 @@ class Switcher(Method):
         (The sparsifier restores its epoch after the method, so the phase is taken from the save.)
         """
         self._check_saved("gates", gates, [self.gate_shape(slot) for slot in range(len(self.gated))])
-        restored = []
+        restored: list[torch.Tensor | None] = []
         for slot, (saved, grad) in enumerate(zip(gates, grads)):
-            leaf = saved.to(self._layer(slot).weight.device).clone().requires_grad_(training)
+            leaf = saved.to(self._layer(slot).device).clone().requires_grad_(training)
             if training and grad is not None:
                 leaf.grad = grad.to(leaf.device).clone()
             restored.append(leaf)

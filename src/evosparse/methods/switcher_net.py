@@ -119,7 +119,9 @@ class SwitcherNet(nn.Module):
         self.rows = nn.ModuleList(rows)
         self.head = nn.Conv2d(channels, 1, 1)
         self.reset_parameters(generator)
-        self.to(memory_format=torch.channels_last)
+        for parameter in self.parameters():  # channels-last convolution weights, as Module.to(memory_format=...)
+            if parameter.dim() == 4:
+                parameter.data = parameter.data.contiguous(memory_format=torch.channels_last)
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
@@ -137,8 +139,10 @@ class SwitcherNet(nn.Module):
                 draws = torch.empty(module.weight.shape, dtype=module.weight.dtype)
                 nn.init.kaiming_normal_(draws, nonlinearity="relu", generator=generator)
                 module.weight.copy_(draws)
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
         self.head.weight.mul_(HEAD_INIT_SCALE)
+        assert self.head.bias is not None  # built with a bias
         nn.init.ones_(self.head.bias)
 
     def encode(self, image: torch.Tensor) -> list[torch.Tensor]:
@@ -152,12 +156,18 @@ class SwitcherNet(nn.Module):
             features.append(hidden)
         return features
 
+    def row_conv(self, level: int) -> nn.Conv2d:
+        """The row convolution that transforms the skip connection of encoder ``level``."""
+        conv = self.rows[level]
+        assert isinstance(conv, nn.Conv2d)  # built as one
+        return conv
+
     def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
         """The decoder path, ending at the shallowest level's width (1 in neuron mode)."""
         if self.mode == "neuron":
-            decoded = full_row_conv(features[-1], self.rows[-1])
+            decoded = full_row_conv(features[-1], self.row_conv(-1))
             for level in reversed(range(len(features) - 1)):
-                decoded = F.relu(decoded + full_row_conv(features[level], self.rows[level]))
+                decoded = F.relu(decoded + full_row_conv(features[level], self.row_conv(level)))
             return decoded
         decoded = features[-1]
         for level in reversed(range(len(features) - 1)):

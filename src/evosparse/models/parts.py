@@ -32,3 +32,10 @@ def select_layers(model: nn.Module, part: str) -> list[str]:
         for name, module in model.named_modules()
         if isinstance(module, types) and isinstance(getattr(module, "weight", None), nn.Parameter)
     ]
+
+
+def excluded_layers(model: nn.Module, sparsify: str) -> list[str]:
+    """Weights left dense by ``--sparsify fc`` (the convolutions) or ``--sparsify conv`` (the linear layers)."""
+    if sparsify not in PART_TYPES:
+        raise UsageError(f"unknown layer part {sparsify!r}; choose one of {', '.join(sorted(PART_TYPES))}")
+    return {"all": [], "fc": select_layers(model, "conv"), "conv": select_layers(model, "fc")}[sparsify]

@@ -8,11 +8,14 @@ std = gain/sqrt(fan_in); we use the mean number of active inputs per output unit
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
 from evosparse.errors import UsageError
-from evosparse.topology.masks import SparseLayer
+
+if TYPE_CHECKING:
+    from evosparse.topology.layer import SparseLayer
 
 INIT_SCHEMES = ("sparse_kaiming", "keep")
 GROW_INITS = ("zero", "kaiming", "normal")
@@ -28,16 +31,19 @@ def sparse_kaiming_std(layer: SparseLayer, gain: float = math.sqrt(2.0)) -> floa
     return gain / math.sqrt(active_fan_in(layer))
 
 
-@torch.no_grad()
-def initialise_sparse_weights(layer: SparseLayer, scheme: str, generator: torch.Generator) -> None:
-    """Re-draw the active weights of ``layer`` with ``scheme`` and zero the masked ones."""
+def check_init_scheme(scheme: str) -> None:
+    """Refuse an unknown initialisation scheme in one line."""
     if scheme not in INIT_SCHEMES:
         raise UsageError(f"unknown init {scheme!r}; choose one of {', '.join(INIT_SCHEMES)}")
-    weight = layer.weight
-    if scheme == "sparse_kaiming":
-        draws = torch.randn(layer.shape, generator=generator) * sparse_kaiming_std(layer)
-        weight.copy_(draws.to(weight.device, weight.dtype))
-    weight.mul_(layer.mask)
+
+
+def sparse_kaiming_draws(layer: SparseLayer, generator: torch.Generator) -> torch.Tensor:
+    """He-normal values for every position of ``layer`` (dense, on the CPU), scaled by its active fan-in.
+
+    Drawn for all positions so that every backend, given one generator state, gives each active
+    connection the same value.
+    """
+    return torch.randn(layer.shape, generator=generator) * sparse_kaiming_std(layer)
 
 
 def grown_weight_values(

@@ -1,25 +1,32 @@
-"""Binary masks over a model's sparse parameters, and the invariants they must keep.
+"""The masked backend: a model's own dense weight times a boolean mask, for every layer type.
 
-A :class:`Topology` owns one boolean mask per sparse parameter. It guarantees that
+:class:`MaskedLayer` implements the :class:`~evosparse.topology.layer.SparseLayer` protocol over a
+parameter of any module (linear, convolution, LSTM matrices). It guarantees that
 
-* masked weights are exactly zero after :meth:`Topology.apply_masks` (called after every optimizer
-  step) and that their gradients are zero before the optimizer sees them;
-* :meth:`Topology.rewire` only prunes active positions, only grows inactive ones, never grows a position
-  pruned in the same call, and resets every optimizer-state tensor shaped like the parameter (SGD
-  momentum, Adam/AdamW moments, ...) at all changed positions.
+* masked weights are exactly zero after :meth:`MaskedLayer.apply_mask` (called after every optimizer
+  step) and that their gradients are zero before the optimizer sees them (a gradient hook masks them,
+  after showing the dense gradient to the recorder and the active-gradient hooks);
+* :meth:`MaskedLayer.rewire` only prunes active positions, only grows inactive ones, never grows a
+  position pruned in the same call, and resets every optimizer-state tensor shaped like the parameter
+  (SGD momentum, Adam/AdamW moments, ...) at all changed positions.
+
+This module also selects which parameters of a model become sparse (:func:`find_sparse_parameters`)
+and draws random masks (:func:`random_mask`).
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections import OrderedDict
+from collections.abc import Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
-from evosparse.errors import UsageError
+from evosparse.errors import InvariantError, UsageError
+from evosparse.topology.init import check_init_scheme, sparse_kaiming_draws
+from evosparse.topology.layer import ActiveGradientHook, SparseLayer, Topology, no_gradient_message
 
 #: Module types whose weight is sparsified by default; their biases never are.
 DEFAULT_SPARSE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -31,40 +38,6 @@ NEVER_SPARSE_TYPES: tuple[type[nn.Module], ...] = (
     nn.GroupNorm,
     nn.Embedding,
 )
-
-GradientObserver = Callable[[int, torch.Tensor], None]
-
-
-@dataclass
-class SparseLayer:
-    """One sparse parameter: where it lives, its mask and its connection budget."""
-
-    name: str
-    module: nn.Module
-    attr: str
-    mask: torch.Tensor
-    budget: int
-
-    @property
-    def weight(self) -> nn.Parameter:
-        return getattr(self.module, self.attr)
-
-    @property
-    def shape(self) -> torch.Size:
-        return self.mask.shape
-
-    @property
-    def numel(self) -> int:
-        return self.mask.numel()
-
-    @property
-    def active(self) -> int:
-        return int(self.mask.sum().item())
-
-    @property
-    def fan_out_axis_size(self) -> int:
-        """Number of output units (rows of a linear weight, output channels of a conv)."""
-        return int(self.mask.shape[0])
 
 
 def find_sparse_parameters(
@@ -125,156 +98,193 @@ def random_mask(
     return flat.view(shape)
 
 
-class LayerCounts:
-    """Connection counts over ``self.layers`` (anything with ``numel`` and ``active``), for both backends."""
+class MaskedLayer(SparseLayer):
+    """A parameter of ``module`` (attribute ``attr``) kept sparse by a boolean ``mask`` of its shape.
 
-    layers: Sequence[Any]
+    ``optimizer`` (if any) trains the parameter; its state is reset where connections change. The
+    gradient hook that masks gradients is installed by :meth:`install_hooks` once the layer is in use.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        module: nn.Module,
+        attr: str,
+        mask: Tensor,
+        budget: int,
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> None:
+        self.name = name
+        self._module = module
+        self.attr = attr
+        self.mask = mask
+        self.budget = budget
+        self.optimizer = optimizer
+        self._recording = False
+        self._recorded: Tensor | None = None
+        self._active_hooks: OrderedDict[int, ActiveGradientHook] = OrderedDict()  # weak-referenceable
+        self._mask_handle: RemovableHandle | None = None
+
+    # -- what it is -------------------------------------------------------------------------------
 
     @property
-    def total(self) -> int:
-        return sum(layer.numel for layer in self.layers)
+    def weight(self) -> nn.Parameter:
+        return getattr(self._module, self.attr)
+
+    @property
+    def module(self) -> nn.Module:
+        return self._module
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.mask.shape)
+
+    @property
+    def device(self) -> torch.device:
+        return self.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.weight.dtype
+
+    @property
+    def is_linear(self) -> bool:
+        return isinstance(self._module, nn.Linear) and self.attr == "weight"
 
     @property
     def active(self) -> int:
-        return sum(layer.active for layer in self.layers)
+        return int(self.mask.sum().item())
 
-    def density(self) -> float:
-        return self.active / self.total
+    # -- topology ---------------------------------------------------------------------------------
 
+    def active_positions(self) -> Tensor:
+        return self.mask.reshape(-1).nonzero().squeeze(1)
 
-class Topology(LayerCounts):
-    """The masks of a model's sparse parameters, and the only code that changes them."""
+    def active_values(self) -> Tensor:
+        return self.weight.detach().reshape(-1)[self.mask.reshape(-1)]
 
-    def __init__(self, layers: list[SparseLayer], optimizer: torch.optim.Optimizer | None = None) -> None:
-        self.layers = layers
-        self.optimizer = optimizer
-        self.gradient_observers: list[GradientObserver] = []
-        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
-
-    @classmethod
-    def build(
-        cls,
-        found: Sequence[tuple[str, nn.Module, str]],
-        budgets: Sequence[int],
-        generator: torch.Generator,
-        *,
-        optimizer: torch.optim.Optimizer | None = None,
-    ) -> Topology:
-        """Random masks with the given per-layer budgets over parameters from :func:`find_sparse_parameters`.
-
-        The weights are not touched: call :meth:`apply_masks` once the masks are accepted.
-        """
-        if len(budgets) != len(found):
-            raise UsageError(f"got {len(budgets)} budgets for {len(found)} sparse layers")
-        layers = []
-        for (name, module, attr), count in zip(found, budgets):
-            weight = getattr(module, attr)
-            mask = random_mask(weight.shape, count, generator).to(weight.device)
-            layers.append(SparseLayer(name, module, attr, mask, count))
-        return cls(layers, optimizer)
-
-    # -- invariants ---------------------------------------------------------------------------
+    def contains(self, positions: Tensor) -> Tensor:
+        return self.mask.reshape(-1)[positions.to(self.mask.device, torch.int64)]
 
     @torch.no_grad()
-    def apply_masks(self) -> None:
-        """Zero every masked weight (cheap; called after each optimizer step)."""
-        for layer in self.layers:
-            layer.weight.mul_(layer.mask)
-
-    def install_gradient_hooks(self) -> None:
-        """Mask gradients as they are accumulated, after showing them to the gradient observers.
-
-        Observers see the *dense* gradient, so gradient-driven growth needs no second backward pass.
-        """
-        self.remove_hooks()
-        for index, layer in enumerate(self.layers):
-            self._hooks.append(layer.weight.register_post_accumulate_grad_hook(self._grad_hook(index)))
-
-    def _grad_hook(self, index: int) -> Callable[[torch.Tensor], None]:
-        def hook(param: torch.Tensor) -> None:
-            if param.grad is None:
-                return
-            for observer in self.gradient_observers:
-                observer(index, param.grad)
-            param.grad.mul_(self.layers[index].mask)
-
-        return hook
-
-    def remove_hooks(self) -> None:
-        for handle in self._hooks:
-            handle.remove()
-        self._hooks.clear()
-
-    def check(self, *, fixed_budget: bool = True) -> None:
-        """Assert the invariants: masked weights zero, exact budgets, masks on the weight's device."""
-        for layer in self.layers:
-            weight = layer.weight
-            assert layer.mask.dtype == torch.bool and layer.mask.device == weight.device, layer.name
-            assert not weight.detach()[~layer.mask].any(), f"{layer.name}: masked weights are not zero"
-            if fixed_budget:
-                assert layer.active == layer.budget, f"{layer.name}: {layer.active} active != budget {layer.budget}"
-
-    # -- change ---------------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def rewire(
-        self,
-        index: int,
-        prune: torch.Tensor,
-        grow: torch.Tensor,
-        grow_values: torch.Tensor | float = 0.0,
-    ) -> int:
-        """Deactivate flat positions ``prune`` and activate ``grow``; return the number changed.
-
-        ``prune`` must be active and ``grow`` inactive *before* the call (so a connection pruned now is
-        never regrown in the same update), both without duplicates. Pruned weights become 0, grown
-        ones ``grow_values``; optimizer state is reset at both sets.
-        """
-        layer = self.layers[index]
-        flat_mask = layer.mask.view(-1)
-        prune = prune.to(flat_mask.device, torch.long)
-        grow = grow.to(flat_mask.device, torch.long)
-        if prune.numel() and not flat_mask[prune].all():
-            raise AssertionError(f"{layer.name}: pruning an inactive connection")
-        if grow.numel() and flat_mask[grow].any():
-            raise AssertionError(f"{layer.name}: growing an active connection")
+    def rewire(self, prune: Tensor, grow: Tensor, grow_values: Tensor | float = 0.0) -> int:
+        flat_mask = self.mask.view(-1)
+        prune = prune.to(flat_mask.device, torch.int64).reshape(-1)
+        grow = grow.to(flat_mask.device, torch.int64).reshape(-1)
+        values = torch.as_tensor(grow_values, dtype=self.weight.dtype).to(flat_mask.device).reshape(-1)
+        numel = flat_mask.numel()
+        if prune.numel() and (int(prune.min()) < 0 or int(prune.max()) >= numel):
+            raise InvariantError(f"{self.name}: pruning an inactive connection (outside the weight)")
+        if grow.numel() and (int(grow.min()) < 0 or int(grow.max()) >= numel):
+            raise InvariantError(f"{self.name}: growing a position outside the weight")
+        if values.numel() not in (1, grow.numel()):
+            raise InvariantError(f"{self.name}: {values.numel()} grow values for {grow.numel()} grown positions")
+        if prune.numel() and not bool(flat_mask[prune].all()):
+            raise InvariantError(f"{self.name}: pruning an inactive connection")
+        if grow.numel() and bool(flat_mask[grow].any()):
+            raise InvariantError(f"{self.name}: growing an active connection")
         if prune.unique().numel() != prune.numel() or grow.unique().numel() != grow.numel():
-            raise AssertionError(f"{layer.name}: duplicate positions in a rewiring")
-        flat_weight = layer.weight.data.view(-1)
+            raise InvariantError(f"{self.name}: duplicate positions in a rewiring")
+        flat_weight = self.weight.data.view(-1)
         flat_mask[prune] = False
         flat_weight[prune] = 0.0
         flat_mask[grow] = True
-        flat_weight[grow] = torch.as_tensor(grow_values, dtype=flat_weight.dtype, device=flat_weight.device)
-        self.reset_optimizer_state(index, torch.cat([prune, grow]))
+        flat_weight[grow] = torch.as_tensor(grow_values, dtype=flat_weight.dtype).to(flat_weight.device)
+        self.reset_optimizer_state(torch.cat([prune, grow]))
         return int(prune.numel() + grow.numel())
 
     @torch.no_grad()
-    def reset_optimizer_state(self, index: int, positions: torch.Tensor) -> None:
+    def reset_optimizer_state(self, positions: Tensor) -> None:
         """Zero, at ``positions``, every optimizer-state tensor shaped like the parameter."""
         if self.optimizer is None or positions.numel() == 0:
             return
-        weight = self.layers[index].weight
+        weight = self.weight
         for value in self.optimizer.state.get(weight, {}).values():
             if torch.is_tensor(value) and value.shape == weight.shape:
                 value.view(-1)[positions.to(value.device)] = 0
 
-    # -- persistence ----------------------------------------------------------------------------
+    def load_positions(self, positions: Tensor) -> None:
+        mask = torch.zeros(self.numel, dtype=torch.bool, device=self.mask.device)
+        mask[positions.to(self.mask.device, torch.int64)] = True
+        self.mask.copy_(mask.view(self.mask.shape))
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {layer.name: layer.mask.clone() for layer in self.layers}
+    @torch.no_grad()
+    def apply_mask(self) -> None:
+        self.weight.mul_(self.mask)
 
-    def load_state_dict(self, masks: dict[str, torch.Tensor]) -> None:
-        """Restore saved masks; refuse any mismatch instead of guessing masks from zeros."""
-        names = [layer.name for layer in self.layers]
-        if sorted(masks) != sorted(names):
-            missing = sorted(set(names) - set(masks)) or sorted(set(masks) - set(names))
-            raise UsageError(f"saved masks do not match the model's sparse layers (first mismatch: {missing[0]})")
-        for layer in self.layers:
-            saved = masks[layer.name]
-            if saved.shape != layer.shape or saved.dtype != torch.bool:
-                raise UsageError(
-                    f"saved mask for {layer.name} has shape {tuple(saved.shape)}, expected {tuple(layer.shape)}"
-                )
-            layer.mask.copy_(saved.to(layer.mask.device))
-            layer.budget = int(saved.sum().item())
-        self.apply_masks()
+    @torch.no_grad()
+    def initialise(self, scheme: str, generator: torch.Generator) -> None:
+        check_init_scheme(scheme)
+        if scheme == "sparse_kaiming":
+            self.weight.copy_(sparse_kaiming_draws(self, generator).to(self.device, self.dtype))
+        self.apply_mask()
+
+    # -- gradients --------------------------------------------------------------------------------
+
+    def install_hooks(self) -> None:
+        """Mask the gradient as it is accumulated, after recording it and showing it to the hooks."""
+        if self._mask_handle is None:
+            self._mask_handle = self.weight.register_post_accumulate_grad_hook(self._on_gradient)
+
+    def remove_hooks(self) -> None:
+        if self._mask_handle is not None:
+            self._mask_handle.remove()
+            self._mask_handle = None
+
+    def _on_gradient(self, param: Tensor) -> None:
+        grad = param.grad
+        if grad is None:
+            return
+        if self._recording:
+            self._recorded = grad.detach().clone()
+        if self._active_hooks:
+            at_active = grad.detach().reshape(-1)[self.mask.reshape(-1)]
+            for hook in list(self._active_hooks.values()):
+                hook(at_active)
+        grad.mul_(self.mask)
+
+    def record_gradients(self, enabled: bool) -> None:
+        self._recording = enabled
+        if not enabled:
+            self._recorded = None
+
+    def gradient_at(self, positions: Tensor) -> Tensor:
+        if self._recorded is None:
+            raise UsageError(no_gradient_message(self.name))
+        return self._recorded.reshape(-1)[positions.to(self._recorded.device, torch.int64)]
+
+    def forget_gradients(self) -> None:
+        self._recorded = None
+
+    def register_gradient_hook(self, hook: ActiveGradientHook) -> RemovableHandle:
+        handle = RemovableHandle(self._active_hooks)
+        self._active_hooks[handle.id] = hook
+        return handle
+
+    # -- invariants -------------------------------------------------------------------------------
+
+    def check_storage(self) -> None:
+        if self.mask.dtype != torch.bool or self.mask.device != self.weight.device:
+            raise InvariantError(f"{self.name}: the mask is not a boolean tensor on the weight's device")
+        if bool(self.weight.detach()[~self.mask].any()):
+            raise InvariantError(f"{self.name}: masked weights are not zero")
+
+
+def build_masked_topology(
+    found: Sequence[tuple[str, nn.Module, str]],
+    budgets: Sequence[int],
+    generator: torch.Generator,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> Topology:
+    """Random masks with the given per-layer budgets over parameters from :func:`find_sparse_parameters`.
+
+    The weights are not touched: initialise and mask them once the masks are accepted.
+    """
+    if len(budgets) != len(found):
+        raise UsageError(f"got {len(budgets)} budgets for {len(found)} sparse layers")
+    layers = []
+    for (name, module, attr), count in zip(found, budgets):
+        weight = getattr(module, attr)
+        mask = random_mask(weight.shape, count, generator).to(weight.device)
+        layers.append(MaskedLayer(name, module, attr, mask, count, optimizer))
+    return Topology(layers)

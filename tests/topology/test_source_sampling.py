@@ -7,11 +7,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare
-from test_layer_view import twin_views
 
-from evosparse.backends.source_sampling import free_per_source, source_weighted_sample
-from evosparse.backends.uniform_sampling import sample_absent
+from backend_pairs import twin_layers
 from evosparse.errors import UsageError
+from evosparse.topology.positions import sample_absent
+from evosparse.topology.source_sampling import free_per_source, source_weighted_sample
 
 
 def present_of(mask: torch.Tensor) -> torch.Tensor:
@@ -106,8 +106,8 @@ def test_draws_are_distinct_absent_and_exhaust_weighted_sources_first(rows, sour
     assert free_per_source(present_of(mask), (rows, sources)).tolist() == free.tolist()
 
 
-def test_masked_and_csr_views_draw_the_same_positions():
-    masked, csr = twin_views(40, 30, 0.2, seed=4)
+def test_masked_and_csr_layers_draw_the_same_positions():
+    masked, csr = twin_layers(40, 30, 0.2, seed=4)
     weights = torch.rand(40, generator=torch.Generator().manual_seed(4))
     drawn_masked = masked.sample_inactive_by_source(50, weights, torch.Generator().manual_seed(6))
     drawn_csr = csr.sample_inactive_by_source(50, weights, torch.Generator().manual_seed(6))

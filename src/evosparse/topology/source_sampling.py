@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from evosparse.backends.uniform_sampling import distinct_with_first_draw, is_member
 from evosparse.criteria.time_varying import source_of
 from evosparse.errors import UsageError
+from evosparse.topology.positions import distinct_with_first_draw, is_member
 
 #: Safety margin on the number of draws per round (the expected number suffices on average).
 _DRAW_MARGIN = 1.1

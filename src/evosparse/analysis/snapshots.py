@@ -1,7 +1,7 @@
 """Compact per-epoch topology snapshots: the active flat indices of every mask, in safetensors.
 
 A snapshot costs 4 bytes per active connection (int32 indices; int64 for weights above 2³¹ entries),
-not a dense mask (csr layers are written from their CSR indices, with no dense mask either).
+not a dense mask, on every backend (each layer lists its active positions).
 ``evosparse analyze`` reads them back to follow the topology over training.
 """
 
@@ -15,11 +15,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
-from evosparse.backends import csr_topology
-from evosparse.backends.csr_model import CsrSparseLayer, CsrTopology
 from evosparse.engine.checkpoint import atomic_write_bytes
 from evosparse.errors import UsageError
-from evosparse.topology.masks import Topology
+from evosparse.topology.layer import Topology
 
 SNAPSHOT_DIR = "topology"
 _NAME = re.compile(r"epoch_(\d+)\.safetensors$")
@@ -29,14 +27,11 @@ def snapshot_path(run_dir: Path, epoch: int) -> Path:
     return run_dir / SNAPSHOT_DIR / f"epoch_{epoch:04d}.safetensors"
 
 
-def save_snapshot(run_dir: Path, epoch: int, topology: Topology | CsrTopology) -> None:
-    """Atomically write the active positions of every sparse layer after ``epoch`` (either backend)."""
+def save_snapshot(run_dir: Path, epoch: int, topology: Topology) -> None:
+    """Atomically write the active positions of every sparse layer after ``epoch`` (any backend)."""
     tensors, shapes = {}, {}
     for layer in topology.layers:
-        if isinstance(layer, CsrSparseLayer):
-            flat = csr_topology.active_positions(layer.module).cpu()
-        else:
-            flat = layer.mask.view(-1).nonzero().squeeze(1).cpu()
+        flat = layer.active_positions().cpu()
         dtype = torch.int32 if layer.numel < 2**31 else torch.int64
         tensors[layer.name] = flat.to(dtype)
         shapes[layer.name] = list(layer.shape)

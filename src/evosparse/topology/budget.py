@@ -1,0 +1,84 @@
+"""The budget plan: how many connections each sparse layer starts with and must end with.
+
+One pure function, :func:`plan_budget`, turns the weight shapes, the run's ``density`` or ``epsilon``, the
+distribution and what the method needs (:class:`BudgetRequest`) into per-layer targets. The
+Sparsifier, width scaling, fixed-topology runs and the switcher all read their budgets from it, so a
+budget is derived in exactly one place.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from evosparse.errors import UsageError
+from evosparse.topology.distributions import Shape, layer_budgets, layer_densities
+
+
+@dataclass(frozen=True)
+class BudgetRequest:
+    """What a method asks of the budget.
+
+    Attributes:
+        method: the method's name, for messages.
+        density: global fraction of active connections, or None.
+        epsilon: SET's ε (Erdős–Rényi per layer), or None.
+        sparse: False for the dense baseline (no budget at all).
+        required: whether the method needs a density or an epsilon (False: it finds its own density and
+            takes ``density``, when given, as its budget).
+        starts_dense: dense-to-sparse methods start with every connection active.
+    """
+
+    method: str
+    density: float | None = None
+    epsilon: float | None = None
+    sparse: bool = True
+    required: bool = True
+    starts_dense: bool = False
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    """Per-layer targets of a run (one entry per sparse weight, in model order).
+
+    Attributes:
+        densities: target density of each layer (1.0 where there is no budget).
+        budgets: target number of active connections of each layer (its size where there is none).
+        initial: number of active connections each layer starts with.
+        density: the global target density, or None when the run has none (dense, or a method that
+            finds its own density without a budget).
+    """
+
+    densities: tuple[float, ...]
+    budgets: tuple[int, ...]
+    initial: tuple[int, ...]
+    density: float | None
+
+    @property
+    def total_budget(self) -> int:
+        return sum(self.budgets)
+
+
+def plan_budget(shapes: Sequence[Shape], distribution: str, request: BudgetRequest) -> BudgetPlan:
+    """The per-layer targets for ``request`` over weights of ``shapes`` split by ``distribution``.
+
+    Raises a one-line UsageError for a missing, doubled or out-of-range density or epsilon.
+    """
+    if not shapes:
+        raise UsageError("no sparsifiable layers were found in the model")
+    sizes = tuple(math.prod(int(s) for s in shape) for shape in shapes)
+    density, epsilon = request.density, request.epsilon
+    if request.sparse and not request.required and epsilon is not None:
+        raise UsageError(f"method {request.method} takes its budget from --density (or none), not --epsilon")
+    budgeted = request.sparse and (density is not None or epsilon is not None)
+    if request.sparse and request.required and not budgeted:
+        raise UsageError(f"method {request.method} needs a density or an epsilon")
+    if not budgeted:
+        dense = tuple(1.0 for _ in shapes)
+        return BudgetPlan(dense, sizes, sizes, None)
+    densities = tuple(layer_densities(shapes, distribution=distribution, density=density, epsilon=epsilon))
+    budgets = tuple(layer_budgets(shapes, distribution=distribution, density=density, epsilon=epsilon))
+    initial = sizes if request.starts_dense else budgets
+    target = density if density is not None else sum(budgets) / sum(sizes)
+    return BudgetPlan(densities, budgets, initial, target)
