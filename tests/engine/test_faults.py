@@ -35,9 +35,9 @@ def damage_and_resume(tmp_path, damage):
     out = tmp_path / "run"
     loop.train(config(out, epochs=1), progress=False)
     path = out / checkpoint.CHECKPOINT_NAME
-    state = torch.load(path, weights_only=True)
+    state = checkpoint.load_checkpoint(path)
     damage(state)
-    torch.save(state, path)
+    checkpoint.save_checkpoint(path, state)
     with pytest.raises(UsageError) as info:
         loop.train(config(out, epochs=1), resume=True, progress=False)
     assert "\n" not in str(info.value)
