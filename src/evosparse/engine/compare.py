@@ -45,6 +45,8 @@ from evosparse.engine.config import (
 from evosparse.engine.loop import train
 from evosparse.engine.objectives import ACCURACY, result_metric
 from evosparse.engine.records import RESULT_NAME
+from evosparse.engine.run_folder import check_writable, locked_folder
+from evosparse.engine.update_schedule import check_updates
 from evosparse.engine.variants import base_method, learned_source, run_order, variant_settings
 from evosparse.errors import EvosparseError, UsageError
 from evosparse.methods import get_method
@@ -197,6 +199,7 @@ def plan_comparison(
     out = settings.pop("out", None)
     if out is None:
         raise UsageError("compare needs --out DIR, the folder that holds (and later reuses) its runs")
+    check_writable(Path(str(out)), "--out")
     first_seed = settings.pop("seed", 0)
     if isinstance(first_seed, bool) or not isinstance(first_seed, int):
         raise UsageError(f"seed must be an integer, got {first_seed!r}")
@@ -220,13 +223,15 @@ def plan_comparison(
 
 def existing_state(config: TrainConfig) -> str:
     """``"new"``, ``"resume"`` or ``"reuse"`` for the run folder of ``config``; refuses a folder whose
-    run was made with other settings (or cannot be checked).
+    run was made with other settings (or cannot be checked), and one that must be written but cannot.
 
     A finished run is recognised wherever its folder now lies (``LOCATION_KEYS`` are not compared); an
     unfinished one resumes only where it was started, as ``evosparse train --resume`` requires.
     """
     folder = Path(str(config.out))
     has_result, has_checkpoint = (folder / RESULT_NAME).exists(), (folder / CHECKPOINT_NAME).exists()
+    if not has_result:
+        check_writable(folder, "run folder")
     if not has_checkpoint:
         if has_result:
             raise UsageError(
@@ -271,8 +276,9 @@ def run_comparison(
     Every folder is checked before any training, so changed settings fail at once; ``report``
     receives one line per run (``[2/6] set seed 1: trained, final accuracy 0.9531``).
     """
-    [summary] = run_comparisons([comparison], progress=progress, report=report)
-    write_outputs(comparison.out, summary)
+    with locked_folder(comparison.out):
+        [summary] = run_comparisons([comparison], progress=progress, report=report)
+        write_outputs(comparison.out, summary)
     return summary
 
 
@@ -281,10 +287,15 @@ def run_comparisons(
 ) -> list[dict[str, Any]]:
     """Run (or reuse) every run of several comparisons and return their summaries (writing none).
 
-    Every folder of every comparison is checked before any training, so changed settings fail at once.
+    Every folder of every comparison is checked before any training, so changed settings fail at once,
+    and so is every method's schedule: a method that will not update in the run is reported once
+    (``report``), one that would end dense is refused.
     """
     configs = [comparison.configs() for comparison in comparisons]
     states = [{key: existing_state(config) for key, config in runs.items()} for runs in configs]
+    schedules = {(c.method, c.epochs, tuple(sorted(c.params.items()))): c for runs in configs for c in runs.values()}
+    for config in schedules.values():
+        check_updates(config, lambda message: report(f"evosparse: warning: {message}"))
     numbers = itertools.count(1)
     total = sum(map(len, configs))
     verbs = {"new": "trained", "resume": "resumed", "reuse": "reused"}

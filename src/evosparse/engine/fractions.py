@@ -38,6 +38,7 @@ from evosparse.engine.compare import (
     target_key,
 )
 from evosparse.engine.objectives import result_metric
+from evosparse.engine.run_folder import locked_folder
 from evosparse.errors import UsageError
 
 #: Keys of a comparison's summary shared by all fractions (the rest is per fraction).
@@ -203,7 +204,8 @@ def run_fraction_comparison(
 ) -> dict[str, Any]:
     """Run (or reuse) ``comparison`` at every training-set fraction; write and return the combined summary."""
     planned = plan_fractions(comparison, fractions)
-    summaries = run_comparisons(planned, progress=progress, report=report)
-    summary = combine(planned, summaries)
-    write_fraction_outputs(comparison.out, summary, summaries)
+    with locked_folder(comparison.out):
+        summaries = run_comparisons(planned, progress=progress, report=report)
+        summary = combine(planned, summaries)
+        write_fraction_outputs(comparison.out, summary, summaries)
     return summary

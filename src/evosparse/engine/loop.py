@@ -27,7 +27,8 @@ from evosparse.engine.config import TrainConfig, config_difference
 from evosparse.engine.fixed_topology import hold_fixed_topology
 from evosparse.engine.objectives import Objective, objective_for
 from evosparse.engine.records import RESULT_NAME, EpochRecord, build_result, write_metrics_csv, write_result
-from evosparse.engine.snapshots import save_snapshot
+from evosparse.engine.run_folder import check_writable, locked_folder
+from evosparse.engine.snapshots import SNAPSHOT_DIR, save_snapshot
 from evosparse.engine.width_scaling import scale_widths
 from evosparse.errors import EvosparseError, UsageError
 from evosparse.models import ModelSpec, architecture_of, build_model
@@ -187,11 +188,17 @@ class Trainer:
             "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
         }
 
-    def restore(self, resume: bool, ignore: tuple[str, ...] = ()) -> None:
-        """Continue from ``out/checkpoint.pt`` when resuming; refuse to overwrite a run otherwise."""
+    def restore(self, resume: bool, ignore: tuple[str, ...] = (), *, if_present: bool = False) -> None:
+        """Continue from ``out/checkpoint.pt`` when resuming; refuse to overwrite a run otherwise.
+
+        Resuming needs the checkpoint to be there, unless ``if_present`` (then the run starts afresh).
+        """
         if not self.checkpoint_path.exists():
-            if resume:
-                self.console.print(f"no checkpoint in {self.out}; starting from the beginning")
+            if resume and not if_present:
+                raise UsageError(
+                    f"--resume: {self.out} holds no checkpoint to continue (is --out right?); "
+                    "--resume-if-present starts the run when there is none"
+                )
             return
         if not resume:
             raise UsageError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
@@ -233,9 +240,14 @@ class Trainer:
             loss = self.objective.loss(self.train_model, inputs, self.y_train[batch])
             [step_loss] = all_sum([loss.item() * batch.numel()], self.context)
             if not math.isfinite(step_loss):
+                kept = (
+                    f"the checkpoint of epoch {epoch - 1} is kept in {self.out}"
+                    if self.checkpoint_path.exists()
+                    else f"no checkpoint was written to {self.out} yet"
+                )
                 raise EvosparseError(
-                    f"training diverged: the loss is {step_loss} at epoch {epoch}, step {step}; "
-                    f"the last good checkpoint is kept in {self.out} (try a smaller --lr)"
+                    f"training diverged: the loss is {step_loss} at epoch {epoch}, step {step}; {kept} "
+                    "(try a smaller --lr)"
                 )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -245,10 +257,12 @@ class Trainer:
             on_step()
         return loss_sum / seen
 
-    def run(self, resume: bool = False) -> dict[str, Any]:
-        """Train the remaining epochs, writing metrics and a checkpoint after each; return result.json."""
-        self.restore(resume)
-        self.out.mkdir(parents=True, exist_ok=True)
+    def run(self, resume: bool = False, *, if_present: bool = False) -> dict[str, Any]:
+        """Train the remaining epochs, writing metrics and a checkpoint after each; return result.json.
+
+        The leader writes into ``out``, which :func:`train` has created and locked.
+        """
+        self.restore(resume, if_present=if_present)
         started = time.perf_counter()
         config = self.config
         progress = self._progress()
@@ -365,12 +379,23 @@ class Trainer:
         }
 
 
-def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) the training described by ``config``; return the result.json content."""
-    if resume and config.out is None:
-        raise UsageError("--resume needs --out DIR, the folder of the run to continue")
+def train(
+    config: TrainConfig, *, resume: bool = False, resume_if_present: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Run (or continue) the training described by ``config``; return the result.json content.
+
+    ``resume`` continues the checkpoint in ``config.out`` and refuses a folder without one, so a
+    mistyped ``--out`` does not silently start afresh; ``resume_if_present`` continues it when there is
+    one and starts the run otherwise. The output folder is checked before any data is loaded, then
+    locked for the whole run (a second process writing it is refused).
+    """
+    if (resume or resume_if_present) and config.out is None:
+        flag = "--resume-if-present" if resume_if_present else "--resume"
+        raise UsageError(f"{flag} needs --out DIR, the folder of the run to continue")
+    check_writable(config.output_folder(), "--out")
     trainer = Trainer(config, progress=progress)
     try:
-        return trainer.run(resume=resume)
+        with locked_folder(trainer.out, sweep=(SNAPSHOT_DIR,)) if trainer.context.is_leader else nullcontext():
+            return trainer.run(resume=resume or resume_if_present, if_present=resume_if_present)
     finally:
         shutdown(trainer.context)
