@@ -366,6 +366,7 @@ class Trainer:
             "fixed_topology_from": config.fixed_topology_from,
             "train_fraction": config.train_fraction,
             "train_samples": self.data.x_train.shape[0],
+            "class_names": list(self.data.class_names) if self.data.class_names is not None else None,
             "layers": [
                 {
                     "name": r.name,
