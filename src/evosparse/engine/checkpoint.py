@@ -110,12 +110,14 @@ def sweep_temporaries(folder: Path) -> list[Path]:
 def _keep_previous(path: Path) -> None:
     """Make the checkpoint at ``path`` (if any) the previous one, atomically, without copying its bytes."""
     previous = path.with_name(PREVIOUS_NAME)
+    # Nothing to keep, or kept already by a write killed after this step (renaming a link onto the
+    # file it links to does nothing, and would leave the temporary link behind).
+    if not path.exists() or (previous.exists() and os.path.samefile(path, previous)):
+        return
     temporary = _temporary_name(previous)
     try:
         try:
             os.link(path, temporary)
-        except FileNotFoundError:
-            return
         except OSError:  # a file system without hard links
             shutil.copyfile(path, temporary)
         os.replace(temporary, previous)
