@@ -86,7 +86,7 @@ def test_a_flipped_byte_is_refused_and_the_previous_checkpoint_goes_back_one_epo
         loop.train(config(out), resume=True, progress=False)
     message = str(info.value)
     assert "\n" not in message and "its SHA-256 does not match its content" in message
-    assert f"to go back one epoch, `mv {previous} {path}` and resume" in message
+    assert message.endswith(f"; to go back one epoch: mv {previous} {path}, then resume")
     os.replace(previous, path)  # what the message says to do: epoch 3 is trained again, identically
     assert numbers(loop.train(config(out), resume=True, progress=False)) == numbers(reference)
 

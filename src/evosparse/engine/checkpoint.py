@@ -190,7 +190,7 @@ def _way_back(path: Path) -> str:
         _state_of(_read(previous))
     except (UsageError, DamagedCheckpoint):
         return f"{previous} is damaged too"
-    return f"to go back one epoch, `mv {previous} {path}` and resume"
+    return f"to go back one epoch: mv {previous} {path}, then resume"
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

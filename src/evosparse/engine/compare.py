@@ -11,7 +11,8 @@ Runs already in ``OUT`` are reused, which is what lets an interrupted comparison
 A run is reused or resumed only when its checkpoint was made with exactly the requested
 configuration (a finished run's folder may have moved); otherwise the comparison stops before any
 training with one line naming the first differing setting. We refuse rather than retrain into a
-fresh folder, so that a folder always holds the runs its ``summary.json`` describes.
+fresh folder, so that a folder always holds the runs its ``summary.json`` describes; and while a
+comparison runs, its folder (like each run's) is locked against a second writer.
 Outputs: ``summary.json``, ``summary.md``, ``curves.png`` and ``generalisation.png`` (test against
 training loss; summary.md has the accuracy at matched training loss, see
 :mod:`evosparse.analysis.generalisation`).

@@ -125,7 +125,7 @@ def read_toml(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise UsageError(f"config file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as error:
-        raise UsageError(f"cannot read config file {path}: {error}") from None
+        raise UsageError(f"cannot read config file {path}: {getattr(error, 'strerror', None) or error}") from None
     except tomllib.TOMLDecodeError as error:
         raise UsageError(f"config file {path} is not valid TOML: {error}") from None
 
