@@ -144,7 +144,8 @@ def test_a_second_writer_is_refused_while_the_first_runs_and_a_dead_ones_lock_is
 ):
     out = tmp_path / "run"
     stopped = processes.Event()
-    first = processes.Process(target=child_training, args=(str(out), (checkpoint.CHECKPOINT_NAME, "before", 1), stopped))
+    stop = (checkpoint.CHECKPOINT_NAME, "before", 1)  # inside the first checkpoint's write
+    first = processes.Process(target=child_training, args=(str(out), stop, stopped))
     first.start()
     assert stopped.wait(60)
     with pytest.raises(UsageError, match=rf"^--out {out} is in use by another evosparse run \(process {first.pid}\)"):

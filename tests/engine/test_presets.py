@@ -154,7 +154,8 @@ def test_epochs_scale_the_update_intervals_counted_in_epochs():
     for epochs, interval in [(20, 2), (2, 1), (1, 1), (10, 1), (15, 2), (40, 4)]:
         scaled = preset.scaled_params(epochs)
         assert f"adaptive.update_interval={interval}" in scaled
-        assert [p for p in scaled if "update_interval" not in p] == [p for p in preset.params if "update_interval" not in p]
+        others = [pair for pair in preset.params if "update_interval" not in pair]
+        assert [pair for pair in scaled if "update_interval" not in pair] == others
     stepped = dataclasses.replace(TINY, methods=("rigl",), params=("rigl.update_interval=100",))
     assert stepped.scaled_params(3) == ("rigl.update_interval=100",)  # steps, not epochs: unchanged
 

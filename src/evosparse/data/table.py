@@ -49,9 +49,7 @@ def load_csv(path: str | Path, target: str | None = None, test_fraction: float =
     features = _feature_matrix(path, lines, rows, [i for i in range(len(names)) if i != label_at], names)
     labels, class_names = _class_indices(path, lines, [row[label_at] for row in rows], names[label_at])
     train, test = _split(path, features, labels, len(class_names), test_fraction, split_seed)
-    return dataset_from_arrays(
-        f"csv:{path}", len(class_names), train, test, per_feature=True, class_names=class_names
-    )
+    return dataset_from_arrays(f"csv:{path}", len(class_names), train, test, per_feature=True, class_names=class_names)
 
 
 def _read_rows(path: Path) -> tuple[list[int], list[list[str]]]:

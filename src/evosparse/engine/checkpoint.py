@@ -149,7 +149,7 @@ def _verified_payload(data: bytes) -> bytes:
     except (ValueError, KeyError, TypeError):
         raise DamagedCheckpoint("its header is damaged") from None
     if expected_format != FORMAT_VERSION:
-        raise DamagedCheckpoint(f"it has format {expected_format!r}; this evosparse reads format {FORMAT_VERSION}")
+        raise DamagedCheckpoint(f"it has format {expected_format!r}; this evosparse reads {FORMAT_VERSION}")
     payload = data[end + 1 :]
     if len(payload) != size:
         raise DamagedCheckpoint(f"it holds {len(payload)} bytes of the {size} it was written with")
