@@ -214,25 +214,17 @@ def train(**options: Any) -> None:
     from evosparse.engine.config import build_config
     from evosparse.engine.loop import train as run_training
     from evosparse.engine.objectives import ACCURACY, result_metric
-    from evosparse.engine.update_schedule import check_updates
     from evosparse.metrics import epoch_reaching
 
     settings = build_config(options["config"], config_values(options), options["param"] or [])
     targets = check_targets(options["target_acc"]) if options["target_acc"] else ()
-    leader = context_from_environment().is_leader
-
-    def warn(message: str) -> None:
-        if leader:
-            typer.echo(f"evosparse: warning: {message}", err=True)
-
-    check_updates(settings, warn)
     result = run_training(
         settings,
         resume=options["resume"],
         resume_if_present=options["resume_if_present"],
         progress=options["progress"],
     )
-    if not leader:
+    if not context_from_environment().is_leader:
         return
     typer.echo(
         f"{result['method']} on {result['dataset']}: test {result_metric(result).label} {result['final_test_acc']:.4f} "

@@ -20,7 +20,8 @@ REPRODUCIBLE = ["epoch", "train_loss", "test_loss", "test_acc", "density", "conn
 
 
 def config(out, **overrides):
-    return build_config(None, {"epochs": 3, "hidden": "16", "density": 0.3, "out": str(out), **overrides}, [])
+    settings = {"epochs": 3, "hidden": "16", "density": 0.3, "batch_size": 128, "out": str(out)}
+    return build_config(None, {**settings, **overrides}, [])
 
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
@@ -91,6 +92,14 @@ def test_a_flipped_byte_is_refused_and_the_previous_checkpoint_goes_back_one_epo
     assert numbers(loop.train(config(out), resume=True, progress=False)) == numbers(reference)
 
 
+@pytest.fixture(scope="module")
+def first_checkpoint(tmp_path_factory):
+    """The checkpoint of a run's first epoch (no earlier one is kept beside it)."""
+    out = tmp_path_factory.mktemp("first") / "run"
+    loop.train(config(out, epochs=1), progress=False)
+    return out / checkpoint.CHECKPOINT_NAME
+
+
 @pytest.mark.parametrize(
     "damage, reason",
     [
@@ -100,11 +109,11 @@ def test_a_flipped_byte_is_refused_and_the_previous_checkpoint_goes_back_one_epo
         (lambda data: b"X" + data[1:], r"it is unreadable or corrupt \(.*\)"),
     ],
 )
-def test_damaged_checkpoints_say_what_is_wrong_and_that_no_earlier_one_is_kept(tmp_path, damage, reason):
-    out = tmp_path / "run"
-    loop.train(config(out, epochs=1), progress=False)
-    path = out / checkpoint.CHECKPOINT_NAME
-    path.write_bytes(damage(path.read_bytes()))
+def test_damaged_checkpoints_say_what_is_wrong_and_that_no_earlier_one_is_kept(
+    first_checkpoint, tmp_path, damage, reason
+):
+    path = tmp_path / checkpoint.CHECKPOINT_NAME
+    path.write_bytes(damage(first_checkpoint.read_bytes()))
     with pytest.raises(UsageError, match=f"^checkpoint {path} cannot be used: {reason}; no earlier checkpoint is kept"):
         checkpoint.load_checkpoint(path)
 
@@ -116,8 +125,8 @@ def test_format_1_checkpoints_written_before_checksums_still_load(tmp_path):
     assert state["epoch"] == 7 and torch.equal(state["weights"], torch.arange(3))
 
 
-@pytest.mark.parametrize("umask", [0o022, 0o077])
-def test_every_output_file_gets_the_users_umask(tmp_path, umask):
+def test_every_output_file_gets_the_users_umask(tmp_path):
+    umask = 0o027  # neither mkstemp's 0600 nor the usual 0644
     before = os.umask(umask)
     try:
         out = tmp_path / "run"

@@ -67,9 +67,18 @@ def stop_inside_checkpoint_write(name: str, when: str, count: int, stopped) -> N
     os.replace = replace  # this child process only
 
 
-def child_training(out: str, stop: tuple[str, str, int] | None = None, stopped=None) -> None:
+def child_training(out: str, stop: tuple[str, str, int] | None = None, stopped=None, running=None) -> None:
+    """Train in a child process; set ``running`` once the folder is locked and training begins."""
     if stop is not None:
         stop_inside_checkpoint_write(*stop, stopped)
+    if running is not None:
+        real_run = loop.Trainer.run
+
+        def run(self, *args, **kwargs):
+            running.set()
+            return real_run(self, *args, **kwargs)
+
+        loop.Trainer.run = run  # this child process only
     train_resuming(Path(out))
 
 
@@ -87,14 +96,13 @@ def processes():
 
 @pytest.fixture(scope="module")
 def reference(processes, tmp_path_factory):
-    """The uninterrupted run's numbers, and how long a child takes to make them."""
-    server = processes.Process(target=os.getpid)  # starts the server (its imports are not timed)
-    server.start()
-    server.join()
+    """The uninterrupted run's numbers, and how long its training takes in a child (from the lock on)."""
     out = tmp_path_factory.mktemp("reference") / "run"
-    started = time.perf_counter()
-    child = processes.Process(target=child_training, args=(str(out),))
+    running = processes.Event()
+    child = processes.Process(target=child_training, args=(str(out), None, None, running))
     child.start()
+    assert running.wait(60)
+    started = time.perf_counter()
     child.join()
     assert child.exitcode == 0
     return numbers(json.loads((out / "result.json").read_text())), time.perf_counter() - started
@@ -109,10 +117,11 @@ def leftovers(out: Path) -> list[str]:
 
 
 def kill_trials(count: int, seed: int = 17) -> list[tuple[str, object]]:
-    """``count`` kills: every stop inside a checkpoint write, then random delays (a fraction of a run)."""
+    """``count`` kills: every stop inside a checkpoint write, then random moments of training (a
+    fraction of its length after the folder is locked; above 1, after the run has ended)."""
     rng = random.Random(seed)
     trials: list[tuple[str, object]] = [("stop", name) for name in STOPS][:count]
-    trials += [("delay", rng.uniform(0.0, 1.2)) for _ in range(count - len(trials))]
+    trials += [("delay", rng.uniform(0.0, 1.1)) for _ in range(count - len(trials))]
     return trials[:count]
 
 
@@ -122,14 +131,15 @@ def test_a_run_killed_at_any_moment_resumes_exactly_and_leaves_nothing_temporary
 ):
     expected, seconds = reference
     out = tmp_path / "run"
-    stopped = processes.Event()
+    stopped, running = processes.Event(), processes.Event()
     kind, what = how
     stop = (*STOPS[what], 3) if kind == "stop" else None  # inside the third checkpoint's write
-    child = processes.Process(target=child_training, args=(str(out), stop, stopped))
+    child = processes.Process(target=child_training, args=(str(out), stop, stopped, running))
     child.start()
     if kind == "stop":
         assert stopped.wait(60), f"the child never reached {what}"
     else:
+        assert running.wait(60)
         time.sleep(what * seconds)
     child.kill()
     child.join()

@@ -4,12 +4,13 @@ import pytest
 
 from evosparse.engine.config import build_config
 from evosparse.engine.loop import train
-from evosparse.engine.update_schedule import check_updates, epoch_updates
+from evosparse.engine.update_schedule import check_updates, epoch_updates, idle_reason
 from evosparse.errors import UsageError
 
 
 def config(tmp_path, method="set", epochs=4, **params):
-    settings = {"method": method, "epochs": epochs, "hidden": "16", "density": 0.3, "out": str(tmp_path / "run")}
+    settings = {"method": method, "epochs": epochs, "hidden": "16", "density": 0.3, "batch_size": 128,
+                "train_fraction": 0.5, "out": str(tmp_path / "run")}  # fmt: skip
     return build_config(None, settings, [f"{key}={value}" for key, value in params.items()])
 
 
@@ -40,18 +41,19 @@ def test_the_switchers_final_settling_is_not_an_update(tmp_path):
 def test_step_schedules_and_fixed_topologies_are_not_judged(tmp_path):
     assert epoch_updates(config(tmp_path, "rigl", 1)) is None
     assert epoch_updates(config(tmp_path, "static", 1)) == 0
-    warnings = []
-    for method in ("rigl", "static", "dense"):
-        check_updates(config(tmp_path, method, 1), warnings.append)
-    assert warnings == []
+    assert [idle_reason(config(tmp_path, method, 1)) for method in ("rigl", "static", "dense")] == [None] * 3
 
 
-def test_an_idle_method_is_reported_and_a_dense_to_sparse_one_refused(tmp_path):
-    warnings = []
-    check_updates(config(tmp_path, "set", 4, update_interval=4), warnings.append)
-    assert warnings == [
-        "set updates its topology after every 4 epochs but never after the last epoch, so never in 4 epochs: "
-        "it keeps its initial topology; train at least 5 epochs for it to evolve"
-    ]
-    with pytest.raises(UsageError, match=r"in the first 50% of training .* would end dense; train at least 3 epochs"):
-        check_updates(config(tmp_path, "prune", 2, update_until=0.5, dense_fraction=0.25), warnings.append)
+def test_an_idle_method_is_named_in_a_warning_and_a_dense_to_sparse_one_refused(tmp_path, capsys):
+    check_updates(config(tmp_path, "set", 4, update_interval=4))  # evolves from its initial topology: allowed
+    assert idle_reason(config(tmp_path, "set", 4, update_interval=4)) == (
+        "set updates its topology after every 4 epochs but never after the last epoch, so never in 4 epochs "
+        "(train at least 5 epochs)"
+    )
+    train(config(tmp_path, "set", 1), progress=False)
+    assert capsys.readouterr().err == (
+        "evosparse: warning: set updates its topology after every epoch but never after the last epoch, so never "
+        "in 1 epoch (train at least 2 epochs): it keeps its initial topology\n"
+    )
+    with pytest.raises(UsageError, match=r"in the first 50% of training .* \(train at least 3 epochs\): it would end"):
+        train(config(tmp_path, "prune", 2, update_until=0.5, dense_fraction=0.25), progress=False)

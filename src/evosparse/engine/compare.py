@@ -289,14 +289,13 @@ def run_comparisons(
     """Run (or reuse) every run of several comparisons and return their summaries (writing none).
 
     Every folder of every comparison is checked before any training, so changed settings fail at once,
-    and so is every method's schedule: a method that will not update in the run is reported once
-    (``report``), one that would end dense is refused.
+    and so is every run's schedule (a dense-to-sparse method that would end dense is refused).
     """
     configs = [comparison.configs() for comparison in comparisons]
     states = [{key: existing_state(config) for key, config in runs.items()} for runs in configs]
-    schedules = {(c.method, c.epochs, tuple(sorted(c.params.items()))): c for runs in configs for c in runs.values()}
-    for config in schedules.values():
-        check_updates(config, lambda message: report(f"evosparse: warning: {message}"))
+    for runs in configs:
+        for config in runs.values():
+            check_updates(config)
     numbers = itertools.count(1)
     total = sum(map(len, configs))
     verbs = {"new": "trained", "resume": "resumed", "reuse": "reused"}

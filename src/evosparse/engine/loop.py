@@ -29,6 +29,7 @@ from evosparse.engine.objectives import Objective, objective_for
 from evosparse.engine.records import RESULT_NAME, EpochRecord, build_result, write_metrics_csv, write_result
 from evosparse.engine.run_folder import check_writable, locked_folder
 from evosparse.engine.snapshots import SNAPSHOT_DIR, save_snapshot
+from evosparse.engine.update_schedule import check_updates, idle_reason
 from evosparse.engine.width_scaling import scale_widths
 from evosparse.errors import EvosparseError, UsageError
 from evosparse.models import ModelSpec, architecture_of, build_model
@@ -260,9 +261,14 @@ class Trainer:
     def run(self, resume: bool = False, *, if_present: bool = False) -> dict[str, Any]:
         """Train the remaining epochs, writing metrics and a checkpoint after each; return result.json.
 
-        The leader writes into ``out``, which :func:`train` has created and locked.
+        The leader writes into ``out``, which :func:`train` has created and locked, and names in a
+        one-line warning a method that will not update its topology in the run.
         """
         self.restore(resume, if_present=if_present)
+        idle = idle_reason(self.config)
+        if idle is not None and self.context.is_leader:
+            message = f"evosparse: warning: {idle}: it keeps its initial topology"
+            self.console.print(message, soft_wrap=True, markup=False, highlight=False)
         started = time.perf_counter()
         config = self.config
         progress = self._progress()
@@ -387,13 +393,15 @@ def train(
 
     ``resume`` continues the checkpoint in ``config.out`` and refuses a folder without one, so a
     mistyped ``--out`` does not silently start afresh; ``resume_if_present`` continues it when there is
-    one and starts the run otherwise. The output folder is checked before any data is loaded, then
-    locked for the whole run (a second process writing it is refused).
+    one and starts the run otherwise. The output folder and the topology schedule are checked before
+    any data is loaded, then the folder is locked for the whole run (a second process writing it is
+    refused).
     """
     if (resume or resume_if_present) and config.out is None:
         flag = "--resume-if-present" if resume_if_present else "--resume"
         raise UsageError(f"{flag} needs --out DIR, the folder of the run to continue")
     check_writable(config.output_folder(), "--out")
+    check_updates(config)
     trainer = Trainer(config, progress=progress)
     try:
         with locked_folder(trainer.out, sweep=(SNAPSHOT_DIR,)) if trainer.context.is_leader else nullcontext():

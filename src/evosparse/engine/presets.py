@@ -9,7 +9,8 @@ Setups outside the design (ImageNet, the VAE, ResNet-110) have no preset.
 ``--epochs N`` shortens (or lengthens) a preset for a quick check that still compares something:
 every update interval counted in epochs is scaled by N over the preset's epochs (to at least 1), as
 fractions of training (prune's ``dense_fraction``, ``update_until``) already are; a method that would
-still never update is reported before any training (:mod:`evosparse.engine.update_schedule`).
+still never update is named in a warning, and one that would end dense refused before any training
+(:mod:`evosparse.engine.update_schedule`).
 
 A preset needs its methods and model registered; ``--list`` marks the ones that are not (yet), and
 running them fails with one line. Datasets other than ``digits`` and ``mnist`` (offline from
