@@ -138,7 +138,8 @@ def test_train_on_a_user_csv_table(tmp_path, capsys):
         capsys,
     )
     assert code == 0
-    assert json.loads((out / "result.json").read_text())["final_test_acc"] > 0.9
+    result = json.loads((out / "result.json").read_text())
+    assert result["final_test_acc"] > 0.9 and result["class_names"] == ["left", "right", "up"]
 
 
 def test_console_script_runs_as_a_module_and_exits_2_without_traceback(tmp_path):

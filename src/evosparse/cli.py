@@ -174,7 +174,11 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
         ],
         None,
     ),
-    "resume": (Annotated[bool, typer.Option(help="continue the run checkpointed in --out")], False),
+    "resume": (Annotated[bool, typer.Option(help="continue the run checkpointed in --out (it must hold one)")], False),
+    "resume_if_present": (
+        Annotated[bool, typer.Option(help="continue the run in --out if it holds a checkpoint, else start it")],
+        False,
+    ),
     "progress": (Annotated[bool, typer.Option(help="show a progress bar")], True),
 }
 
@@ -248,7 +252,9 @@ def command_line(ctx: typer.Context) -> str:
 
 
 @app.command()
-@with_options("method", *SETUP_OPTIONS, "resume", "target_acc", "fixed_topology_from", "width_scale")
+@with_options(
+    "method", *SETUP_OPTIONS, "resume", "resume_if_present", "target_acc", "fixed_topology_from", "width_scale"
+)
 def train(**options: Any) -> None:
     """Train one sparse network and write result.json, metrics.csv, curves.png and a checkpoint."""
     from evosparse.distributed import context_from_environment
@@ -259,7 +265,12 @@ def train(**options: Any) -> None:
 
     settings = build_config(options["config"], config_values(options), options["param"] or [])
     targets = check_targets(options["target_acc"]) if options["target_acc"] else ()
-    result = run_training(settings, resume=options["resume"], progress=options["progress"])
+    result = run_training(
+        settings,
+        resume=options["resume"],
+        resume_if_present=options["resume_if_present"],
+        progress=options["progress"],
+    )
     if not context_from_environment().is_leader:
         return
     typer.echo(
@@ -284,7 +295,7 @@ def run_and_report(comparison: Any, progress: bool, fractions: str | None = None
     console = Console(stderr=True)
 
     def report(line: str) -> None:
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, soft_wrap=True)
 
     if fractions is None:
         typer.echo(markdown_table(run_comparison(comparison, progress=progress, report=report)), nl=False)
@@ -409,8 +420,8 @@ def main(argv: list[str] | None = None) -> int:
         return error.exit_code
     except KeyboardInterrupt:
         print(
-            "evosparse: interrupted; the last checkpoint is kept: rerun train with --resume, "
-            "or the same compare/reproduce command, to continue",
+            "evosparse: interrupted; rerun train with --resume-if-present, or the same compare/reproduce "
+            "command, to continue from the last checkpoint written (if any)",
             file=sys.stderr,
         )
         return 130

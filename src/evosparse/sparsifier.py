@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from evosparse.backends.csr_model import BACKENDS, build_csr_direct, csr_twins, install_csr, squash_csr
+from evosparse.criteria.schedules import update_due
 from evosparse.distributed import TopologySync, current_context
 from evosparse.errors import UsageError
 from evosparse.methods import Method, get_method, resolve_params
@@ -197,12 +198,10 @@ class Sparsifier:
         """Whether the ``count``-th ``unit`` (ending at global ``step``) is followed by an update."""
         if not self.method.evolves or self.hparams["update_unit"] != unit:
             return False
-        if count % self.hparams["update_interval"]:
-            return False
-        if self.clock.total_steps is None:
-            return True
-        final = self.method.updates_after_final_epoch and step >= self.clock.total_steps
-        return final or step < self.hparams["update_until"] * self.clock.total_steps
+        h = self.hparams
+        total = self.clock.total_steps
+        final = self.method.updates_after_final_epoch
+        return update_due(count, h["update_interval"], step, h["update_until"], total, final=final)
 
     def _arm_gradient_recording(self) -> None:
         """Tell the layers whether to record the coming backward pass, as the method needs it."""

@@ -37,6 +37,7 @@ def test_header_and_string_labels_become_sorted_class_indices(tmp_path):
     x = np.concatenate([data.x_train.numpy(), data.x_test.numpy()])
     order = np.argsort(x[:, 0])
     assert [all_labels(data)[k] for k in order] == [1 if i % 2 == 0 else 0 for i in range(20)]
+    assert data.class_names == ("cat", "dog")
 
 
 def test_numeric_labels_sort_numerically_and_equal_values_merge(tmp_path):
@@ -44,6 +45,31 @@ def test_numeric_labels_sort_numerically_and_equal_values_merge(tmp_path):
     data = load_csv(write(tmp_path, "\n".join(rows)))
     assert data.num_classes == 3
     assert Counter(all_labels(data)) == {0: 6, 1: 6, 2: 6}  # 2 -> 0, 9 and 9.0 -> 1, 10 -> 2
+    assert data.class_names == ("2", "9", "10")  # a number is named as it is first written
+
+
+def test_a_label_column_of_many_fractional_numbers_is_refused_with_a_hint(tmp_path):
+    """The issue's case: 121 distinct float values in 178 rows would train a 121-class model."""
+    rows = [f"{i % 7},{(i * 37) % 121 / 8 + 0.0625}" for i in range(178)]
+    with pytest.raises(DataError) as caught:
+        load_csv(write(tmp_path, "x,quality\n" + "\n".join(rows)))
+    assert str(caught.value) == (
+        f"{tmp_path / 'table.csv'}: the label column 'quality' holds 121 distinct fractional numbers in 178 rows, "
+        "a measured quantity rather than classes; name the class column with --target NAME, or write the classes "
+        "as integers or names"
+    )
+
+
+@pytest.mark.parametrize("distinct, refused", [(10, False), (11, True)])
+def test_a_few_fractional_labels_are_still_classes(tmp_path, distinct, refused):
+    rows = [f"{i},{i % distinct + 0.5}" for i in range(5 * distinct)]
+    path = write(tmp_path, "\n".join(rows))
+    if refused:
+        with pytest.raises(DataError, match="label column 'column 2' holds 11 distinct fractional numbers"):
+            load_csv(path)
+        return
+    data = load_csv(path)
+    assert data.num_classes == distinct and data.class_names[:2] == ("0.5", "1.5")
 
 
 def test_headerless_file_with_text_labels_is_read_as_data(tmp_path):

@@ -146,3 +146,45 @@ def test_the_aws_cnn_preset_builds_the_papers_32_64_64_network():
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     assert convs == [32, 64, 64] and len(linears) == 1  # no hidden fully connected layer
     assert sum(p.numel() for p in model.parameters()) == 66_570
+
+
+def test_epochs_scale_the_update_intervals_counted_in_epochs():
+    preset = PRESETS["aws-mnist-fc-1"]  # 20 epochs, adaptive every 2
+    assert "adaptive.update_interval=2" in preset.params
+    for epochs, interval in [(20, 2), (2, 1), (1, 1), (10, 1), (15, 2), (40, 4)]:
+        scaled = preset.scaled_params(epochs)
+        assert f"adaptive.update_interval={interval}" in scaled
+        others = [pair for pair in preset.params if "update_interval" not in pair]
+        assert [pair for pair in scaled if "update_interval" not in pair] == others
+    stepped = dataclasses.replace(TINY, methods=("rigl",), params=("rigl.update_interval=100",))
+    assert stepped.scaled_params(3) == ("rigl.update_interval=100",)  # steps, not epochs: unchanged
+
+
+def test_a_quick_check_that_cannot_compare_is_refused_before_any_training(tmp_path, capsys, monkeypatch):
+    preset = dataclasses.replace(TINY, methods=("static", "set", "prune"), params=())
+    monkeypatch.setitem(PRESETS, preset.name, preset)
+    out = tmp_path / "rep"
+    args = ["reproduce", preset.name, "--epochs", "1", "--seeds", "1", "--out", str(out), "--no-progress"]
+    code, _, stderr = run_cli(args, capsys)
+    assert code == 2 and not out.exists()
+    assert stderr == (
+        "evosparse: error: prune updates its topology after every epoch but never after the last epoch, so never "
+        "in 1 epoch (train at least 2 epochs): it would end dense\n"
+    )
+
+
+def test_a_preset_shortened_to_two_epochs_still_evolves_every_method(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(loop, "plot_run_curves", lambda *args, **kwargs: None)
+    quick = {**TINY.settings, "batch_size": 128, "train_fraction": 0.5}
+    preset = dataclasses.replace(TINY, methods=("static", "set", "prune"), params=("set.update_interval=10",))
+    preset = dataclasses.replace(preset, settings=quick)
+    monkeypatch.setitem(PRESETS, preset.name, preset)
+    out = tmp_path / "rep"
+    args = ["reproduce", preset.name, "--epochs", "2", "--seeds", "1", "--out", str(out), "--no-progress"]
+    code, _, stderr = run_cli(args, capsys)
+    assert code == 0 and "warning" not in stderr
+    changed = {
+        method: json.loads((out / method / "seed0" / "result.json").read_text())["epochs"][0]["connections_changed"]
+        for method in preset.methods
+    }
+    assert changed["static"] == 0 < min(changed["set"], changed["prune"])

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from evosparse.engine.checkpoint import atomic_write_bytes  # noqa: E402
+from evosparse.files import atomic_write_bytes  # noqa: E402
 from evosparse.metrics import ACCURACY, Metric  # noqa: E402
 
 

@@ -23,8 +23,8 @@ import torch  # noqa: E402
 from evosparse.analysis.graph import graph_metrics, layered_adjacency, matrix_adjacency, matrix_graph_metrics  # noqa: E402
 from evosparse.analysis.plots import save_png  # noqa: E402
 from evosparse.analysis.snapshots import list_snapshots, load_snapshot  # noqa: E402
-from evosparse.engine.checkpoint import atomic_write_text  # noqa: E402
 from evosparse.errors import UsageError  # noqa: E402
+from evosparse.files import atomic_write_text, check_writable  # noqa: E402
 
 METRICS = ("algebraic_connectivity", "degree_gini", "clustering", "avg_shortest_path")
 COLUMNS = ("epoch", "scope", *METRICS, "nodes", "edges", "exact", "sampled_sources")
@@ -78,6 +78,8 @@ def analyze_run(run_dir: Path) -> list[dict[str, Any]]:
     snapshots = list_snapshots(run_dir)
     if not snapshots:
         raise UsageError(f"{run_dir} has no topology snapshots (a sparse run of evosparse train writes them)")
+    out = run_dir / "analysis"
+    check_writable(out, "analyze writes to")
     rows: list[dict[str, Any]] = []
     every = [load_snapshot(path) for _, path in snapshots]
     for (epoch, _), masks in zip(snapshots, every):
@@ -85,7 +87,6 @@ def analyze_run(run_dir: Path) -> list[dict[str, Any]]:
     first, last = every[0], every[-1]
     if not rows:
         raise UsageError(f"{run_dir}: the sparse layers form no layered chain and hold no recurrent matrix")
-    out = run_dir / "analysis"
     _write_csv(out / "graph_metrics.csv", rows)
     _plot_metrics(out / "graph_metrics.png", rows)
     _plot_degrees(out / "degrees.png", degrees(first), degrees(last), snapshots[0][0], snapshots[-1][0])

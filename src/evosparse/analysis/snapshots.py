@@ -15,8 +15,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
-from evosparse.engine.checkpoint import atomic_write_bytes
 from evosparse.errors import UsageError
+from evosparse.files import atomic_write_bytes
 from evosparse.topology.layer import Topology
 
 SNAPSHOT_DIR = "topology"

@@ -36,8 +36,8 @@ import evosparse
 from evosparse.backends.csr_layer import CsrLinear, structure_from_csr_arrays
 from evosparse.backends.csr_model import replace_submodule
 from evosparse.backends.csr_ops import CsrStructure
-from evosparse.engine.checkpoint import atomic_write_bytes
 from evosparse.errors import UsageError
+from evosparse.files import atomic_write_bytes
 from evosparse.models import ModelSpec, architecture_of, build_model
 
 FORMAT_NAME = "evosparse-sparse-model"

@@ -45,3 +45,18 @@ def last_update_step(period: int, limit: float) -> int:
     if period < 1:
         raise UsageError(f"the update period must be at least one step, got {period}")
     return max(0, period * (math.ceil(limit / period) - 1))
+
+
+def update_due(count: int, interval: int, step: int, until: float, total_steps: int | None, *, final: bool) -> bool:
+    """Whether the ``count``-th scheduled unit (an epoch or a step), ending at global ``step``, is followed by a
+    topology update: every ``interval``-th one while ``step`` < ``until`` · ``total_steps``.
+
+    Without a known training length every ``interval``-th unit updates. ``final`` lets the unit that
+    ends training update too (the switcher's last update only settles what was trained); for every
+    other method the update after the last step never changes the evaluated model, so it is skipped.
+    """
+    if count % interval:
+        return False
+    if total_steps is None:
+        return True
+    return (final and step >= total_steps) or step < until * total_steps

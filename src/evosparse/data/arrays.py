@@ -19,11 +19,13 @@ def dataset_from_arrays(
     validation: Split | None = None,
     *,
     per_feature: bool,
+    class_names: tuple[str, ...] | None = None,
 ) -> Dataset:
     """Standardise the inputs by the training split and wrap them, with int64 labels, as a Dataset.
 
     Each split is ``(inputs, labels)`` with one sample per row of ``inputs`` (any sample shape).
-    Labels outside ``[0, num_classes)`` raise :class:`DataError`.
+    Labels outside ``[0, num_classes)`` raise :class:`DataError`; ``class_names`` (one per class)
+    are kept on the Dataset.
     """
     splits = [train, test] if validation is None else [train, test, validation]
     for inputs, labels in splits:
@@ -43,4 +45,5 @@ def dataset_from_arrays(
         num_classes=num_classes,
         x_val=x_val[0] if x_val else None,
         y_val=targets[2] if validation is not None else None,
+        class_names=class_names,
     )

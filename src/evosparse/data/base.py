@@ -13,7 +13,8 @@ class Dataset:
 
     Inputs are float32 and already standardised; labels are int64 class indices in
     ``[0, num_classes)``. ``input_shape`` is the shape of one sample (``(64,)`` for flat
-    digits, ``(3, 32, 32)`` for CIFAR images).
+    digits, ``(3, 32, 32)`` for CIFAR images). ``class_names[i]`` is what class ``i`` was called
+    in the user's data (a table's label values), ``None`` for the built-in datasets.
     """
 
     name: str
@@ -24,6 +25,7 @@ class Dataset:
     num_classes: int
     x_val: torch.Tensor | None = None
     y_val: torch.Tensor | None = None
+    class_names: tuple[str, ...] | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -128,7 +128,14 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
     except ImportError:  # pragma: no cover - Windows: no advisory locks, downloads are unguarded
         yield
         return
-    with open(lock_path, "a") as handle:
+    try:
+        handle = open(lock_path, "a")
+    except OSError as err:
+        raise DataError(
+            f"cannot write in the data folder {lock_path.parent}: {err.strerror or err}; "
+            "pass --data-dir a folder you can write"
+        ) from None
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

@@ -3,8 +3,11 @@
 The label is the last column, or the column named by ``target`` (which needs a header row). The
 first row is a header when every cell in it is non-numeric, or when it has a non-numeric cell above
 a numeric one. Labels may be numbers or strings; classes are numbered in sorted order of their
-values (numerically when all labels are numbers). A fixed-seed, stratified train/test split keeps
-every run on the same test rows; features are standardised column by column.
+values (numerically when all labels are numbers) and keep their names (``Dataset.class_names``,
+recorded in result.json). A label column of fractional numbers with more than
+:data:`MAX_FRACTIONAL_CLASSES` distinct values is refused: it holds a measured quantity, and
+training one class per value would report a meaningless accuracy. A fixed-seed, stratified
+train/test split keeps every run on the same test rows; features are standardised column by column.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from evosparse.data.base import Dataset
 from evosparse.errors import DataError, UsageError
 
 _SHOWN_COLUMNS = 12
+#: More distinct fractional label values than this mean a continuous column, not classes.
+MAX_FRACTIONAL_CLASSES = 10
 
 
 def load_csv(path: str | Path, target: str | None = None, test_fraction: float = 0.2, split_seed: int = 0) -> Dataset:
@@ -42,9 +47,9 @@ def load_csv(path: str | Path, target: str | None = None, test_fraction: float =
     label_at = _label_column(path, header, target, len(rows[0]))
     names = header or [f"column {i + 1}" for i in range(len(rows[0]))]
     features = _feature_matrix(path, lines, rows, [i for i in range(len(names)) if i != label_at], names)
-    labels, num_classes = _class_indices(path, lines, [row[label_at] for row in rows])
-    train, test = _split(path, features, labels, num_classes, test_fraction, split_seed)
-    return dataset_from_arrays(f"csv:{path}", num_classes, train, test, per_feature=True)
+    labels, class_names = _class_indices(path, lines, [row[label_at] for row in rows], names[label_at])
+    train, test = _split(path, features, labels, len(class_names), test_fraction, split_seed)
+    return dataset_from_arrays(f"csv:{path}", len(class_names), train, test, per_feature=True, class_names=class_names)
 
 
 def _read_rows(path: Path) -> tuple[list[int], list[list[str]]]:
@@ -125,20 +130,32 @@ def _feature_matrix(
     return values.astype(np.float32)
 
 
-def _class_indices(path: Path, lines: list[int], cells: list[str]) -> tuple[np.ndarray, int]:
-    """Map label cells to class indices in sorted order of their (numeric, when possible) values."""
+def _class_indices(path: Path, lines: list[int], cells: list[str], column: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Map label cells to class indices in sorted order of their (numeric, when possible) values;
+    return them and the classes' names (a number's name is its first spelling in the file)."""
     for line, cell in zip(lines, cells):
         if not cell:
             raise DataError(f"{path} line {line} has an empty label")
         if _is_number(cell) and not math.isfinite(float(cell)):
             raise DataError(f"{path} line {line} has the label {cell}, which is not finite")
     numeric = all(_is_number(cell) for cell in cells)
-    keys: list[float] | list[str] = [float(cell) for cell in cells] if numeric else cells
-    classes = sorted(set(keys))
+    keys: list[float | str] = [float(cell) for cell in cells] if numeric else list(cells)
+    spelling: dict[float | str, str] = {}
+    for key, cell in zip(keys, cells):
+        spelling.setdefault(key, cell)
+    classes = sorted(spelling)
     if len(classes) < 2:
         raise DataError(f"{path} has a single class ({cells[0]!r}); classification needs at least 2")
+    fractional = numeric and any(not float(key).is_integer() for key in classes)
+    if fractional and len(classes) > MAX_FRACTIONAL_CLASSES:
+        raise DataError(
+            f"{path}: the label column {column!r} holds {len(classes)} distinct fractional numbers in "
+            f"{len(cells)} rows, a measured quantity rather than classes; name the class column with "
+            "--target NAME, or write the classes as integers or names"
+        )
     index = {value: i for i, value in enumerate(classes)}
-    return np.array([index[key] for key in keys], dtype=np.int64), len(classes)
+    names = tuple(spelling[value] for value in classes)
+    return np.array([index[key] for key in keys], dtype=np.int64), names
 
 
 def _split(

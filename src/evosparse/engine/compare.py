@@ -11,7 +11,8 @@ Runs already in ``OUT`` are reused, which is what lets an interrupted comparison
 A run is reused or resumed only when its checkpoint was made with exactly the requested
 configuration (a finished run's folder may have moved); otherwise the comparison stops before any
 training with one line naming the first differing setting. We refuse rather than retrain into a
-fresh folder, so that a folder always holds the runs its ``summary.json`` describes.
+fresh folder, so that a folder always holds the runs its ``summary.json`` describes; and while a
+comparison runs, its folder (like each run's) is locked against a second writer.
 Outputs: ``summary.json``, ``summary.md``, ``curves.png`` and ``generalisation.png`` (test against
 training loss; summary.md has the accuracy at matched training loss, see
 :mod:`evosparse.analysis.generalisation`).
@@ -33,7 +34,7 @@ from matplotlib.ticker import MaxNLocator
 
 from evosparse.analysis.generalisation import generalisation_markdown, generalisation_summary, plot_generalisation
 from evosparse.analysis.plots import save_png
-from evosparse.engine.checkpoint import CHECKPOINT_NAME, atomic_write_text, load_checkpoint
+from evosparse.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from evosparse.engine.config import (
     LOCATION_KEYS,
     TrainConfig,
@@ -44,8 +45,11 @@ from evosparse.engine.config import (
 )
 from evosparse.engine.loop import train
 from evosparse.engine.records import RESULT_NAME
+from evosparse.engine.run_folder import locked_folder
+from evosparse.engine.update_schedule import check_updates
 from evosparse.engine.variants import base_method, learned_source, run_order, variant_settings
 from evosparse.errors import EvosparseError, UsageError
+from evosparse.files import atomic_write_text, check_writable
 from evosparse.methods import get_method
 from evosparse.metrics import ACCURACY, epoch_reaching, result_metric, spread
 from evosparse.models import default_distribution
@@ -196,6 +200,7 @@ def plan_comparison(
     out = settings.pop("out", None)
     if out is None:
         raise UsageError("compare needs --out DIR, the folder that holds (and later reuses) its runs")
+    check_writable(Path(str(out)), "--out")
     first_seed = settings.pop("seed", 0)
     if isinstance(first_seed, bool) or not isinstance(first_seed, int):
         raise UsageError(f"seed must be an integer, got {first_seed!r}")
@@ -219,13 +224,15 @@ def plan_comparison(
 
 def existing_state(config: TrainConfig) -> str:
     """``"new"``, ``"resume"`` or ``"reuse"`` for the run folder of ``config``; refuses a folder whose
-    run was made with other settings (or cannot be checked).
+    run was made with other settings (or cannot be checked), and one that must be written but cannot.
 
     A finished run is recognised wherever its folder now lies (``LOCATION_KEYS`` are not compared); an
     unfinished one resumes only where it was started, as ``evosparse train --resume`` requires.
     """
     folder = Path(str(config.out))
     has_result, has_checkpoint = (folder / RESULT_NAME).exists(), (folder / CHECKPOINT_NAME).exists()
+    if not has_result:
+        check_writable(folder, "run folder")
     if not has_checkpoint:
         if has_result:
             raise UsageError(
@@ -270,8 +277,9 @@ def run_comparison(
     Every folder is checked before any training, so changed settings fail at once; ``report``
     receives one line per run (``[2/6] set seed 1: trained, final accuracy 0.9531``).
     """
-    [summary] = run_comparisons([comparison], progress=progress, report=report)
-    write_outputs(comparison.out, summary)
+    with locked_folder(comparison.out):
+        [summary] = run_comparisons([comparison], progress=progress, report=report)
+        write_outputs(comparison.out, summary)
     return summary
 
 
@@ -280,10 +288,14 @@ def run_comparisons(
 ) -> list[dict[str, Any]]:
     """Run (or reuse) every run of several comparisons and return their summaries (writing none).
 
-    Every folder of every comparison is checked before any training, so changed settings fail at once.
+    Every folder of every comparison is checked before any training, so changed settings fail at once,
+    and so is every run's schedule (a dense-to-sparse method that would end dense is refused).
     """
     configs = [comparison.configs() for comparison in comparisons]
     states = [{key: existing_state(config) for key, config in runs.items()} for runs in configs]
+    for runs in configs:
+        for config in runs.values():
+            check_updates(config)
     numbers = itertools.count(1)
     total = sum(map(len, configs))
     verbs = {"new": "trained", "resume": "resumed", "reuse": "reused"}

@@ -126,7 +126,7 @@ def read_toml(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise UsageError(f"config file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as error:
-        raise UsageError(f"cannot read config file {path}: {error}") from None
+        raise UsageError(f"cannot read config file {path}: {getattr(error, 'strerror', None) or error}") from None
     except tomllib.TOMLDecodeError as error:
         raise UsageError(f"config file {path} is not valid TOML: {error}") from None
 
@@ -156,7 +156,7 @@ def parse_hidden(value: object) -> list[int]:
     return sizes
 
 
-def _coerce_field(name: str, value: object) -> object:
+def _coerce_field(name: str, value: object) -> Any:
     """Check a TOML/CLI value against the field's declared type."""
     kind = _FIELD_TYPES[name]
     if name == "hidden":

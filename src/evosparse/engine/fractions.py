@@ -24,7 +24,6 @@ from typing import Any
 
 from evosparse.analysis.generalisation import generalisation_markdown, plot_generalisation
 from evosparse.data.subset import check_fraction
-from evosparse.engine.checkpoint import atomic_write_text
 from evosparse.engine.compare import (
     Comparison,
     generalisation_title,
@@ -37,7 +36,9 @@ from evosparse.engine.compare import (
     setup_line,
     target_key,
 )
+from evosparse.engine.run_folder import locked_folder
 from evosparse.errors import UsageError
+from evosparse.files import atomic_write_text
 from evosparse.metrics import result_metric
 
 #: Keys of a comparison's summary shared by all fractions (the rest is per fraction).
@@ -203,7 +204,8 @@ def run_fraction_comparison(
 ) -> dict[str, Any]:
     """Run (or reuse) ``comparison`` at every training-set fraction; write and return the combined summary."""
     planned = plan_fractions(comparison, fractions)
-    summaries = run_comparisons(planned, progress=progress, report=report)
-    summary = combine(planned, summaries)
-    write_fraction_outputs(comparison.out, summary, summaries)
+    with locked_folder(comparison.out):
+        summaries = run_comparisons(planned, progress=progress, report=report)
+        summary = combine(planned, summaries)
+        write_fraction_outputs(comparison.out, summary, summaries)
     return summary

