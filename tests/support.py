@@ -59,21 +59,9 @@ def saved_and_loaded(state):
     return torch.load(buffer, weights_only=True)
 
 
-def assert_resume_is_exact(fresh: Callable[[int], tuple], data: list, cut: int) -> None:
-    """Train ``fresh(0)`` on ``data``; a ``fresh(1)`` restored at batch ``cut`` must end identical."""
-    model, sparsifier = fresh(0)
-    train_steps(model, sparsifier, data[:cut])
-    resumed_model, resumed = fresh(1)
-    resumed_model.load_state_dict(saved_and_loaded(model.state_dict()))
-    resumed.optimizer.load_state_dict(saved_and_loaded(sparsifier.optimizer.state_dict()))
-    resumed.load_state_dict(saved_and_loaded(sparsifier.state_dict()))
-    train_steps(model, sparsifier, data[cut:])
-    train_steps(resumed_model, resumed, data[cut:])
-    for layer, other in zip(sparsifier.topology.layers, resumed.topology.layers):
-        assert torch.equal(layer.active_positions(), other.active_positions())
-        assert torch.equal(layer.active_values(), other.active_values())
-    for (name, value), (_, other_value) in zip(model.state_dict().items(), resumed_model.state_dict().items()):
-        assert torch.equal(value, other_value), name
+def assert_resume_is_exact(fresh: Callable[[int], tuple], data: list, cut: int):
+    """Train ``fresh(0)`` on ``data``; a ``fresh(1)`` restored after batch ``cut`` must end identical."""
+    return resumed_schedule_matches(fresh, list(data), cut)
 
 
 class Killed(Exception):
@@ -142,11 +130,19 @@ def assert_resume_is_exact_over_epochs(fresh: Callable[[int], tuple], epochs: li
     """Like :func:`assert_resume_is_exact`, with ``sparsifier.end_epoch()`` after each epoch's batches.
 
     ``fresh(1)`` is restored after batch ``cut[1]`` of epoch ``cut[0]`` (0-based; ``cut[1] == 0`` is
-    right after the previous epoch's ``end_epoch``) and must end with the uninterrupted run's topology,
-    weights and optimizer state. Returns the uninterrupted run's sparsifier (its stats cover the run).
+    right after the previous epoch's ``end_epoch``). Returns the uninterrupted run's sparsifier (its
+    stats cover the run).
     """
     schedule: list = [item for batches_ in epochs for item in [*batches_, None]]  # None: end of an epoch
-    at = sum(len(batches_) + 1 for batches_ in epochs[: cut[0]]) + cut[1]
+    return resumed_schedule_matches(fresh, schedule, sum(len(b) + 1 for b in epochs[: cut[0]]) + cut[1])
+
+
+def resumed_schedule_matches(fresh: Callable[[int], tuple], schedule: list, at: int):
+    """Run ``schedule`` (batches, and None for ``end_epoch()``) on ``fresh(0)``; restore ``fresh(1)`` from it
+    after ``at`` items and run the rest on both: topology, weights and optimizer state must end identical.
+
+    Returns the uninterrupted run's sparsifier.
+    """
 
     def run(model, sparsifier, items):
         for item in items:
