@@ -185,8 +185,8 @@ def test_the_state_has_format_version_2_and_one_topology_form_on_both_backends()
     for state in states.values():
         assert state["format_version"] == 2 and "masks" not in state
         assert set(state) == {
-            "format_version", "method", "hparams", "plan", "topology", "method_state", "global_step", "epoch",
-            "generator",
+            "format_version", "method", "hparams", "plan", "total_steps", "topology", "method_state", "global_step",
+            "epoch", "generator",
         }  # fmt: skip
         assert state["plan"]["density"] == 0.3 and state["method"] == "set" and state["hparams"]["zeta"] == 0.3
         for entry in state["topology"].values():
@@ -375,3 +375,104 @@ def test_invariant_checks_survive_python_dash_o(backend):
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert len(lines) == 2 and "growing an active connection" in lines[0] and "budget" in lines[1], done.stdout
+
+
+# -- from the independent review ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["masked", "csr"])
+def test_a_step_scheduled_method_resumed_just_before_its_update_has_the_gradient_it_needs(backend):
+    """The layers are armed to record the coming backward pass again after a load (RigL updates at step 5)."""
+    from support import assert_resume_is_exact, batches
+
+    def fresh(seed):
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 5))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        params = {"update_interval": 5, "update_until": 1.0}
+        return model, evosparse.sparsify(
+            model, optimizer, "rigl", density=0.3, backend=backend, total_steps=12, seed=1, **params
+        )
+
+    sparsifier = assert_resume_is_exact(fresh, batches(12), cut=4)
+    assert sparsifier.take_stats().updates == 2
+
+
+@pytest.mark.parametrize("backend", ["masked", "csr"])
+def test_a_removed_sparsifier_refuses_to_go_on_and_ending_twice_changes_nothing(backend):
+    model, _, sparsifier = trained("set", backend)
+    squashed = sparsifier.squash()
+    layers = [module for module in squashed.modules() if isinstance(module, nn.Linear)]
+    assert sparsifier.squash() is squashed and sparsifier.remove() is None
+    assert [module for module in squashed.modules() if isinstance(module, nn.Linear)] == layers
+    for action, message in [
+        (sparsifier.step, "cannot step"),
+        (sparsifier.end_epoch, "cannot end an epoch"),
+        (lambda: sparsifier.load_state_dict({}), "cannot load a state"),
+    ]:
+        with pytest.raises(UsageError, match=message):
+            action()
+
+
+def test_a_csr_refusal_for_an_untrained_weight_leaves_model_and_optimizer_untouched():
+    model = mlp64()
+    optimizer = torch.optim.SGD([model[0].weight, model[0].bias, model[2].bias], lr=0.1)
+    with pytest.raises(UsageError, match="does not train 2.weight"):
+        evosparse.sparsify(model, optimizer, "set", density=0.3, backend="csr")
+    assert all(isinstance(module, nn.Linear) for module in (model[0], model[2]))
+    assert optimizer.param_groups[0]["params"] == [model[0].weight, model[0].bias, model[2].bias]
+
+
+def test_a_state_of_another_training_length_or_with_a_bad_generator_is_refused():
+    state = fresh("rigl", total_steps=100).state_dict()
+    assert "total_steps=100, this one has 1000" in refused_line(fresh("rigl", total_steps=1000), state)
+    bad_generator = dict(state, generator=torch.zeros(7, dtype=torch.uint8))
+    assert "generator is not a generator state" in refused_line(fresh("rigl", total_steps=100), bad_generator)
+
+
+def test_a_method_state_that_breaks_inside_the_method_is_refused_in_one_line_and_nothing_changes():
+    source = evosparse.sparsify(mlp64(), None, "path_weight", density=0.3, seed=9)
+    target = fresh("path_weight")
+    state = source.state_dict()
+    state["method_state"] = {**state["method_state"], "values": {"lam": "x", "zeta": 0.3, "delta": 1.0}}
+    assert "does not fit method path_weight" in refused_line(target, state)
+
+
+def test_the_mask_follows_the_model_to_another_device():
+    model = mlp64()
+    sparsifier = evosparse.sparsify(model, None, "set", density=0.3)
+    model.to("meta")
+    for layer in sparsifier.topology.layers:
+        assert layer.mask.device.type == "meta" and layer.weight.device.type == "meta"
+
+
+@pytest.mark.parametrize("mode", ["connection", "neuron"])
+def test_squash_of_the_switcher_folds_its_gates_into_the_weights(mode):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 4))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    sparsifier = evosparse.sparsify(model, optimizer, "switcher", density=0.5, mode=mode, total_steps=20)
+    x = torch.randn(8, 12)
+    for _epoch in range(3):  # a task epoch, a switcher epoch, a task epoch
+        for _ in range(3):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x), torch.arange(8) % 4).backward()
+            optimizer.step()
+            sparsifier.step()
+        sparsifier.end_epoch()
+    model.eval()
+    before = model(x)
+    squashed = sparsifier.squash()
+    torch.testing.assert_close(squashed(x), before)
+
+
+def test_csr_refuses_an_optimizer_that_already_holds_state_and_leaves_the_model_as_it_was():
+    model = mlp64()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    nn.functional.cross_entropy(model(torch.randn(4, 10, dtype=torch.float64)), torch.tensor([0, 1, 2, 0])).backward()
+    optimizer.step()
+    weights = [param.detach().clone() for param in model.parameters()]
+    with pytest.raises(UsageError, match="before the first optimizer step"):
+        evosparse.sparsify(model, optimizer, "set", density=0.3, backend="csr")
+    assert all(torch.equal(param, weight) for param, weight in zip(model.parameters(), weights))
+    assert isinstance(model[0], nn.Linear)

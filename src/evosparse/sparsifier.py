@@ -42,9 +42,10 @@ from evosparse.topology.masks import build_masked_topology, find_sparse_paramete
 #: Version of :meth:`Sparsifier.state_dict`'s layout; a state of another version is refused.
 STATE_FORMAT_VERSION = 2
 
-#: Modules (models and the modules of their sparse layers) -> the Sparsifier driving them. A claim
-#: ends with ``remove()``/``squash()`` or when that Sparsifier is garbage-collected.
-_CLAIMS: weakref.WeakKeyDictionary[nn.Module, weakref.ref[Sparsifier]] = weakref.WeakKeyDictionary()
+#: Modules (models and the modules of their sparse layers) -> the Sparsifier driving them. A claim ends
+#: with ``remove()``/``squash()`` only: the Sparsifier's hooks stay on the model until then, even when
+#: the caller drops it, so a second Sparsifier would fight them.
+_CLAIMS: weakref.WeakKeyDictionary[nn.Module, Sparsifier] = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -132,6 +133,7 @@ class Sparsifier:
         self.generator = torch.Generator().manual_seed(seed)
         self.clock = Clock(total_steps=total_steps)
         self.stats = UpdateStats()
+        self.released = self.squashed = False
         self.topology = self._draw_topology(found, init)
         context = MethodContext(
             layers=self.topology.layers,
@@ -148,7 +150,7 @@ class Sparsifier:
         self.method.attach()
         self._arm_gradient_recording()
         for module in [model, *(layer.module for layer in self.topology.layers)]:
-            _CLAIMS[module] = weakref.ref(self)
+            _CLAIMS[module] = self
 
     def _draw_topology(self, found: Sequence[tuple[str, nn.Module, str]], init: str) -> Topology:
         """Step 2 of the lifecycle: every layer's random topology, on the run's backend, the model untouched."""
@@ -223,8 +225,13 @@ class Sparsifier:
 
     # -- the training-loop interface ------------------------------------------------------------
 
+    def _check_driving(self, action: str) -> None:
+        if self.released:
+            raise UsageError(f"this Sparsifier was removed or squashed and drives the model no more; cannot {action}")
+
     def step(self) -> None:
         """Call after every ``optimizer.step()``: re-applies masks and runs step-scheduled updates."""
+        self._check_driving("step")
         self.clock.step += 1
         if not self.method.sparse:
             return
@@ -236,6 +243,7 @@ class Sparsifier:
 
     def end_epoch(self) -> None:
         """Call after every epoch: runs epoch-scheduled updates (after the final one only where a method asks)."""
+        self._check_driving("end an epoch")
         self.clock.epoch += 1
         if self.method.sparse and self._update_due("epoch", self.clock.epoch, self.clock.step):
             self._update()
@@ -270,6 +278,7 @@ class Sparsifier:
             "method": self.method.name,
             "hparams": dict(self.hparams),
             "plan": {"density": self.plan.density, "budgets": list(self.plan.budgets)},
+            "total_steps": self.clock.total_steps,
             "topology": self.topology.state_dict(),
             "method_state": self.method.state_dict(),
             "global_step": self.clock.step,
@@ -283,16 +292,23 @@ class Sparsifier:
 
         On the csr backend the layers' structure comes with the model's ``state_dict``: load that first.
         """
+        self._check_driving("load a state")
         self._check_state(state)
+        before = self.state_dict()
         if self.method.sparse:
-            before = self.topology.state_dict()
             self.topology.load_state_dict(state["topology"])
         try:
             self.method.load_state_dict(state["method_state"])
-        except UsageError:
+        except Exception as error:  # all or nothing: no weight was touched yet
             if self.method.sparse:
-                self.topology.load_state_dict(before)  # all or nothing: no weight was touched yet
-            raise
+                self.topology.load_state_dict(before["topology"])
+            self.method.load_state_dict(before["method_state"])
+            if isinstance(error, UsageError):
+                raise
+            reason = str(error).strip().splitlines()[0][:120] if str(error).strip() else type(error).__name__
+            raise UsageError(
+                f"sparsifier state's method state does not fit method {self.method.name} ({reason})"
+            ) from None
         if self.method.sparse:
             self.topology.apply_masks()
         self.clock.step = int(state["global_step"])
@@ -303,6 +319,7 @@ class Sparsifier:
     def adopt_topology(self, saved: Mapping[str, Any], init: str) -> None:
         """Start from another run's topology (``state_dict()["topology"]`` of a run of the same model and
         budget): rewire every layer to it, then re-draw the weights over it with ``init``."""
+        self._check_driving("adopt a topology")
         check_saved_topology(saved, self.topology.layers)
         for layer in self.topology.layers:
             layer.adopt_positions(saved[layer.name]["positions"])
@@ -317,7 +334,9 @@ class Sparsifier:
                 f"sparsifier state has format version {version}, this evosparse reads {STATE_FORMAT_VERSION} "
                 "(saved by another release?)"
             )
-        expected = ("method", "hparams", "plan", "topology", "method_state", "global_step", "epoch", "generator")
+        expected = (
+            "method", "hparams", "plan", "total_steps", "topology", "method_state", "global_step", "epoch", "generator"
+        )  # fmt: skip
         missing = [key for key in expected if key not in state]
         if missing:
             raise UsageError(f"sparsifier state lacks {missing[0]!r}")
@@ -338,8 +357,16 @@ class Sparsifier:
         for key in ("global_step", "epoch"):
             if isinstance(state[key], bool) or not isinstance(state[key], int) or state[key] < 0:
                 raise UsageError(f"sparsifier state's {key} is not a count: {state[key]!r}")
-        if not isinstance(state["generator"], torch.Tensor) or state["generator"].dtype != torch.uint8:
-            raise UsageError("sparsifier state's generator is not a generator state")
+        schedule_over_training = self.method.needs_total_steps or self.hparams.get("update_until", 1.0) < 1.0
+        if schedule_over_training and state["total_steps"] != self.clock.total_steps:
+            raise UsageError(
+                f"sparsifier state was saved with total_steps={state['total_steps']}, this one has "
+                f"{self.clock.total_steps} (schedules over training would shift)"
+            )
+        try:
+            torch.Generator().set_state(state["generator"])
+        except (TypeError, RuntimeError):
+            raise UsageError("sparsifier state's generator is not a generator state") from None
 
     # -- the end --------------------------------------------------------------------------------
 
@@ -348,23 +375,34 @@ class Sparsifier:
         to the optimizer (the zeros stay in place).
 
         A masked model may then be sparsified again; a csr model holds csr layers until :meth:`squash`.
+        Calling it again does nothing; the Sparsifier refuses to step, load or adopt afterwards.
         """
+        if self.released:
+            return
         for layer in self.topology.layers:
             layer.record_gradients(False)
             layer.remove_hooks()
         self.method.detach()
         for module in [self.model, *(layer.module for layer in self.topology.layers)]:
             _CLAIMS.pop(module, None)
+        self.released = True
 
     def squash(self) -> nn.Module:
-        """:meth:`remove`, then make the model a plain ``nn.Module`` with the zeros baked into dense weights.
+        """Make the model a plain ``nn.Module`` computing what the sparse model computed, and :meth:`remove`.
 
-        Like ``torch.ao.pruning``'s ``squash_mask``: masked layers already hold their zeros; csr layers are
-        replaced by ``nn.Linear`` layers (in the model and in the optimizer's param groups). Returns the model.
+        Like ``torch.ao.pruning``'s ``squash_mask``: masked layers already hold their zeros; a method that
+        gates its weights (the switcher) folds its gates into them; csr layers are replaced by ``nn.Linear``
+        layers (in the model and in the optimizer's param groups). Returns the model; only the first call
+        changes it.
         """
+        if self.squashed:
+            return self.model
+        if not self.released:  # once removed, the model computes with its own weights already
+            self.method.fold_into_weights()
         self.remove()
         if self.backend == "csr":
             squash_csr(self.model, self.topology, self.optimizer)
+        self.squashed = True
         return self.model
 
 
@@ -432,7 +470,7 @@ def check_backend(method_cls: type[Method], backend: str) -> None:
 
 def _check_unclaimed(model: nn.Module) -> None:
     """Refuse to sparsify a model (or a layer) that a live Sparsifier already drives."""
-    if any(claim() is not None for module in model.modules() if (claim := _CLAIMS.get(module)) is not None):
+    if any(module in _CLAIMS for module in model.modules()):
         raise UsageError("this model is already sparsified by another Sparsifier; call its squash() or remove() first")
 
 

@@ -161,6 +161,7 @@ def csr_twins(topology: Topology, optimizer: torch.optim.Optimizer | None) -> To
     check_convertible([(layer.name, layer.module, layer.attr) for layer in masked])
     if optimizer is not None and any(layer.weight in optimizer.state for layer in masked):
         raise UsageError("convert to csr before the first optimizer step (the optimizer already holds state)")
+    _check_trained(optimizer, [(layer.name, layer.weight) for layer in masked])
     twins: list[SparseLayer] = []
     for layer in masked:
         linear = layer.module
@@ -186,6 +187,7 @@ def build_csr_direct(
     refused in one line).
     """
     check_convertible(found)
+    _check_trained(optimizer, [(f"{name} or its bias", p) for name, linear, _ in found for p in linear.parameters()])
     replaced = {id(param) for _, linear, _ in found for param in linear.parameters()}
     leftover = next((n for n, p in model.named_parameters() if p.is_meta and id(p) not in replaced), None)
     if leftover is not None:
@@ -263,6 +265,16 @@ def replace_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
         raise UsageError("--backend csr cannot replace the model itself; wrap the nn.Linear in a container")
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name), child, new)
+
+
+def _check_trained(optimizer: torch.optim.Optimizer | None, parameters: Sequence[tuple[str, torch.Tensor]]) -> None:
+    """Refuse, before anything is replaced, a parameter the csr backend swaps but the optimizer does not train."""
+    if optimizer is None:
+        return
+    trained = {id(param) for group in optimizer.param_groups for param in group["params"]}
+    missing = next((name for name, param in parameters if id(param) not in trained), None)
+    if missing is not None:
+        raise UsageError(f"the optimizer does not train {missing}, which --backend csr replaces; give it every weight")
 
 
 def _replace_in_param_groups(optimizer: torch.optim.Optimizer, old: torch.Tensor, new: torch.Tensor) -> None:

@@ -4,7 +4,7 @@ Positions are flat int64 indices ``row * in_features + col`` — the same number
 positions of a dense (out, in) mask, so selections can be compared between backends. The CSR order
 (row-major) is increasing flat position, so the active positions come sorted for free.
 
-:func:`rewire` is the csr counterpart of :meth:`evosparse.topology.masks.Topology.rewire`: the same
+:func:`rewire` is the csr counterpart of :meth:`evosparse.topology.masks.MaskedLayer.rewire`: the same
 checks (prune ⊂ active, grow ⊂ inactive before the call, no duplicates) and the same effect on the
 optimizer: state of pruned connections disappears, grown connections start from zero state.
 """

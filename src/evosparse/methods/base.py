@@ -149,6 +149,9 @@ class Method:
     #: Whether the method runs on the csr backend (``--backend csr``). Methods written against the
     #: :class:`~evosparse.topology.layer.SparseLayer` protocol alone do; the switcher reads dense weights.
     supports_csr: ClassVar[bool] = True
+    #: ``True`` for methods whose schedule is laid over the training length (RigL's cosine decay, GMP's cubic
+    #: schedule, pruning's prune step): a resumed run must keep ``total_steps``.
+    needs_total_steps: ClassVar[bool] = False
     #: ``True`` for methods whose update after the final epoch only settles what training reached (the
     #: switcher fixes its last gates as masks); other methods never change the evaluated final model.
     updates_after_final_epoch: ClassVar[bool] = False
@@ -175,6 +178,12 @@ class Method:
         for handle in self._hooks:
             handle.remove()
         self._hooks.clear()
+
+    def fold_into_weights(self) -> None:
+        """Make the model's own weights compute what the method's forward computed (before ``squash``).
+
+        Nothing to do unless the method changes the forward pass (the switcher's gates).
+        """
 
     def detach(self) -> None:
         """Undo :meth:`attach` when the Sparsifier stops driving the model: hooks (and, in methods that add

@@ -21,6 +21,7 @@ class GMP(Method):
     name = "gmp"
     summary = "gradual magnitude pruning, dense to the target on a cubic schedule (Zhu & Gupta 2017)"
     evolves = True
+    needs_total_steps = True
     fixed_budget = False
     starts_dense = True
     supports_csr = False

@@ -324,7 +324,7 @@ class PathWeight(NodeImportanceEvolution):
 def normalised_weight_matrix(layer: SparseLayer, feature_norm: float) -> Tensor:
     """A_k = |W_k|ᵀ / |F_k| (eq. 3) of the active connections: a sparse COO (in, out) float64 matrix.
 
-    The layout ``path_statistics`` takes (input x output); built from the view's active positions and
+    The layout ``path_statistics`` takes (input x output); built from the layer's active positions and
     values, so it costs O(nnz log nnz) on every backend and is the same matrix on all.
     """
     out_features, in_features = layer.shape

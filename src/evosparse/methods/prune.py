@@ -46,6 +46,7 @@ class Prune(Method):
     name = "prune"
     summary = "train dense, prune to the target by |w| once, fine-tune (Han et al. 2015)"
     evolves = True
+    needs_total_steps = True
     fixed_budget = False
     starts_dense = True
     supports_csr = False

@@ -34,6 +34,7 @@ class RigL(Method):
     name = "rigl"
     summary = "drop smallest |w|, grow largest dense |gradient|, cosine-decayed fraction (Evci et al. 2020)"
     evolves = True
+    needs_total_steps = True
     params = (
         Param(
             "alpha",

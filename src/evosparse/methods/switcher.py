@@ -444,6 +444,15 @@ class Switcher(Method):
             plain_linear.weight.copy_(weight)
         return plain, positions
 
+    @torch.no_grad()
+    def fold_into_weights(self) -> None:
+        """W ← (W + D)⊙Z in place, the masks following the non-zero gates: what the gated forward computed."""
+        folded = [self.full_weight(slot) * self.connection_gates(slot) for slot in range(len(self.gated))]
+        for slot, weight in enumerate(folded):
+            self._masks_follow(slot, self.connection_gates(slot) != 0)
+            self._weight(slot).copy_(weight)
+        self.dormant = [torch.zeros_like(values) for values in self.dormant]
+
     # -- persistence ----------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:

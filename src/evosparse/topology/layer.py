@@ -188,8 +188,9 @@ class SparseLayer(ABC):
     def gradient_at(self, positions: Tensor) -> Tensor:
         """∂L/∂w at flat ``positions`` (active or not) from the last recorded backward pass.
 
-        With gradient accumulation (several backward passes per optimizer step) the masked backend
-        records the accumulated gradient and the csr backend the last pass's. Raises a one-line
+        With gradient accumulation (several backward passes per optimizer step) both backends give the
+        last pass's gradient at inactive positions; at active ones the masked backend gives the
+        accumulated gradient and the csr backend the last pass's. Raises a one-line
         :class:`~evosparse.errors.UsageError` when nothing was recorded.
         """
 

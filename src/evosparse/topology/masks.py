@@ -117,7 +117,7 @@ class MaskedLayer(SparseLayer):
         self.name = name
         self._module = module
         self.attr = attr
-        self.mask = mask
+        self._mask = mask
         self.budget = budget
         self.optimizer = optimizer
         self._recording = False
@@ -130,6 +130,15 @@ class MaskedLayer(SparseLayer):
     @property
     def weight(self) -> nn.Parameter:
         return getattr(self._module, self.attr)
+
+    @property
+    def mask(self) -> Tensor:
+        """The boolean mask, on the weight's device: it follows the model when the model moves
+        (``model.to("cuda")`` after ``sparsify``)."""
+        device = self.weight.device
+        if self._mask.device != device:
+            self._mask = self._mask.to(device)
+        return self._mask
 
     @property
     def module(self) -> nn.Module:
@@ -189,7 +198,7 @@ class MaskedLayer(SparseLayer):
         flat_mask[prune] = False
         flat_weight[prune] = 0.0
         flat_mask[grow] = True
-        flat_weight[grow] = torch.as_tensor(grow_values, dtype=flat_weight.dtype).to(flat_weight.device)
+        flat_weight[grow] = values.expand(grow.numel()).to(flat_weight.device)
         self.reset_optimizer_state(torch.cat([prune, grow]))
         return int(prune.numel() + grow.numel())
 
