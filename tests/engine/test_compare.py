@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from evosparse.analysis.significance import compare_to_best
 from evosparse.cli import main
 from evosparse.engine import compare, loop
 from evosparse.engine.checkpoint import load_checkpoint
@@ -288,3 +289,23 @@ def test_result_without_checkpoint_is_refused(tmp_path):
     (folder / "result.json").write_text("{}")
     with pytest.raises(UsageError, match="cannot be checked"):
         compare.run_comparison(comparison, progress=False)
+
+
+def test_summary_tests_each_method_against_the_best_on_the_selected_test_accuracy(finished):
+    summary = json.loads((finished / "summary.json").read_text())
+    section, results = summary["statistics"], run_results(finished)
+    values = {m: [results[(m, s)]["test_acc_at_selected"] for s in SEEDS] for m in METHODS}
+    assert section["on"] == "test_acc_at_selected"
+    assert section == {"on": "test_acc_at_selected", **json.loads(json.dumps(compare_to_best(values)))}
+    text = (finished / "summary.md").read_text()
+    assert (
+        "### Differences beyond seed noise" in text
+        and f"against the method with the best mean, {section['best']}" in text
+    )
+    other = next(m for m in METHODS if m != section["best"])
+    row = next(line for line in text.splitlines() if line.startswith(f"| {other} | ") and "[" in line)
+    entry = section["methods"][other]
+    low, high = entry["ci95"]
+    assert f"{entry['mean']:.4f} [{low:.4f}, {high:.4f}] | {entry['p']:.3g} |" in row
+    reading = "not distinguishable from" if entry["p"] >= 0.05 else "lower than"
+    assert row.endswith(f"{reading} {section['best']} |")

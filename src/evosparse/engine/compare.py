@@ -34,6 +34,7 @@ from matplotlib.ticker import MaxNLocator
 
 from evosparse.analysis.generalisation import generalisation_markdown, generalisation_summary, plot_generalisation
 from evosparse.analysis.plots import save_png
+from evosparse.analysis.significance import compare_to_best
 from evosparse.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from evosparse.engine.config import (
     LOCATION_KEYS,
@@ -406,10 +407,23 @@ def summarize(
             )
             for method in comparison.methods
         },
+        "statistics": seed_statistics(comparison.methods, comparison.seeds, results, metric.higher_is_better),
         "generalisation": generalisation_summary(
             {method: [results[(method, seed)] for seed in comparison.seeds] for method in comparison.methods}
         ),
     }
+
+
+def seed_statistics(
+    methods: Sequence[str], seeds: Sequence[int], results: Mapping[RunKey, Mapping[str, Any]], higher_is_better: bool
+) -> dict[str, Any]:
+    """Confidence intervals and Welch tests against the best method (:mod:`evosparse.analysis.significance`)
+    of the headline number: ``on`` names it — the test value at the validation-selected epoch when every
+    run has one, else the final test value."""
+    selected = all(result.get("test_acc_at_selected") is not None for result in results.values())
+    on = "test_acc_at_selected" if selected else "final_test_acc"
+    values = {method: [results[(method, seed)][on] for seed in seeds] for method in methods}
+    return {"on": on, **compare_to_best(values, higher_is_better)}
 
 
 # -- writing -------------------------------------------------------------------------------------
@@ -457,6 +471,36 @@ def markdown_table(summary: Mapping[str, Any]) -> str:
     ]
     lines = [header, ["---"] * len(header), *rows]
     return "\n".join("| " + " | ".join(cells) + " |" for cells in lines) + "\n"
+
+
+#: How the statistics section names the number it tests.
+STATISTIC_NAMES = {"test_acc_at_selected": "at the validation-selected epoch", "final_test_acc": "after the last epoch"}
+
+
+def statistics_markdown(summary: Mapping[str, Any]) -> str:
+    """The section of summary.md that says which differences are more than seed noise (and which are not)."""
+    section = summary["statistics"]
+    best, label = section["best"], result_metric(summary).label
+    rows = [["method", f"mean {label} [95% CI]", f"p vs {best}", "reading"], ["---"] * 4]
+    for method, entry in section["methods"].items():
+        interval = "" if entry["ci95"] is None else f" [{entry['ci95'][0]:.4f}, {entry['ci95'][1]:.4f}]"
+        p = "" if entry["p"] is None else f"{entry['p']:.3g}"
+        reading = {
+            "best": "highest mean" if result_metric(summary).higher_is_better else "lowest mean",
+            "not distinguishable": f"not distinguishable from {best}",
+            "lower": f"lower than {best}",
+            "higher": f"higher than {best}",
+            "not testable": "one seed: no test",
+        }[entry["verdict"]]
+        rows.append([method, f"{entry['mean']:.4f}{interval}", p, reading])
+    table = "\n".join("| " + " | ".join(cells) + " |" for cells in rows)
+    return (
+        f"### Differences beyond seed noise\n\nTest {label} {STATISTIC_NAMES[section['on']]}: mean over the "
+        f"{len(summary['seeds'])} seed(s) with its 95% confidence interval (Student t), and Welch's two-sided "
+        f"t-test against the method with the best mean, {best}. Below p = 0.05 the difference is called "
+        "lower/higher; otherwise the two are not distinguishable with these seeds, whatever their means. "
+        "The p-values are not corrected for testing several methods.\n\n" + table + "\n\n"
+    )
 
 
 def budget_text(setup: Mapping[str, Any]) -> str:
@@ -516,7 +560,9 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         + SELECTION_NOTE.format(label=result_metric(summary).label)
         + (TARGETS_NOTE.format(split=summary.get("selection", "test")) if summary["targets"] else "")
         + "*s/epoch*: training plus topology updates, without evaluation; *topology s/epoch*: the topology "
-        "updates alone.\n\n![test accuracy per epoch](curves.png)\n\n"
+        "updates alone.\n\n"
+        + statistics_markdown(summary)
+        + "![test accuracy per epoch](curves.png)\n\n"
         + generalisation_markdown(summary["generalisation"], metric_label=result_metric(summary).label)
     )
 
