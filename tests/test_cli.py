@@ -59,7 +59,7 @@ def test_train_writes_the_contract_files(tmp_path, capsys):
     result = json.loads((out / "result.json").read_text())
     assert CONTRACT_KEYS <= set(result)
     assert result["schema"] == 2 and result["backend"] == "masked" and result["architecture"] == [64, 32, 16, 10]
-    assert len(result["epochs"]) == 3 and all(set(e) == EPOCH_KEYS | {"lr"} for e in result["epochs"])
+    assert len(result["epochs"]) == 3 and all(set(e) == EPOCH_KEYS | {"lr", "layer_active"} for e in result["epochs"])
     assert all(0.0 <= e["test_acc"] <= 1.0 and 0.0 <= e["val_acc"] <= 1.0 for e in result["epochs"])
     assert result["epochs"][result["selected_epoch"] - 1]["test_acc"] == result["test_acc_at_selected"]
     assert result["params_dense"] == 64 * 32 + 32 * 16 + 16 * 10

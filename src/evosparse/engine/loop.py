@@ -31,7 +31,14 @@ from evosparse.engine.fixed_topology import hold_fixed_topology
 from evosparse.engine.inference_cost import inference_macs
 from evosparse.engine.lr_schedule import build_scheduler
 from evosparse.engine.objectives import Objective, objective_for
-from evosparse.engine.records import RESULT_NAME, EpochRecord, build_result, write_metrics_csv, write_result
+from evosparse.engine.records import (
+    RESULT_NAME,
+    EpochRecord,
+    build_result,
+    write_layers_csv,
+    write_metrics_csv,
+    write_result,
+)
 from evosparse.engine.run_folder import locked_folder
 from evosparse.engine.update_schedule import check_updates, idle_reason
 from evosparse.engine.width_scaling import scale_widths
@@ -304,6 +311,7 @@ class Trainer:
                 test_loss, test_acc = evaluate(self.model, self.x_test, self.y_test, self.objective)
                 val_loss, val_acc = evaluate(self.model, *self.val, self.objective) if self.val else (None, None)
                 density = self.sparsifier.density()
+                layer_active = [report.active for report in self.sparsifier.layer_reports()]
                 leader = self.context.is_leader
                 if leader and self.config.snapshots and self.sparsifier.method.sparse:
                     save_snapshot(self.out, epoch, self.sparsifier.topology)
@@ -322,10 +330,12 @@ class Trainer:
                         val_loss=val_loss,
                         val_acc=val_acc,
                         lr=lr,
+                        layer_active=layer_active,
                     )
                 )
                 if leader:
                     write_metrics_csv(self.out / "metrics.csv", self.epochs)
+                    write_layers_csv(self.out / "layers.csv", self.epochs, self._layers())
                     save_checkpoint(self.checkpoint_path, self._checkpoint_state(self._wall(started)))
                 if progress and task is not None:
                     shown = f"{self.objective.metric.label} {test_acc:.4f}"
@@ -406,17 +416,21 @@ class Trainer:
             "validation": self.validation.to_dict() if self.validation else None,
             "class_names": list(self.data.class_names) if self.data.class_names is not None else None,
             "inference_macs": self._inference_cost(),
-            "layers": [
-                {
-                    "name": r.name,
-                    "shape": list(r.shape),
-                    "target_density": r.target_density,
-                    "density": r.density,
-                    "active": r.active,
-                }
-                for r in self.sparsifier.layer_reports()
-            ],
+            "layers": self._layers(),
         }
+
+    def _layers(self) -> list[dict[str, Any]]:
+        """result.json's ``layers``: each sparse layer's name, shape, target and current density, active weights."""
+        return [
+            {
+                "name": r.name,
+                "shape": list(r.shape),
+                "target_density": r.target_density,
+                "density": r.density,
+                "active": r.active,
+            }
+            for r in self.sparsifier.layer_reports()
+        ]
 
 
 def train(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,10 @@ class EpochRecord:
     """The numbers measured in one epoch (the ``epochs`` entries of result.json).
 
     ``val_loss``/``val_acc`` are None for a run without a validation split; ``lr`` is the learning rate
-    of the epoch's last step (first parameter group). All three are None in checkpoints written before
-    they existed, which is why they come last, with a default.
+    of the epoch's last step (first parameter group); ``layer_active`` the active weights of each sparse
+    layer (in the order of result.json's ``layers``) when the epoch was evaluated — it goes to
+    ``layers.csv``, not ``metrics.csv``. All are None in checkpoints written before they existed, which
+    is why they come last, with a default.
     """
 
     epoch: int
@@ -42,18 +45,45 @@ class EpochRecord:
     val_loss: float | None = None
     val_acc: float | None = None
     lr: float | None = None
+    layer_active: list[int] | None = None
 
 
-EPOCH_FIELDS = [name for name in EpochRecord.__dataclass_fields__]
+#: Columns of metrics.csv: every scalar of an epoch (the per-layer counts have their own file).
+EPOCH_FIELDS = [name for name in EpochRecord.__dataclass_fields__ if name != "layer_active"]
+#: Columns of layers.csv: one row per epoch and sparse layer.
+LAYER_FIELDS = ["epoch", "layer", "shape", "target_density", "density", "active"]
 
 
 def write_metrics_csv(path: Path, epochs: list[EpochRecord]) -> None:
     """Rewrite ``metrics.csv`` atomically with every epoch so far."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=EPOCH_FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=EPOCH_FIELDS, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     for record in epochs:
         writer.writerow(asdict(record))
+    atomic_write_text(path, buffer.getvalue())
+
+
+def write_layers_csv(path: Path, epochs: list[EpochRecord], layers: list[dict[str, Any]]) -> None:
+    """Rewrite ``layers.csv`` atomically: each epoch's active weights and density of every sparse layer
+    (``layers`` as in result.json: name, shape, target_density), for epochs that recorded them."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=LAYER_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for record in epochs:
+        for layer, active in zip(layers, record.layer_active or ()):
+            shape = layer["shape"]
+            numel = math.prod(shape)
+            writer.writerow(
+                {
+                    "epoch": record.epoch,
+                    "layer": layer["name"],
+                    "shape": "x".join(map(str, shape)),
+                    "target_density": layer["target_density"],
+                    "density": active / numel,
+                    "active": active,
+                }
+            )
     atomic_write_text(path, buffer.getvalue())
 
 
