@@ -25,6 +25,8 @@ CONTRACT_KEYS = {
     "epochs",
     "final_test_acc",
     "best_test_acc",
+    "selected_epoch",
+    "test_acc_at_selected",
     "ara",
     "wall_time_s",
 }
@@ -37,6 +39,8 @@ EPOCH_KEYS = {
     "train_time_s",
     "topology_time_s",
     "connections_changed",
+    "val_loss",
+    "val_acc",
 }
 
 
@@ -54,9 +58,10 @@ def test_train_writes_the_contract_files(tmp_path, capsys):
     assert "set on digits: test accuracy" in stdout and stdout.count("\n") == 1
     result = json.loads((out / "result.json").read_text())
     assert CONTRACT_KEYS <= set(result)
-    assert result["schema"] == 1 and result["backend"] == "masked" and result["architecture"] == [64, 32, 16, 10]
-    assert len(result["epochs"]) == 3 and all(set(e) == EPOCH_KEYS for e in result["epochs"])
-    assert all(0.0 <= e["test_acc"] <= 1.0 for e in result["epochs"])
+    assert result["schema"] == 2 and result["backend"] == "masked" and result["architecture"] == [64, 32, 16, 10]
+    assert len(result["epochs"]) == 3 and all(set(e) == EPOCH_KEYS | {"lr", "layer_active"} for e in result["epochs"])
+    assert all(0.0 <= e["test_acc"] <= 1.0 and 0.0 <= e["val_acc"] <= 1.0 for e in result["epochs"])
+    assert result["epochs"][result["selected_epoch"] - 1]["test_acc"] == result["test_acc_at_selected"]
     assert result["params_dense"] == 64 * 32 + 32 * 16 + 16 * 10
     assert result["density_final"] == pytest.approx(result["params_active"] / result["params_dense"])
     assert result["epochs"][-1]["connections_changed"] == 0 < result["epochs"][0]["connections_changed"]

@@ -20,6 +20,7 @@ from rich.table import Table
 from evosparse.backends.csr_model import BACKENDS
 from evosparse.data import DATASETS, FILE_DATASETS
 from evosparse.engine.config import DEVICES, OPTIMIZERS
+from evosparse.engine.lr_schedule import LR_SCHEDULES
 from evosparse.errors import EvosparseError, UsageError
 from evosparse.models import MODELS
 from evosparse.models.parts import PART_TYPES
@@ -59,6 +60,7 @@ def readme_blocks() -> dict[str, str]:
         "--init": names(INIT_SCHEMES),
         "--sparsify": names(PART_TYPES),
         "--optimizer": names(OPTIMIZERS),
+        "--lr-schedule": names(LR_SCHEDULES),
         "--backend": names(BACKENDS),
         "--device": names(DEVICES),
     }
@@ -118,6 +120,16 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
         ],
         None,
     ),
+    "val_fraction": (
+        Annotated[
+            Optional[float],
+            typer.Option(
+                help="share of the training set held out per class for model selection, in [0, 1) "
+                "(default 0.1; a dataset's own validation split when it ships one; 0: none)"
+            ),
+        ],
+        None,
+    ),
     "train_fractions": (
         Annotated[
             Optional[str],
@@ -128,6 +140,25 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
     "epochs": (Annotated[Optional[int], typer.Option(help="number of epochs")], None),
     "batch_size": (Annotated[Optional[int], typer.Option(help="mini-batch size")], None),
     "lr": (Annotated[Optional[float], typer.Option(help="learning rate")], None),
+    "lr_schedule": (
+        Annotated[
+            Optional[str],
+            typer.Option(help=f"{one_of(LR_SCHEDULES)}, stepped every batch (default constant)"),
+        ],
+        None,
+    ),
+    "warmup_epochs": (
+        Annotated[Optional[int], typer.Option(help="epochs of linear learning-rate warm-up (default 0)")],
+        None,
+    ),
+    "lr_milestones": (
+        Annotated[Optional[str], typer.Option(help="step schedule: epochs after which the rate drops, e.g. 15,25")],
+        None,
+    ),
+    "lr_gamma": (
+        Annotated[Optional[float], typer.Option(help="step schedule: factor at each milestone (default 0.1)")],
+        None,
+    ),
     "optimizer": (Annotated[Optional[str], typer.Option(help=one_of(OPTIMIZERS))], None),
     "momentum": (Annotated[Optional[float], typer.Option(help="SGD momentum")], None),
     "nesterov": (
@@ -198,9 +229,14 @@ SETUP_OPTIONS = (
     "sparsify",
     "augment",
     "train_fraction",
+    "val_fraction",
     "epochs",
     "batch_size",
     "lr",
+    "lr_schedule",
+    "warmup_epochs",
+    "lr_milestones",
+    "lr_gamma",
     "optimizer",
     "momentum",
     "nesterov",
@@ -261,7 +297,7 @@ def train(**options: Any) -> None:
     from evosparse.engine.compare import check_targets
     from evosparse.engine.config import build_config
     from evosparse.engine.loop import train as run_training
-    from evosparse.metrics import ACCURACY, epoch_reaching, result_metric
+    from evosparse.metrics import ACCURACY, epoch_reaching, result_metric, selection_split
 
     settings = build_config(options["config"], config_values(options), options["param"] or [])
     targets = check_targets(options["target_acc"]) if options["target_acc"] else ()
@@ -273,17 +309,50 @@ def train(**options: Any) -> None:
     )
     if not context_from_environment().is_leader:
         return
+    typer.echo(layer_report(result), err=True)
+    selected = (
+        ""
+        if result["selected_epoch"] is None
+        else f", {result['test_acc_at_selected']:.4f} at val-selected epoch {result['selected_epoch']}"
+    )
     typer.echo(
-        f"{result['method']} on {result['dataset']}: test {result_metric(result).label} {result['final_test_acc']:.4f} "
+        f"{result['method']} on {result['dataset']}: test {result_metric(result).label} {result['final_test_acc']:.4f}"
+        f"{selected} "
         f"(best {result['best_test_acc']:.4f}, ARA {result['ara']:.4f}) at density {result['density_final']:.4g} "
         f"({result['params_active']:,}/{result['params_dense']:,} weights), {len(result['epochs'])} epochs "
         f"in {result['wall_time_s']:.1f} s -> {settings.out}"
     )
     if targets and result_metric(result) == ACCURACY:
-        curve = [epoch["test_acc"] for epoch in result["epochs"]]
+        split = selection_split(result)
+        curve = [epoch[f"{split}_acc"] for epoch in result["epochs"]]
         reached = [epoch_reaching(curve, target) for target in targets]
         cells = [f"{t:g}: {'never' if e is None else e}" for t, e in zip(targets, reached)]
-        typer.echo("first epoch reaching " + ", ".join(cells))
+        typer.echo(f"first epoch reaching ({split} accuracy) " + ", ".join(cells))
+
+
+def layer_report(result: dict[str, Any]) -> str:
+    """Each sparse layer's target and final density and active weights, then the inference multiply-adds
+    (printed on stderr by ``train``, whose stdout stays the contract's one-line summary)."""
+    rows = [("layer", "shape", "target", "density", "active")] + [
+        (
+            layer["name"],
+            "×".join(map(str, layer["shape"])),
+            f"{layer['target_density']:.4f}",
+            f"{layer['density']:.4f}",
+            f"{layer['active']:,}",
+        )
+        for layer in result["layers"]
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+             for row in rows]  # fmt: skip
+    macs = result["inference_macs"]
+    lines.append(
+        f"inference: {macs['sparse']:,} of {macs['dense']:,} dense multiply-adds per sample "
+        f"({'n/a' if macs['relative'] is None else format(macs['relative'], '.4f')} of dense)"
+        + (f"; not counted: {', '.join(macs['uncounted'])}" if macs["uncounted"] else "")
+    )
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def run_and_report(comparison: Any, progress: bool, fractions: str | None = None) -> None:

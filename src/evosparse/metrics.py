@@ -42,6 +42,29 @@ def epoch_reaching(accuracies: Sequence[float], target: float) -> int | None:
     return None
 
 
+def select_epoch(values: Sequence[float], losses: Sequence[float], higher_is_better: bool = True) -> int | None:
+    """The 1-based epoch a run is selected at: the best validation ``values`` (per-epoch metric), ties
+    broken by the lower validation loss, then by the earlier epoch; None without validation numbers.
+
+    Only validation numbers enter, so the test set never influences which model is reported.
+    """
+    if len(values) != len(losses):
+        raise UsageError(f"selection needs one loss per value, got {len(values)} values and {len(losses)} losses")
+    if not values:
+        return None
+    sign = -1.0 if higher_is_better else 1.0
+    ranked = min(range(len(values)), key=lambda i: (sign * values[i], losses[i], i))
+    return ranked + 1
+
+
+def selection_split(result: Mapping[str, Any]) -> str:
+    """``"val"`` when every epoch of a result.json has validation numbers, else ``"test"``: the split
+    whose curve "epoch to target" is read off (results of schema 1, or of ``--val-fraction 0``, have
+    only the test curve, and say so wherever it is used)."""
+    epochs = result["epochs"]
+    return "val" if epochs and all(e.get("val_acc") is not None for e in epochs) else "test"
+
+
 def spread(values: Sequence[float]) -> dict[str, Any]:
     """Mean and sample standard deviation (n − 1; 0 for a single value) of per-seed numbers."""
     std = statistics.stdev(values) if len(values) > 1 else 0.0

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from evosparse.analysis.significance import compare_to_best
 from evosparse.cli import main
 from evosparse.engine import compare, loop
 from evosparse.engine.checkpoint import load_checkpoint
@@ -73,6 +74,7 @@ def test_summary_numbers_are_recomputed_from_the_runs(finished):
     summary = json.loads((finished / "summary.json").read_text())
     results = run_results(finished)
     assert list(summary["methods"]) == list(METHODS) and summary["seeds"] == list(SEEDS)
+    assert summary["selection"] == "validation"
     for method in METHODS:
         runs = [results[(method, seed)] for seed in SEEDS]
         entry = summary["methods"][method]
@@ -82,12 +84,16 @@ def test_summary_numbers_are_recomputed_from_the_runs(finished):
             assert entry[key]["mean"] == pytest.approx(sum(values) / len(values))
             assert entry[key]["std"] == pytest.approx(statistics.stdev(values))
         curves = [[e["test_acc"] for e in run["epochs"]] for run in runs]
-        mean_curve = [sum(column) / len(column) for column in zip(*curves)]
-        assert entry["curve"]["mean"] == pytest.approx(mean_curve)
+        assert entry["curve"]["mean"] == pytest.approx([sum(column) / len(column) for column in zip(*curves)])
+        selected = [run["test_acc_at_selected"] for run in runs]
+        assert entry["selected_acc"]["values"] == selected and None not in selected
+        assert entry["selected_epoch"] == [run["selected_epoch"] for run in runs]
+        val_curves = [[e["val_acc"] for e in run["epochs"]] for run in runs]  # epoch to target reads validation
+        mean_val_curve = [sum(column) / len(column) for column in zip(*val_curves)]
         for target in (0.5, 0.99):
             reached = entry["epoch_to_target"][f"{target:g}"]
-            assert reached["runs"] == [epoch_reaching(curve, target) for curve in curves]
-            assert reached["mean_curve"] == epoch_reaching(mean_curve, target)
+            assert reached["runs"] == [epoch_reaching(curve, target) for curve in val_curves]
+            assert reached["mean_curve"] == epoch_reaching(mean_val_curve, target)
         seconds = [statistics.fmean(e["train_time_s"] + e["topology_time_s"] for e in run["epochs"]) for run in runs]
         assert entry["time_per_epoch_s"]["mean"] == pytest.approx(statistics.fmean(seconds))
         assert entry["params_active"]["mean"] == pytest.approx(statistics.fmean(r["params_active"] for r in runs))
@@ -116,8 +122,11 @@ def test_markdown_and_curves(finished):
         entry = summary["methods"][method]
         row = next(line for line in text.splitlines() if line.startswith(f"| {method} |"))
         assert f"{entry['final_acc']['mean']:.4f} ± {entry['final_acc']['std']:.4f}" in row
+        assert f"{entry['selected_acc']['mean']:.4f} ± {entry['selected_acc']['std']:.4f}" in row
         assert f"{round(entry['params_active']['mean']):,}" in row
-    assert "epoch to 0.5" in text and "epoch to 0.99" in text
+    assert "epoch to 0.5" in text and "epoch to 0.99" in text and "mean validation accuracy curve" in text
+    header = next(line for line in text.splitlines() if line.startswith("| method"))
+    assert "| acc at val-selected epoch |" in header and "| best test acc (info) |" in header
     assert (finished / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -280,3 +289,23 @@ def test_result_without_checkpoint_is_refused(tmp_path):
     (folder / "result.json").write_text("{}")
     with pytest.raises(UsageError, match="cannot be checked"):
         compare.run_comparison(comparison, progress=False)
+
+
+def test_summary_tests_each_method_against_the_best_on_the_selected_test_accuracy(finished):
+    summary = json.loads((finished / "summary.json").read_text())
+    section, results = summary["statistics"], run_results(finished)
+    values = {m: [results[(m, s)]["test_acc_at_selected"] for s in SEEDS] for m in METHODS}
+    assert section["on"] == "test_acc_at_selected"
+    assert section == {"on": "test_acc_at_selected", **json.loads(json.dumps(compare_to_best(values)))}
+    text = (finished / "summary.md").read_text()
+    assert (
+        "### Differences beyond seed noise" in text
+        and f"against the method with the best mean, {section['best']}" in text
+    )
+    other = next(m for m in METHODS if m != section["best"])
+    row = next(line for line in text.splitlines() if line.startswith(f"| {other} | ") and "[" in line)
+    entry = section["methods"][other]
+    low, high = entry["ci95"]
+    assert f"{entry['mean']:.4f} [{low:.4f}, {high:.4f}] | {entry['p']:.3g} |" in row
+    reading = "not distinguishable from" if entry["p"] >= 0.05 else "lower than"
+    assert row.endswith(f"{reading} {section['best']} |")

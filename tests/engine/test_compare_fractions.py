@@ -101,8 +101,8 @@ def test_every_method_of_a_seed_trains_on_as_many_samples(finished):
     out, _, _ = finished
     samples = {key: result["train_samples"] for key, result in results(out).items()}
     for seed in SEEDS:
-        assert samples[("static", seed, 0.5)] == samples[("set", seed, 0.5)] == 674
-        assert samples[("static", seed, 1.0)] == 1347
+        assert samples[("static", seed, 0.5)] == samples[("set", seed, 0.5)] == 606
+        assert samples[("static", seed, 1.0)] == 1212  # digits' 1,347 less the 135 held out for validation
 
 
 def test_summary_has_each_fraction_recomputed_from_its_runs(finished):
@@ -142,7 +142,7 @@ def test_table_has_a_column_per_fraction_and_says_never(finished):
         finals = [summary["fractions"][str(f)]["methods"][method]["final_acc"] for f in FRACTIONS]
         assert cells[0] == method and cells[1:3] == [f"{s['mean']:.4f} ± {s['std']:.4f}" for s in finals]
         assert cells[3:] == ["never (0/2)", "never (0/2)"]
-    assert "## 50% of the training set (674 samples)" in text and "### Test accuracy at matched training loss" in text
+    assert "## 50% of the training set (606 samples)" in text and "### Test accuracy at matched training loss" in text
     for fraction in FRACTIONS:
         for stem in ("curves", "generalisation"):
             assert f"({plot_file(stem, fraction)})" in text

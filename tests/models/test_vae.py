@@ -122,7 +122,9 @@ def test_a_vae_comparison_labels_the_metric_and_drops_accuracy_targets(tmp_path)
     summary = run_comparison(plan_comparison(["static", "set"], seed_count=1, overrides=settings), progress=False)
     assert summary["metric"] == "neg_elbo_nats" and summary["targets"] == []
     assert result_metric(summary) is NEGATIVE_ELBO
-    assert markdown_table(summary).startswith("| method | final -ELBO | best -ELBO | ARA | active params")
+    assert markdown_table(summary).startswith(
+        "| method | final -ELBO | -ELBO at val-selected epoch | best test -ELBO (info) | ARA | active params"
+    )
     result = json.loads((tmp_path / "set" / "seed0" / "result.json").read_text())
     assert summary["methods"]["set"]["best_acc"]["mean"] == result["best_test_acc"]
 

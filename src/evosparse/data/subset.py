@@ -55,7 +55,15 @@ def subset_indices(labels: torch.Tensor, fraction: float, seed: int) -> torch.Te
     no per-sample classes, so a seeded random ``fraction`` of the samples is kept instead.
     """
     check_fraction(fraction)
-    generator = torch.Generator().manual_seed(seed + SUBSET_STREAM)
+    indices = stratified_choice(labels, fraction, torch.Generator().manual_seed(seed + SUBSET_STREAM))
+    if indices.numel() == 0:
+        raise UsageError(f"train fraction {fraction} keeps none of the {labels.shape[0]} training samples")
+    return indices
+
+
+def stratified_choice(labels: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
+    """Sorted indices of a random ``fraction`` of the samples, drawn per class (:func:`class_quotas`)
+    from ``generator``; sequence labels (one row per sample) have no classes and are drawn as one group."""
     if labels.dim() != 1:
         [count] = class_quotas([labels.shape[0]], fraction)
         chosen = [torch.randperm(labels.shape[0], generator=generator)[:count]]
@@ -64,10 +72,7 @@ def subset_indices(labels: torch.Tensor, fraction: float, seed: int) -> torch.Te
         members = [torch.nonzero(labels == c).flatten() for c in classes]
         quotas = class_quotas([len(m) for m in members], fraction)
         chosen = [m[torch.randperm(len(m), generator=generator)[:q]] for m, q in zip(members, quotas)]
-    indices = torch.cat(chosen).sort().values
-    if indices.numel() == 0:
-        raise UsageError(f"train fraction {fraction} keeps none of the {labels.shape[0]} training samples")
-    return indices
+    return torch.cat(chosen).sort().values
 
 
 def subset_training(data: Dataset, fraction: float, seed: int) -> Dataset:

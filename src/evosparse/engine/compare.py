@@ -34,6 +34,7 @@ from matplotlib.ticker import MaxNLocator
 
 from evosparse.analysis.generalisation import generalisation_markdown, generalisation_summary, plot_generalisation
 from evosparse.analysis.plots import save_png
+from evosparse.analysis.significance import compare_to_best
 from evosparse.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from evosparse.engine.config import (
     LOCATION_KEYS,
@@ -44,6 +45,7 @@ from evosparse.engine.config import (
     read_toml,
 )
 from evosparse.engine.loop import train
+from evosparse.engine.lr_schedule import DEFAULT_GAMMA
 from evosparse.engine.records import RESULT_NAME
 from evosparse.engine.run_folder import locked_folder
 from evosparse.engine.update_schedule import check_updates
@@ -51,10 +53,12 @@ from evosparse.engine.variants import base_method, learned_source, run_order, va
 from evosparse.errors import EvosparseError, UsageError
 from evosparse.files import atomic_write_text, check_writable
 from evosparse.methods import get_method
-from evosparse.metrics import ACCURACY, epoch_reaching, result_metric, spread
+from evosparse.metrics import ACCURACY, epoch_reaching, result_metric, selection_split, spread
 from evosparse.models import default_distribution
 
-SUMMARY_SCHEMA = 1
+SUMMARY_SCHEMA = 2
+#: summary.json's ``selection``: the split "epoch to target" is read off (test only for runs without validation).
+SPLIT_NAMES = {"val": "validation", "test": "test"}
 DEFAULT_SEEDS = 3
 DEFAULT_TARGETS: tuple[float, ...] = (0.97,)
 #: Settings that differ between the runs of one comparison; every other setting is shared.
@@ -329,25 +333,35 @@ def per_epoch_seconds(result: Mapping[str, Any], *, topology_only: bool) -> floa
 
 
 def method_summary(
-    results: Sequence[Mapping[str, Any]], folders: Sequence[str], targets: Sequence[float]
+    results: Sequence[Mapping[str, Any]], folders: Sequence[str], targets: Sequence[float], split: str = "val"
 ) -> dict[str, Any]:
-    """One method's numbers over its seeds, and its mean ± std accuracy curve."""
+    """One method's numbers over its seeds, and its mean ± std test accuracy curve.
+
+    "Epoch to target" is read off the ``split`` (``"val"`` or ``"test"``) accuracy curves;
+    ``selected_acc`` is the test accuracy at each run's validation-selected epoch (None when a run has
+    no validation split); ``best_acc`` (the best test epoch) is for information only.
+    """
     curves = [[e["test_acc"] for e in result["epochs"]] for result in results]
     if len({len(curve) for curve in curves}) != 1:
         raise EvosparseError(f"the runs {', '.join(folders)} have different numbers of epochs")
     by_epoch = [spread(column) for column in zip(*curves)]
-    mean_curve = [point["mean"] for point in by_epoch]
+    target_curves = [[e[f"{split}_acc"] for e in result["epochs"]] for result in results]
+    mean_target_curve = [statistics.fmean(column) for column in zip(*target_curves)]
+    selected = [r["test_acc_at_selected"] for r in results if r.get("test_acc_at_selected") is not None]
+    every_selected = len(selected) == len(results)
     return {
         "method_params": results[0]["method_params"],
         "runs": list(folders),
         "architecture": results[0]["architecture"],
         "final_acc": spread([r["final_test_acc"] for r in results]),
+        "selected_acc": spread(selected) if every_selected else None,
+        "selected_epoch": [r["selected_epoch"] for r in results] if every_selected else None,
         "best_acc": spread([r["best_test_acc"] for r in results]),
         "ara": spread([r["ara"] for r in results]),
         "epoch_to_target": {
             target_key(target): {
-                "mean_curve": epoch_reaching(mean_curve, target),
-                "runs": [epoch_reaching(curve, target) for curve in curves],
+                "mean_curve": epoch_reaching(mean_target_curve, target),
+                "runs": [epoch_reaching(curve, target) for curve in target_curves],
             }
             for target in targets
         },
@@ -356,7 +370,7 @@ def method_summary(
         "density_final": spread([r["density_final"] for r in results]),
         "time_per_epoch_s": spread([per_epoch_seconds(r, topology_only=False) for r in results]),
         "topology_time_per_epoch_s": spread([per_epoch_seconds(r, topology_only=True) for r in results]),
-        "curve": {"mean": mean_curve, "std": [point["std"] for point in by_epoch]},
+        "curve": {"mean": [point["mean"] for point in by_epoch], "std": [point["std"] for point in by_epoch]},
     }
 
 
@@ -371,8 +385,10 @@ def summarize(
     metric = result_metric(next(iter(results.values())))
     targets = comparison.targets if metric == ACCURACY else ()
     unscaled = [result for result in results.values() if not result.get("width_scaling")]
+    split = "val" if all(selection_split(result) == "val" for result in results.values()) else "test"
     return {
         "schema": SUMMARY_SCHEMA,
+        "selection": SPLIT_NAMES[split],
         "command": comparison.command,
         "setup": {key: value for key, value in first.items() if key not in PER_RUN_KEYS},
         "architecture": (unscaled or list(results.values()))[0]["architecture"],
@@ -387,20 +403,35 @@ def summarize(
                     for seed in comparison.seeds
                 ],
                 targets,
+                split,
             )
             for method in comparison.methods
         },
+        "statistics": seed_statistics(comparison.methods, comparison.seeds, results, metric.higher_is_better),
         "generalisation": generalisation_summary(
             {method: [results[(method, seed)] for seed in comparison.seeds] for method in comparison.methods}
         ),
     }
 
 
+def seed_statistics(
+    methods: Sequence[str], seeds: Sequence[int], results: Mapping[RunKey, Mapping[str, Any]], higher_is_better: bool
+) -> dict[str, Any]:
+    """Confidence intervals and Welch tests against the best method (:mod:`evosparse.analysis.significance`)
+    of the headline number: ``on`` names it — the test value at the validation-selected epoch when every
+    run has one, else the final test value."""
+    selected = all(result.get("test_acc_at_selected") is not None for result in results.values())
+    on = "test_acc_at_selected" if selected else "final_test_acc"
+    values = {method: [results[(method, seed)][on] for seed in seeds] for method in methods}
+    return {"on": on, **compare_to_best(values, higher_is_better)}
+
+
 # -- writing -------------------------------------------------------------------------------------
 
 
-def plus_minus(stats: Mapping[str, Any]) -> str:
-    return f"{stats['mean']:.4f} ± {stats['std']:.4f}"
+def plus_minus(stats: Mapping[str, Any] | None) -> str:
+    """``mean ± std`` of a :func:`spread`, ``—`` for a number the runs do not have."""
+    return "—" if stats is None else f"{stats['mean']:.4f} ± {stats['std']:.4f}"
 
 
 def reached_text(entry: Mapping[str, Any]) -> str:
@@ -416,7 +447,8 @@ def markdown_table(summary: Mapping[str, Any]) -> str:
     header = [
         "method",
         f"final {metric.short}",
-        f"best {metric.short}",
+        f"{metric.short} at val-selected epoch",
+        f"best test {metric.short} (info)",
         "ARA",
         *(f"epoch to {t}" for t in targets),
         "active params",
@@ -427,6 +459,7 @@ def markdown_table(summary: Mapping[str, Any]) -> str:
         [
             method,
             plus_minus(entry["final_acc"]),
+            plus_minus(entry.get("selected_acc")),
             plus_minus(entry["best_acc"]),
             plus_minus(entry["ara"]),
             *(reached_text(entry["epoch_to_target"][t]) for t in targets),
@@ -440,11 +473,54 @@ def markdown_table(summary: Mapping[str, Any]) -> str:
     return "\n".join("| " + " | ".join(cells) + " |" for cells in lines) + "\n"
 
 
+#: How the statistics section names the number it tests.
+STATISTIC_NAMES = {"test_acc_at_selected": "at the validation-selected epoch", "final_test_acc": "after the last epoch"}
+
+
+def statistics_markdown(summary: Mapping[str, Any]) -> str:
+    """The section of summary.md that says which differences are more than seed noise (and which are not)."""
+    section = summary["statistics"]
+    best, label = section["best"], result_metric(summary).label
+    rows = [["method", f"mean {label} [95% CI]", f"p vs {best}", "reading"], ["---"] * 4]
+    for method, entry in section["methods"].items():
+        interval = "" if entry["ci95"] is None else f" [{entry['ci95'][0]:.4f}, {entry['ci95'][1]:.4f}]"
+        p = "" if entry["p"] is None else f"{entry['p']:.3g}"
+        reading = {
+            "best": "highest mean" if result_metric(summary).higher_is_better else "lowest mean",
+            "not distinguishable": f"not distinguishable from {best}",
+            "lower": f"lower than {best}",
+            "higher": f"higher than {best}",
+            "not testable": "one seed: no test",
+        }[entry["verdict"]]
+        rows.append([method, f"{entry['mean']:.4f}{interval}", p, reading])
+    table = "\n".join("| " + " | ".join(cells) + " |" for cells in rows)
+    return (
+        f"### Differences beyond seed noise\n\nTest {label} {STATISTIC_NAMES[section['on']]}: mean over the "
+        f"{len(summary['seeds'])} seed(s) with its 95% confidence interval (Student t), and Welch's two-sided "
+        f"t-test against the method with the best mean, {best}. Below p = 0.05 the difference is called "
+        "lower/higher; otherwise the two are not distinguishable with these seeds, whatever their means. "
+        "The p-values are not corrected for testing several methods.\n\n" + table + "\n\n"
+    )
+
+
 def budget_text(setup: Mapping[str, Any]) -> str:
     """The shared budget in words: ``ε 20`` or ``density 0.05``."""
     if setup["epsilon"] is not None:
         return f"ε {setup['epsilon']}"
     return f"density {setup['density'] if setup['density'] is not None else TrainConfig.DEFAULT_DENSITY}"
+
+
+def schedule_text(setup: Mapping[str, Any]) -> str:
+    """The learning-rate schedule in words, e.g. `` (cosine, 2 warm-up epochs)``; ``""`` for a constant rate
+    without warm-up (and for comparisons made before schedules existed)."""
+    name, warmup = setup.get("lr_schedule", "constant"), setup.get("warmup_epochs", 0)
+    words = [] if name == "constant" else [name]
+    if name == "step":
+        gamma = DEFAULT_GAMMA if setup["lr_gamma"] is None else setup["lr_gamma"]
+        words.append(f"×{gamma:g} after epochs {','.join(map(str, setup['lr_milestones']))}")
+    if warmup:
+        words.append(f"{warmup} warm-up epoch(s)")
+    return f" ({', '.join(words)})" if words else ""
 
 
 def setup_line(summary: Mapping[str, Any]) -> str:
@@ -455,14 +531,20 @@ def setup_line(summary: Mapping[str, Any]) -> str:
         f"{setup['dataset']}{'' if share == 1.0 else f' ({share * 100:g}% of the training set)'}, "
         f"{setup['model']} {'-'.join(map(str, summary['architecture']))}, "
         f"{budget_text(setup)} ({setup['distribution'] or default_distribution(setup['model'])}), "
-        f"{setup['epochs']} epochs, {setup['optimizer']} lr {setup['lr']}, batch {setup['batch_size']}, "
+        f"{setup['epochs']} epochs, {setup['optimizer']} lr {setup['lr']}{schedule_text(setup)}, "
+        f"batch {setup['batch_size']}, "
         f"seeds {', '.join(map(str, summary['seeds']))}."
     )
 
 
 TARGETS_NOTE = (
-    "*Epoch to T*: first epoch at which the mean accuracy curve reaches T (in brackets: how many runs reach it "
-    "on their own). "
+    "*Epoch to T*: first epoch at which the mean {split} accuracy curve reaches T (in brackets: how many runs "
+    "reach it on their own). "
+)
+SELECTION_NOTE = (
+    "Every column but *epoch to T* is measured on the test set. *At val-selected epoch*: at each run's epoch "
+    "of best validation {label} (— for runs without a validation split); *best test (info)* picks the epoch "
+    "on the test set itself, an optimistic bound rather than a result. "
 )
 
 
@@ -475,9 +557,12 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         f"{setup_line(summary)}\n\n"
         + markdown_table(summary)
         + f"\nMean ± sample standard deviation over {len(seeds)} seed(s). "
-        + (TARGETS_NOTE if summary["targets"] else "")
+        + SELECTION_NOTE.format(label=result_metric(summary).label)
+        + (TARGETS_NOTE.format(split=summary.get("selection", "test")) if summary["targets"] else "")
         + "*s/epoch*: training plus topology updates, without evaluation; *topology s/epoch*: the topology "
-        "updates alone.\n\n![test accuracy per epoch](curves.png)\n\n"
+        "updates alone.\n\n"
+        + statistics_markdown(summary)
+        + "![test accuracy per epoch](curves.png)\n\n"
         + generalisation_markdown(summary["generalisation"], metric_label=result_metric(summary).label)
     )
 

@@ -16,6 +16,8 @@ from typing import Any
 
 from evosparse.backends.csr_model import BACKENDS
 from evosparse.data.subset import check_fraction
+from evosparse.data.validation import DEFAULT_VAL_FRACTION, check_val_fraction
+from evosparse.engine.lr_schedule import check_schedule
 from evosparse.engine.width_scaling import AUTO_MODES, parse_width_scale
 from evosparse.errors import UsageError
 from evosparse.methods import get_method, resolve_params
@@ -51,9 +53,17 @@ class TrainConfig:
     sparsify: str = "all"
     augment: bool = False
     train_fraction: float = 1.0
+    #: Share of the training split held out for model selection (a dataset's own split when it ships one).
+    val_fraction: float = DEFAULT_VAL_FRACTION
     epochs: int = 30
     batch_size: int = 32
     lr: float = 0.05
+    #: ``constant``, ``cosine`` or ``step`` (see ``lr_schedule``), after ``warmup_epochs`` of linear warm-up.
+    lr_schedule: str = "constant"
+    warmup_epochs: int = 0
+    #: ``step``: the epochs after which the rate is multiplied by ``lr_gamma`` (default 0.1).
+    lr_milestones: list[int] | None = None
+    lr_gamma: float | None = None
     optimizer: str = "sgd"
     momentum: float = 0.9
     nesterov: bool = False
@@ -95,6 +105,10 @@ _FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
 CONFIG_FIELDS = frozenset(_FIELD_TYPES)
 
 
+#: What a run used for a setting its checkpoint does not record, where that differs from today's default:
+#: runs made before ``val_fraction`` existed had no validation split.
+LEGACY_VALUES: dict[str, Any] = {"val_fraction": 0.0}
+
 #: Settings naming folders: a finished run that was moved (with its sources) still matches its config.
 LOCATION_KEYS = ("out", "fixed_topology_from")
 
@@ -104,11 +118,11 @@ def config_difference(
 ) -> tuple[str, Any, Any] | None:
     """The first setting where a checkpoint's saved config differs from ``config``, or ``None``.
 
-    A key missing from ``saved`` (a checkpoint written before that setting existed) counts as the
-    setting's default, which is what such a run used; the same holds for a method parameter missing
-    from the saved ``params``.
+    A key missing from ``saved`` (a checkpoint written before that setting existed) counts as what such
+    a run used: the setting's default, or its :data:`LEGACY_VALUES` entry; the same holds for a method
+    parameter missing from the saved ``params``.
     """
-    defaults = TrainConfig().to_dict()
+    defaults = {**TrainConfig().to_dict(), **LEGACY_VALUES}
     for key, value in config.to_dict().items():
         before = saved.get(key, defaults[key])
         if key == "params" and isinstance(before, Mapping) and saved.get("method") == config.method:
@@ -142,18 +156,23 @@ def parse_param_pairs(pairs: Sequence[str]) -> dict[str, str]:
     return parsed
 
 
-def parse_hidden(value: object) -> list[int]:
-    """Hidden sizes from ``"300,100"`` or a TOML list."""
+def parse_positive_ints(value: object, what: str) -> list[int]:
+    """Positive integers from ``"300,100"`` or a TOML list; ``what`` names them in the one-line refusal."""
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)) or not items:
-        raise UsageError(f"hidden sizes must be a comma-separated list of integers, got {value!r}")
+        raise UsageError(f"{what} must be a comma-separated list of integers, got {value!r}")
     try:
         sizes = [int(str(item).strip()) for item in items]
     except ValueError:
-        raise UsageError(f"hidden sizes must be integers, got {value!r}") from None
+        raise UsageError(f"{what} must be integers, got {value!r}") from None
     if any(size < 1 for size in sizes):
-        raise UsageError(f"hidden sizes must be positive, got {value!r}")
+        raise UsageError(f"{what} must be positive, got {value!r}")
     return sizes
+
+
+def parse_hidden(value: object) -> list[int]:
+    """Hidden sizes from ``"300,100"`` or a TOML list."""
+    return parse_positive_ints(value, "hidden sizes")
 
 
 def _coerce_field(name: str, value: object) -> Any:
@@ -161,6 +180,8 @@ def _coerce_field(name: str, value: object) -> Any:
     kind = _FIELD_TYPES[name]
     if name == "hidden":
         return None if value is None else parse_hidden(value)
+    if name == "lr_milestones":
+        return None if value is None else parse_positive_ints(value, "lr milestones")
     if name == "width_scale":
         return None if value is None else parse_width_scale(value)
     if name == "params":
@@ -225,6 +246,7 @@ def validate(config: TrainConfig) -> None:
     check_backend(method_cls, config.backend)
     _check_choice("device", config.device, DEVICES)
     check_fraction(config.train_fraction)
+    check_val_fraction(config.val_fraction)
     if config.epochs < 1:
         raise UsageError(f"epochs must be at least 1, got {config.epochs}")
     if config.batch_size < 1:
@@ -235,6 +257,13 @@ def validate(config: TrainConfig) -> None:
             raise UsageError(f"{name} must be a non-negative number, got {value}")
     if config.lr == 0:
         raise UsageError("lr must be positive")
+    check_schedule(
+        config.lr_schedule,
+        epochs=config.epochs,
+        warmup_epochs=config.warmup_epochs,
+        milestones=config.lr_milestones,
+        gamma=config.lr_gamma,
+    )
     if not config.dropout < 1:
         raise UsageError(f"dropout must be below 1, got {config.dropout}")
     if config.nesterov and (config.optimizer != "sgd" or config.momentum == 0):

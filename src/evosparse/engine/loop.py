@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import asdict
@@ -22,12 +23,22 @@ from evosparse.backends.csr_build import build_for_backend
 from evosparse.data import Dataset, load_dataset
 from evosparse.data.augment import random_crop_flip
 from evosparse.data.subset import subset_training
+from evosparse.data.validation import split_validation
 from evosparse.distributed import DistributedContext, all_sum, context_from_environment, initialise, shard, shutdown
 from evosparse.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from evosparse.engine.config import TrainConfig, config_difference
 from evosparse.engine.fixed_topology import hold_fixed_topology
+from evosparse.engine.inference_cost import inference_macs
+from evosparse.engine.lr_schedule import build_scheduler
 from evosparse.engine.objectives import Objective, objective_for
-from evosparse.engine.records import RESULT_NAME, EpochRecord, build_result, write_metrics_csv, write_result
+from evosparse.engine.records import (
+    RESULT_NAME,
+    EpochRecord,
+    build_result,
+    write_layers_csv,
+    write_metrics_csv,
+    write_result,
+)
 from evosparse.engine.run_folder import locked_folder
 from evosparse.engine.update_schedule import check_updates, idle_reason
 from evosparse.engine.width_scaling import scale_widths
@@ -96,13 +107,13 @@ class Trainer:
                 f"{self.context.world_size} processes"
             )
         initialise(self.context, self.device)
-        self.data: Dataset = subset_training(
+        loaded, self.validation = split_validation(
             load_dataset(
                 config.dataset, data_dir=Path(config.data_dir) if config.data_dir else None, target=config.target
             ),
-            config.train_fraction,
-            config.seed,
+            config.val_fraction,
         )
+        self.data: Dataset = subset_training(loaded, config.train_fraction, config.seed)
         if config.augment and len(self.data.input_shape) != 3:
             shape = self.data.input_shape
             raise UsageError(f"--augment crops and flips images; {config.dataset} samples have shape {shape}")
@@ -142,6 +153,16 @@ class Trainer:
             exclude=excluded_layers(self.model, config.sparsify),
             **config.params,
         )
+        # After the Sparsifier, which may add parameter groups (LiSET's skip layers) that must be scheduled too.
+        self.lr_scheduler = build_scheduler(
+            self.optimizer,
+            config.lr_schedule,
+            epochs=config.epochs,
+            steps_per_epoch=self.steps_per_epoch,
+            warmup_epochs=config.warmup_epochs,
+            milestones=config.lr_milestones,
+            gamma=config.lr_gamma,
+        )
         if config.fixed_topology_from is not None and not self.checkpoint_path.exists():
             # A checkpoint, once restored, holds these masks already: the source need not exist any more.
             hold_fixed_topology(self.sparsifier, config)
@@ -149,6 +170,11 @@ class Trainer:
         self.model.to(self.device)  # a model built sparse directly (see build_for_backend) is on the CPU
         self.x_train, self.y_train = self.data.x_train.to(self.device), self.data.y_train.to(self.device)
         self.x_test, self.y_test = self.data.x_test.to(self.device), self.data.y_test.to(self.device)
+        self.val: tuple[torch.Tensor, torch.Tensor] | None = (
+            None
+            if self.data.x_val is None or self.data.y_val is None
+            else (self.data.x_val.to(self.device), self.data.y_val.to(self.device))
+        )
         self.train_model: nn.Module = self.model
         if self.context.active:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
@@ -171,6 +197,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "sparsifier": self.sparsifier.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler else None,
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
         }
@@ -198,6 +225,8 @@ class Trainer:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.sparsifier.load_state_dict(state["sparsifier"])
+            if self.lr_scheduler is not None:
+                self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         except (KeyError, RuntimeError, ValueError) as error:
             reason = str(error).splitlines()[0][:120]
             raise UsageError(f"checkpoint in {self.out} does not fit this model ({reason})") from None
@@ -209,13 +238,15 @@ class Trainer:
 
     # -- training -------------------------------------------------------------------------------
 
-    def train_epoch(self, epoch: int, on_step: Any) -> float:
-        """One pass over the shuffled training data; returns the mean training loss."""
+    def train_epoch(self, epoch: int, on_step: Any) -> tuple[float, float]:
+        """One pass over the shuffled training data; returns the mean training loss and the learning
+        rate of its last step (the first parameter group's)."""
         self.model.train()
         loss_sum = 0.0
         batches = epoch_batches(self.x_train.shape[0], self.config.batch_size, self.config.seed, epoch)
         augment_generator = torch.Generator(self.device).manual_seed(self.config.seed * 1_000_003 + epoch + 104_729)
         seen = 0
+        lr = self.optimizer.param_groups[0]["lr"]
         for step, batch in enumerate(batches, 1):
             if batch.numel() < self.context.world_size:
                 break  # a last global batch too small to give every process a sample
@@ -238,11 +269,14 @@ class Trainer:
                 )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            lr = self.optimizer.param_groups[0]["lr"]
             self.optimizer.step()
             self.sparsifier.step()
+            if self.lr_scheduler is not None:
+                self.lr_scheduler.step()
             loss_sum += step_loss
             on_step()
-        return loss_sum / seen
+        return loss_sum / seen, lr
 
     def run(self, resume: bool = False, *, if_present: bool = False) -> dict[str, Any]:
         """Train the remaining epochs, writing metrics and a checkpoint after each; return result.json.
@@ -271,11 +305,13 @@ class Trainer:
             advance = (lambda: progress.advance(task)) if progress and task is not None else (lambda: None)
             for epoch in range(len(self.epochs) + 1, config.epochs + 1):
                 epoch_started = time.perf_counter()
-                train_loss = self.train_epoch(epoch, advance)
+                train_loss, lr = self.train_epoch(epoch, advance)
                 step_stats = self.sparsifier.take_stats()
                 train_time = time.perf_counter() - epoch_started - step_stats.seconds
                 test_loss, test_acc = evaluate(self.model, self.x_test, self.y_test, self.objective)
+                val_loss, val_acc = evaluate(self.model, *self.val, self.objective) if self.val else (None, None)
                 density = self.sparsifier.density()
+                layer_active = [report.active for report in self.sparsifier.layer_reports()]
                 leader = self.context.is_leader
                 if leader and self.config.snapshots and self.sparsifier.method.sparse:
                     save_snapshot(self.out, epoch, self.sparsifier.topology)
@@ -291,10 +327,15 @@ class Trainer:
                         train_time_s=train_time,
                         topology_time_s=step_stats.seconds + epoch_stats.seconds,
                         connections_changed=step_stats.connections_changed + epoch_stats.connections_changed,
+                        val_loss=val_loss,
+                        val_acc=val_acc,
+                        lr=lr,
+                        layer_active=layer_active,
                     )
                 )
                 if leader:
                     write_metrics_csv(self.out / "metrics.csv", self.epochs)
+                    write_layers_csv(self.out / "layers.csv", self.epochs, self._layers())
                     save_checkpoint(self.checkpoint_path, self._checkpoint_state(self._wall(started)))
                 if progress and task is not None:
                     shown = f"{self.objective.metric.label} {test_acc:.4f}"
@@ -328,6 +369,14 @@ class Trainer:
             transient=True,
         )
 
+    def _inference_cost(self) -> dict[str, Any]:
+        """Multiply-adds per sample of the model as exported (a switcher's gates folded in), sparse and dense."""
+        model, positions = self.sparsifier.method.export_model()
+        active: Counter[nn.Module] = Counter()
+        for name, where in positions.items():
+            active[model.get_submodule(name.rpartition(".")[0])] += int(where.numel())
+        return inference_macs(model, self.x_train[:1], active)
+
     def _header(self) -> dict[str, Any]:
         config = self.config
         return {
@@ -350,6 +399,12 @@ class Trainer:
                 "nesterov": config.nesterov,
                 "weight_decay": config.weight_decay,
             },
+            "lr_schedule": {
+                "name": config.lr_schedule,
+                "warmup_epochs": config.warmup_epochs,
+                "milestones": config.lr_milestones,
+                "gamma": config.lr_gamma,
+            },
             "batch_size": config.batch_size,
             "distribution": config.effective_distribution,
             "sparsify": config.sparsify,
@@ -358,18 +413,24 @@ class Trainer:
             "fixed_topology_from": config.fixed_topology_from,
             "train_fraction": config.train_fraction,
             "train_samples": self.data.x_train.shape[0],
+            "validation": self.validation.to_dict() if self.validation else None,
             "class_names": list(self.data.class_names) if self.data.class_names is not None else None,
-            "layers": [
-                {
-                    "name": r.name,
-                    "shape": list(r.shape),
-                    "target_density": r.target_density,
-                    "density": r.density,
-                    "active": r.active,
-                }
-                for r in self.sparsifier.layer_reports()
-            ],
+            "inference_macs": self._inference_cost(),
+            "layers": self._layers(),
         }
+
+    def _layers(self) -> list[dict[str, Any]]:
+        """result.json's ``layers``: each sparse layer's name, shape, target and current density, active weights."""
+        return [
+            {
+                "name": r.name,
+                "shape": list(r.shape),
+                "target_density": r.target_density,
+                "density": r.density,
+                "active": r.active,
+            }
+            for r in self.sparsifier.layer_reports()
+        ]
 
 
 def train(

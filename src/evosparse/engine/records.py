@@ -1,6 +1,7 @@
 """What a run writes: one row per epoch (``metrics.csv``) and the summary (``result.json``).
 
-``result.json`` follows the schema fixed in ARCHITECTURE.md section 6; extra keys are additions only.
+``result.json`` follows the schema fixed in ARCHITECTURE.md section 6 (schema 2: validation-based
+selection); extra keys are additions only.
 """
 
 from __future__ import annotations
@@ -8,22 +9,30 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from evosparse.files import atomic_write_text
-from evosparse.metrics import Metric, ara
+from evosparse.metrics import Metric, ara, select_epoch
 
 #: A run folder's record of a finished run (its presence means the run finished).
 RESULT_NAME = "result.json"
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass
 class EpochRecord:
-    """The numbers measured in one epoch (the ``epochs`` entries of result.json)."""
+    """The numbers measured in one epoch (the ``epochs`` entries of result.json).
+
+    ``val_loss``/``val_acc`` are None for a run without a validation split; ``lr`` is the learning rate
+    of the epoch's last step (first parameter group); ``layer_active`` the active weights of each sparse
+    layer (in the order of result.json's ``layers``) when the epoch was evaluated — it goes to
+    ``layers.csv``, not ``metrics.csv``. All are None in checkpoints written before they existed, which
+    is why they come last, with a default.
+    """
 
     epoch: int
     train_loss: float
@@ -33,18 +42,48 @@ class EpochRecord:
     train_time_s: float
     topology_time_s: float
     connections_changed: int
+    val_loss: float | None = None
+    val_acc: float | None = None
+    lr: float | None = None
+    layer_active: list[int] | None = None
 
 
-EPOCH_FIELDS = [name for name in EpochRecord.__dataclass_fields__]
+#: Columns of metrics.csv: every scalar of an epoch (the per-layer counts have their own file).
+EPOCH_FIELDS = [name for name in EpochRecord.__dataclass_fields__ if name != "layer_active"]
+#: Columns of layers.csv: one row per epoch and sparse layer.
+LAYER_FIELDS = ["epoch", "layer", "shape", "target_density", "density", "active"]
 
 
 def write_metrics_csv(path: Path, epochs: list[EpochRecord]) -> None:
     """Rewrite ``metrics.csv`` atomically with every epoch so far."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=EPOCH_FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=EPOCH_FIELDS, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     for record in epochs:
         writer.writerow(asdict(record))
+    atomic_write_text(path, buffer.getvalue())
+
+
+def write_layers_csv(path: Path, epochs: list[EpochRecord], layers: list[dict[str, Any]]) -> None:
+    """Rewrite ``layers.csv`` atomically: each epoch's active weights and density of every sparse layer
+    (``layers`` as in result.json: name, shape, target_density), for epochs that recorded them."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=LAYER_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for record in epochs:
+        for layer, active in zip(layers, record.layer_active or ()):
+            shape = layer["shape"]
+            numel = math.prod(shape)
+            writer.writerow(
+                {
+                    "epoch": record.epoch,
+                    "layer": layer["name"],
+                    "shape": "x".join(map(str, shape)),
+                    "target_density": layer["target_density"],
+                    "density": active / numel,
+                    "active": active,
+                }
+            )
     atomic_write_text(path, buffer.getvalue())
 
 
@@ -59,9 +98,16 @@ def build_result(
 ) -> dict[str, Any]:
     """Assemble result.json: the run's identity (``header``), per-epoch records and summary numbers.
 
-    ``metric`` is what ``test_acc`` holds (accuracy, or a VAE's −ELBO); the best epoch is its best value.
+    ``metric`` is what ``test_acc`` holds (accuracy, or a VAE's −ELBO). ``selected_epoch`` is chosen on
+    the validation numbers alone (:func:`select_epoch`; null without a validation split) and
+    ``test_acc_at_selected`` is the test value there; ``best_test_acc`` is for information only.
     """
     accuracies = [record.test_acc for record in epochs]
+    values = [record.val_acc for record in epochs if record.val_acc is not None]
+    losses = [record.val_loss for record in epochs if record.val_loss is not None]
+    if len(values) not in (0, len(epochs)) or len(losses) != len(values):
+        raise ValueError("some epochs of the run have validation numbers and others have none")
+    selected = select_epoch(values, losses, metric.higher_is_better)
     return {
         "schema": SCHEMA_VERSION,
         **header,
@@ -70,6 +116,8 @@ def build_result(
         "epochs": [asdict(record) for record in epochs],
         "final_test_acc": accuracies[-1],
         "best_test_acc": metric.best(accuracies),
+        "selected_epoch": selected,
+        "test_acc_at_selected": None if selected is None else accuracies[selected - 1],
         "metric": metric.name,
         "ara": ara(accuracies),
         "wall_time_s": wall_time_s,
