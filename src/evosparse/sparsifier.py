@@ -35,7 +35,7 @@ from evosparse.methods import Method, get_method, resolve_params
 from evosparse.methods.context import Clock, MethodContext
 from evosparse.topology.budget import BudgetPlan, plan_budget
 from evosparse.topology.distributions import DISTRIBUTIONS
-from evosparse.topology.init import INIT_SCHEMES
+from evosparse.topology.init import check_init_scheme
 from evosparse.topology.layer import Topology, check_saved_topology
 from evosparse.topology.masks import build_masked_topology, find_sparse_parameters
 
@@ -134,7 +134,8 @@ class Sparsifier:
         self.clock = Clock(total_steps=total_steps)
         self.stats = UpdateStats()
         self.released = self.squashed = False
-        self.topology = self._draw_topology(found, init)
+        built_directly = any(getattr(module, attr).is_meta for _, module, attr in found)
+        self.topology = self._draw_topology(found, init, built_directly)
         context = MethodContext(
             layers=self.topology.layers,
             hparams=self.hparams,
@@ -146,25 +147,27 @@ class Sparsifier:
             update_pending=self.update_pending,
         )
         self.method: Method = method_cls(context)  # may still refuse: nothing of the model is touched yet
-        self._install(found, init)
+        self._install(found, init, built_directly)
         self.method.attach()
         self._arm_gradient_recording()
         for module in [model, *(layer.module for layer in self.topology.layers)]:
             _CLAIMS[module] = self
 
-    def _draw_topology(self, found: Sequence[tuple[str, nn.Module, str]], init: str) -> Topology:
-        """Step 2 of the lifecycle: every layer's random topology, on the run's backend, the model untouched."""
-        if any(getattr(module, attr).is_meta for _, module, attr in found):
+    def _draw_topology(self, found: Sequence[tuple[str, nn.Module, str]], init: str, built_directly: bool) -> Topology:
+        """Step 2 of the lifecycle: every layer's random topology, on the run's backend, the model untouched.
+
+        ``built_directly``: the weights are on the meta device, so csr layers are drawn sparse directly."""
+        if built_directly:
             if self.backend != "csr":
                 raise UsageError("the model's weights are on the meta device; only --backend csr can build them")
             return build_csr_direct(self.model, found, self.plan.initial, init, self.generator, self.optimizer)
         masked = build_masked_topology(found, self.plan.initial, self.generator, self.optimizer)
         return csr_twins(masked, self.optimizer) if self.backend == "csr" else masked
 
-    def _install(self, found: Sequence[tuple[str, nn.Module, str]], init: str) -> None:
-        """Step 4: initialise the weights over the topology and put the layers in place."""
-        built_direct = any(getattr(module, attr).is_meta for _, module, attr in found)
-        if self.method.sparse and not built_direct:
+    def _install(self, found: Sequence[tuple[str, nn.Module, str]], init: str, built_directly: bool) -> None:
+        """Step 4: initialise the weights over the topology (drawn already when built directly) and put the
+        layers in place."""
+        if self.method.sparse and not built_directly:
             for layer in self.topology.layers:
                 layer.initialise(init, self.generator)
         if self.backend == "csr":
@@ -352,8 +355,6 @@ class Sparsifier:
                 f"sparsifier state was saved with density {plan.get('density')} and budgets {plan.get('budgets')}, "
                 f"this one has density {self.plan.density} and budgets {list(self.plan.budgets)}"
             )
-        if self.method.sparse:
-            check_saved_topology(state["topology"], self.topology.layers)
         for key in ("global_step", "epoch"):
             if isinstance(state[key], bool) or not isinstance(state[key], int) or state[key] < 0:
                 raise UsageError(f"sparsifier state's {key} is not a count: {state[key]!r}")
@@ -439,8 +440,7 @@ def _check_arguments(
             raise UsageError(f"{name} must be finite, got {value!r}")
     if distribution not in DISTRIBUTIONS:
         raise UsageError(f"unknown distribution {distribution!r}; choose one of {', '.join(DISTRIBUTIONS)}")
-    if init not in INIT_SCHEMES:
-        raise UsageError(f"unknown init {init!r}; choose one of {', '.join(INIT_SCHEMES)}")
+    check_init_scheme(init)
     if total_steps is not None and (
         isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1
     ):

@@ -146,6 +146,9 @@ class Switcher(Method):
         self._gates: list[torch.Tensor | None] = [None] * len(self.gated)
         self._outputs: list[torch.Tensor] | None = None
         self._accumulated = 0
+        #: Each gated layer's mask as a dense boolean matrix, kept while the method alone rewires the layer
+        #: (None: rebuild it from the active positions when next needed).
+        self._masks: list[torch.Tensor | None] = [None] * len(self.gated)
 
     @classmethod
     def budget_request(cls, hparams: Mapping[str, Any], density: float | None, epsilon: float | None) -> BudgetRequest:
@@ -176,11 +179,17 @@ class Switcher(Method):
         return weight
 
     def _mask(self, slot: int) -> torch.Tensor:
-        """The boolean mask of gated layer ``slot`` (its active positions, shaped like W)."""
+        """The boolean mask of gated layer ``slot`` (its active positions, shaped like W).
+
+        Read by every gated forward pass under a budget, so it is built once per topology change, not per pass.
+        """
+        mask = self._masks[slot]
         layer = self._layer(slot)
-        mask = torch.zeros(layer.numel, dtype=torch.bool, device=layer.device)
-        mask[layer.active_positions()] = True
-        return mask.view(layer.shape)
+        if mask is None or mask.device != layer.device:
+            mask = torch.zeros(layer.numel, dtype=torch.bool, device=layer.device)
+            mask[layer.active_positions()] = True
+            mask = self._masks[slot] = mask.view(layer.shape)
+        return mask
 
     def _build_switcher(self, index: int) -> SwitcherNet:
         layer = self.layers[index]
@@ -389,6 +398,7 @@ class Switcher(Method):
         dormant[prune] = self._weight(slot).detach().view(-1)[prune]
         revived = dormant[grow].clone()
         dormant[grow] = 0.0
+        self._masks[slot] = None
         return self._layer(slot).rewire(prune, grow, revived)
 
     def connection_gates(self, slot: int) -> torch.Tensor:
@@ -483,6 +493,7 @@ class Switcher(Method):
         self._check_saved("dormant", state["dormant"], [tuple(d.shape) for d in self.dormant])
         for values, saved in zip(self.dormant, state["dormant"]):
             values.copy_(saved)
+        self._masks = [None] * len(self.gated)  # the topology was restored before the method state
         self._forget_gates()
         self._accumulated = int(state["accumulated"])
         if state["gates"] is not None:

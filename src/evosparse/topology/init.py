@@ -31,7 +31,7 @@ def sparse_kaiming_std(layer: SparseLayer, gain: float = math.sqrt(2.0)) -> floa
     return gain / math.sqrt(active_fan_in(layer))
 
 
-def check_init_scheme(scheme: str) -> None:
+def check_init_scheme(scheme: object) -> None:
     """Refuse an unknown initialisation scheme in one line."""
     if scheme not in INIT_SCHEMES:
         raise UsageError(f"unknown init {scheme!r}; choose one of {', '.join(INIT_SCHEMES)}")

@@ -209,8 +209,8 @@ class SparseLayer(ABC):
         order (so do the positions inside a block): O(block) memory whatever the layer's size, and on a
         backend that forms no dense gradient O(out · in · batch) time in all.
         """
-        self.gradient_at(self.active_positions()[:0])  # refuse an empty record before any work
         active = self.active_positions()
+        self.gradient_at(active[:0])  # refuse an empty record before any work
         row_size = self.numel // self.fan_out_axis_size
         block_size = max(1, block_positions // row_size) * row_size
         bounds = torch.arange(0, self.numel + block_size, block_size, device=active.device).clamp_max(self.numel)
