@@ -42,6 +42,8 @@ EPOCH_KEYS = {
     "val_loss",
     "val_acc",
 }
+#: Per-epoch additions beyond the contract: learning rate, per-layer counts, training cost, reference step.
+EPOCH_EXTRAS = {"lr", "layer_active", "train_macs", "train_macs_dense", "reference_step_s"}
 
 
 def run_cli(args, capsys):
@@ -59,7 +61,7 @@ def test_train_writes_the_contract_files(tmp_path, capsys):
     result = json.loads((out / "result.json").read_text())
     assert CONTRACT_KEYS <= set(result)
     assert result["schema"] == 2 and result["backend"] == "masked" and result["architecture"] == [64, 32, 16, 10]
-    assert len(result["epochs"]) == 3 and all(set(e) == EPOCH_KEYS | {"lr", "layer_active"} for e in result["epochs"])
+    assert len(result["epochs"]) == 3 and all(set(e) == EPOCH_KEYS | EPOCH_EXTRAS for e in result["epochs"])
     assert all(0.0 <= e["test_acc"] <= 1.0 and 0.0 <= e["val_acc"] <= 1.0 for e in result["epochs"])
     assert result["epochs"][result["selected_epoch"] - 1]["test_acc"] == result["test_acc_at_selected"]
     assert result["params_dense"] == 64 * 32 + 32 * 16 + 16 * 10
@@ -155,3 +157,30 @@ def test_console_script_runs_as_a_module_and_exits_2_without_traceback(tmp_path)
     )
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1
+
+
+def test_help_shows_every_default_including_a_models_own(capsys):
+    from evosparse.cli import SETUP_OPTIONS
+    from evosparse.engine.config import TrainConfig
+
+    code, stdout, _ = run_cli(["train", "--help"], capsys)
+    assert code == 0
+    text = " ".join(stdout.split())  # the help wraps lines
+    assert "learning rate [default: 0.05; vae: 0.001]" in text
+    assert "[default: sgd; vae: rmsprop]" in text and "mini-batch size [default: 32]" in text
+    defaults = TrainConfig().to_dict()
+    documented = [name for name in SETUP_OPTIONS if defaults.get(name) is not None]
+    assert text.count("[default:") >= len(documented) + 4  # + density, hidden, distribution, out
+
+
+def test_the_vae_trains_with_its_own_defaults_and_an_explicit_choice_wins(tmp_path, capsys):
+    from evosparse.engine.config import build_config
+
+    assert build_config(None, {"model": "vae"}).optimizer == "rmsprop"
+    assert build_config(None, {"model": "vae", "optimizer": "sgd"}).optimizer == "sgd"
+    assert build_config(None, {"model": "mlp"}).lr == 0.05
+    out = tmp_path / "vae"
+    code, _, _ = run_cli(["train", "--model", "vae", "--epochs", "2", "--out", str(out), "--no-progress"], capsys)
+    assert code == 0
+    losses = [e["train_loss"] for e in json.loads((out / "result.json").read_text())["epochs"]]
+    assert losses[1] < losses[0] < 60  # learns; under SGD lr 0.05 it diverged at step 5

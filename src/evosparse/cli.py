@@ -6,9 +6,12 @@ Exit status: 0 success; 2 bad usage, configuration or data (one line on stderr, 
 
 from __future__ import annotations
 
+import copy
+import functools
 import inspect
 import shlex
 import sys
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
@@ -97,10 +100,7 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
         None,
     ),
     "epsilon": (Annotated[Optional[float], typer.Option(help="SET's ε (Erdős–Rényi density per layer)")], None),
-    "distribution": (
-        Annotated[Optional[str], typer.Option(help=f"{one_of(DISTRIBUTIONS)} (default: erk for conv models)")],
-        None,
-    ),
+    "distribution": (Annotated[Optional[str], typer.Option(help=one_of(DISTRIBUTIONS))], None),
     "init": (
         Annotated[
             Optional[str],
@@ -125,7 +125,7 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
             Optional[float],
             typer.Option(
                 help="share of the training set held out per class for model selection, in [0, 1) "
-                "(default 0.1; a dataset's own validation split when it ships one; 0: none)"
+                "(a dataset's own validation split when it ships one; 0: none)"
             ),
         ],
         None,
@@ -143,12 +143,12 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
     "lr_schedule": (
         Annotated[
             Optional[str],
-            typer.Option(help=f"{one_of(LR_SCHEDULES)}, stepped every batch (default constant)"),
+            typer.Option(help=f"{one_of(LR_SCHEDULES)}, stepped every batch"),
         ],
         None,
     ),
     "warmup_epochs": (
-        Annotated[Optional[int], typer.Option(help="epochs of linear learning-rate warm-up (default 0)")],
+        Annotated[Optional[int], typer.Option(help="epochs of linear learning-rate warm-up")],
         None,
     ),
     "lr_milestones": (
@@ -156,7 +156,7 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
         None,
     ),
     "lr_gamma": (
-        Annotated[Optional[float], typer.Option(help="step schedule: factor at each milestone (default 0.1)")],
+        Annotated[Optional[float], typer.Option(help="step schedule: factor at each milestone")],
         None,
     ),
     "optimizer": (Annotated[Optional[str], typer.Option(help=one_of(OPTIMIZERS))], None),
@@ -205,12 +205,33 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
         ],
         None,
     ),
+    "baseline": (
+        Annotated[
+            Optional[str],
+            typer.Option(help="the method every other is tested against (default: the first of --methods)"),
+        ],
+        None,
+    ),
     "resume": (Annotated[bool, typer.Option(help="continue the run checkpointed in --out (it must hold one)")], False),
     "resume_if_present": (
         Annotated[bool, typer.Option(help="continue the run in --out if it holds a checkpoint, else start it")],
         False,
     ),
     "progress": (Annotated[bool, typer.Option(help="show a progress bar")], True),
+    "tensorboard": (
+        Annotated[
+            Optional[Path],
+            typer.Option(help="also log every epoch to TensorBoard in this folder (compare: a sub-folder per run)"),
+        ],
+        None,
+    ),
+    "wandb": (
+        Annotated[
+            bool,
+            typer.Option(help="also log every epoch to Weights & Biases (project $WANDB_PROJECT, default evosparse)"),
+        ],
+        False,
+    ),
 }
 
 #: The options that describe a training setup, shared by ``train`` and ``compare``.
@@ -247,9 +268,53 @@ SETUP_OPTIONS = (
     "param",
     "out",
     "progress",
+    "tensorboard",
+    "wandb",
 )
 
 Command = TypeVar("Command", bound=Callable[..., None])
+
+
+@functools.cache
+def default_texts() -> dict[str, str]:
+    """Each option's default in words, for ``--help`` (the configuration's defaults are ``None`` on the
+    command line, so that a TOML file can set them; the real default is shown from here)."""
+    from evosparse.data.download import DATA_DIR_ENV
+    from evosparse.engine.config import DEFAULT_SEEDS, TrainConfig
+    from evosparse.engine.lr_schedule import DEFAULT_GAMMA
+    from evosparse.models import CONV_MODELS, DEFAULT_HIDDEN, TRAINING_DEFAULTS, default_distribution
+
+    def words(value: Any) -> str:
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+    texts = {name: words(value) for name, value in TrainConfig().to_dict().items() if value is not None}
+    for model, settings in TRAINING_DEFAULTS.items():
+        for name, value in settings.items():
+            texts[name] += f"; {model}: {words(value)}"
+    conv = default_distribution(next(iter(CONV_MODELS)))
+    texts |= {
+        "density": f"{TrainConfig.DEFAULT_DENSITY} for methods that need a budget",
+        "hidden": "; ".join(f"{model}: {words(sizes)}" for model, sizes in DEFAULT_HIDDEN.items()),
+        "distribution": f"{default_distribution('mlp')}; {conv} for {', '.join(sorted(CONV_MODELS))}",
+        "lr_gamma": str(DEFAULT_GAMMA),
+        "data_dir": f"${DATA_DIR_ENV} or ~/.cache/evosparse",
+        "out": "runs/METHOD-DATASET-seedS-TIME (train)",
+        "seeds": str(DEFAULT_SEEDS),
+    }
+    return texts
+
+
+def with_default(name: str, annotation: Any) -> Any:
+    """``annotation`` (``Annotated[type, typer.Option(...)]``) with the option's default added to its help."""
+    text = default_texts().get(name)
+    if text is None:
+        return annotation
+    base, info = typing.get_args(annotation)
+    documented = copy.copy(info)
+    documented.help = f"{info.help} [default: {text}]"
+    return Annotated[base, documented]
 
 
 def with_options(*names: str) -> Callable[[Command], Command]:
@@ -264,7 +329,10 @@ def with_options(*names: str) -> Callable[[Command], Command]:
         ]
         shared = [
             inspect.Parameter(
-                name, inspect.Parameter.KEYWORD_ONLY, annotation=OPTIONS[name][0], default=OPTIONS[name][1]
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                annotation=with_default(name, OPTIONS[name][0]),
+                default=OPTIONS[name][1],
             )
             for name in names
         ]
@@ -297,6 +365,7 @@ def train(**options: Any) -> None:
     from evosparse.engine.compare import check_targets
     from evosparse.engine.config import build_config
     from evosparse.engine.loop import train as run_training
+    from evosparse.engine.run_logging import RunLogging
     from evosparse.metrics import ACCURACY, epoch_reaching, result_metric, selection_split
 
     settings = build_config(options["config"], config_values(options), options["param"] or [])
@@ -306,6 +375,7 @@ def train(**options: Any) -> None:
         resume=options["resume"],
         resume_if_present=options["resume_if_present"],
         progress=options["progress"],
+        logging=RunLogging(options["tensorboard"], options["wandb"]),
     )
     if not context_from_environment().is_leader:
         return
@@ -375,11 +445,13 @@ def run_and_report(comparison: Any, progress: bool, fractions: str | None = None
 
 
 @app.command()
-@with_options("methods", "seeds", "target_acc", "train_fractions", "learned_from", *SETUP_OPTIONS)
+@with_options("methods", "seeds", "baseline", "target_acc", "train_fractions", "learned_from", *SETUP_OPTIONS)
 def compare(ctx: typer.Context, **options: Any) -> None:
     """Train every method with the same data, model, budget and seeds; write summary.json, summary.md
     and curves.png. Runs already in --out are reused, so an interrupted comparison continues."""
-    from evosparse.engine.compare import DEFAULT_SEEDS, DEFAULT_TARGETS, plan_comparison
+    from evosparse.engine.compare import DEFAULT_TARGETS, plan_comparison
+    from evosparse.engine.config import DEFAULT_SEEDS
+    from evosparse.engine.run_logging import RunLogging
 
     comparison = plan_comparison(
         options["methods"],
@@ -390,6 +462,8 @@ def compare(ctx: typer.Context, **options: Any) -> None:
         targets=options["target_acc"] or DEFAULT_TARGETS,
         command=command_line(ctx),
         learned_from=options["learned_from"],
+        baseline=options["baseline"],
+        logging=RunLogging(options["tensorboard"], options["wandb"]),
     )
     run_and_report(comparison, options["progress"], options["train_fractions"])
 

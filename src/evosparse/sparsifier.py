@@ -133,6 +133,8 @@ class Sparsifier:
         self.generator = torch.Generator().manual_seed(seed)
         self.clock = Clock(total_steps=total_steps)
         self.stats = UpdateStats()
+        #: Counts the events that may change a layer's active count (updates, loads), for cost meters.
+        self.topology_version = 0
         self.released = self.squashed = False
         built_directly = any(getattr(module, attr).is_meta for _, module, attr in found)
         self.topology = self._draw_topology(found, init, built_directly)
@@ -208,10 +210,14 @@ class Sparsifier:
         final = self.method.updates_after_final_epoch
         return update_due(count, h["update_interval"], step, h["update_until"], total, final=final)
 
-    def _arm_gradient_recording(self) -> None:
-        """Tell the layers whether to record the coming backward pass, as the method needs it."""
+    def records_dense_gradient(self) -> bool:
+        """Whether the coming backward pass records the dense weight gradient, as the method needs it."""
         need = self.method.gradient_recording()
-        record = need == "every_step" or (need == "before_update" and self.update_pending())
+        return self.method.sparse and (need == "every_step" or (need == "before_update" and self.update_pending()))
+
+    def _arm_gradient_recording(self) -> None:
+        """Tell the layers whether to record the coming backward pass."""
+        record = self.records_dense_gradient()
         for layer in self.topology.layers:
             layer.record_gradients(record)
 
@@ -222,6 +228,7 @@ class Sparsifier:
         else:
             changed = self.sync.run_update(self.topology.layers, self.method.update)
         self.stats.updates += 1
+        self.topology_version += 1
         self.stats.connections_changed += changed
         self.stats.seconds += time.perf_counter() - started
         self.topology.check(fixed_budget=self.method.fixed_budget)
@@ -317,6 +324,7 @@ class Sparsifier:
         self.clock.step = int(state["global_step"])
         self.clock.epoch = int(state["epoch"])
         self.generator.set_state(state["generator"])
+        self.topology_version += 1
         self._arm_gradient_recording()
 
     def adopt_topology(self, saved: Mapping[str, Any], init: str) -> None:
@@ -327,6 +335,7 @@ class Sparsifier:
         for layer in self.topology.layers:
             layer.adopt_positions(saved[layer.name]["positions"])
             layer.initialise(init, self.generator)
+        self.topology_version += 1
 
     def _check_state(self, state: Mapping[str, Any]) -> None:
         if not isinstance(state, Mapping):

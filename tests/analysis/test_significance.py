@@ -9,7 +9,7 @@ import statistics
 import pytest
 from scipy.stats import t as student_t
 
-from evosparse.analysis.significance import compare_to_best, confidence_interval, welch_p
+from evosparse.analysis.significance import compare_to_baseline, confidence_interval, welch_p
 
 
 def test_the_interval_is_mean_plus_minus_t_times_the_standard_error():
@@ -40,22 +40,31 @@ def test_samples_without_spread_and_single_seeds():
 
 
 def test_verdicts_say_lower_only_when_the_test_supports_it():
-    report = compare_to_best(
+    report = compare_to_baseline(
         {
             "set": [0.980, 0.981, 0.979],
             "static": [0.950, 0.951, 0.949],  # far below SET: a real difference
             "rigl": [0.983, 0.970, 0.975],  # a lower mean, but within the noise
-        }
+        },
+        "set",
     )
-    assert report["best"] == "set"
+    assert report["best"] == report["baseline"] == "set"
     verdicts = {method: entry["verdict"] for method, entry in report["methods"].items()}
-    assert verdicts == {"set": "best", "static": "lower", "rigl": "not distinguishable"}
+    assert verdicts == {"set": "baseline", "static": "lower", "rigl": "not distinguishable"}
     assert report["methods"]["set"]["p"] is None and report["methods"]["rigl"]["p"] >= 0.05
     assert report["methods"]["static"]["p"] < 0.05
     assert report["methods"]["rigl"]["ci95"] == pytest.approx(list(confidence_interval([0.983, 0.970, 0.975])))
 
 
 def test_for_a_loss_the_best_is_the_lowest_and_one_seed_is_not_tested():
-    report = compare_to_best({"a": [40.0], "b": [35.0]}, higher_is_better=False)
+    report = compare_to_baseline({"a": [40.0], "b": [35.0]}, "b", higher_is_better=False)
     assert report["best"] == "b" and report["methods"]["a"]["verdict"] == "not testable"
     assert report["methods"]["a"]["ci95"] is None
+
+
+def test_the_baseline_need_not_be_the_best_and_must_be_compared():
+    report = compare_to_baseline({"static": [0.950, 0.951, 0.949], "set": [0.980, 0.981, 0.979]}, "static")
+    assert report["best"] == "set" and report["baseline"] == "static"
+    assert report["methods"]["set"]["verdict"] == "higher" and report["methods"]["static"]["p"] is None
+    with pytest.raises(ValueError, match="baseline 'rigl'"):
+        compare_to_baseline({"set": [0.9, 0.8]}, "rigl")

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from evosparse.analysis.significance import compare_to_best
+from evosparse.analysis.significance import compare_to_baseline
 from evosparse.cli import main
 from evosparse.engine import compare, loop
 from evosparse.engine.checkpoint import load_checkpoint
@@ -155,9 +155,9 @@ def test_an_interrupted_comparison_continues_and_reuses_finished_runs(tmp_path, 
     monkeypatch.setattr(loop.Trainer, "train_epoch", real_epoch)
     real_train, calls = compare.train, []
 
-    def counting_train(config, *, resume=False, progress=True):
+    def counting_train(config, *, resume=False, **options):
         calls.append((config.method, config.seed, resume))
-        return real_train(config, resume=resume, progress=progress)
+        return real_train(config, resume=resume, **options)
 
     monkeypatch.setattr(compare, "train", counting_train)
     code, _, stderr = run_cli(compare_args(out), capsys)
@@ -291,21 +291,39 @@ def test_result_without_checkpoint_is_refused(tmp_path):
         compare.run_comparison(comparison, progress=False)
 
 
-def test_summary_tests_each_method_against_the_best_on_the_selected_test_accuracy(finished):
+def test_summary_tests_each_method_against_the_first_listed_on_the_selected_test_accuracy(finished):
     summary = json.loads((finished / "summary.json").read_text())
     section, results = summary["statistics"], run_results(finished)
     values = {m: [results[(m, s)]["test_acc_at_selected"] for s in SEEDS] for m in METHODS}
     assert section["on"] == "test_acc_at_selected"
-    assert section == {"on": "test_acc_at_selected", **json.loads(json.dumps(compare_to_best(values)))}
+    baseline = METHODS[0]
+    assert section == {"on": "test_acc_at_selected", **json.loads(json.dumps(compare_to_baseline(values, baseline)))}
     text = (finished / "summary.md").read_text()
-    assert (
-        "### Differences beyond seed noise" in text
-        and f"against the method with the best mean, {section['best']}" in text
-    )
-    other = next(m for m in METHODS if m != section["best"])
+    assert "### Differences beyond seed noise" in text and f"against the baseline, {baseline}." in text
+    other = next(m for m in METHODS if m != baseline)
     row = next(line for line in text.splitlines() if line.startswith(f"| {other} | ") and "[" in line)
     entry = section["methods"][other]
     low, high = entry["ci95"]
     assert f"{entry['mean']:.4f} [{low:.4f}, {high:.4f}] | {entry['p']:.3g} |" in row
-    reading = "not distinguishable from" if entry["p"] >= 0.05 else "lower than"
-    assert row.endswith(f"{reading} {section['best']} |")
+    higher = entry["mean"] > section["methods"][baseline]["mean"]
+    reading = "not distinguishable from" if entry["p"] >= 0.05 else ("higher than" if higher else "lower than")
+    assert row.endswith(f"{reading} {baseline} |")
+
+
+def test_summary_reports_costs_relative_to_dense_and_a_load_free_step_time(finished):
+    summary = json.loads((finished / "summary.json").read_text())
+    results = run_results(finished)
+    for method in METHODS:
+        entry = summary["methods"][method]
+        runs = [results[(method, seed)] for seed in SEEDS]
+        # static and SET record no dense gradient, and each weight of an MLP is used once per sample
+        assert entry["training_macs_relative"]["values"] == pytest.approx([r["density_final"] for r in runs])
+        assert entry["inference_macs_relative"]["values"] == [r["inference_macs"]["relative"] for r in runs]
+        assert all(ratio > 0 for ratio in entry["step_time_ratio"]["values"])
+    header = next(line for line in (finished / "summary.md").read_text().splitlines() if line.startswith("| method |"))
+    assert "train FLOPs ×dense" in header and "step time ×dense step" in header
+
+
+def test_an_unknown_baseline_is_refused_in_one_line(tmp_path, capsys):
+    assert main([*compare_args(tmp_path / "out"), "--baseline", "rigl"]) == 2
+    assert "--baseline rigl is not among the compared methods (static, set)" in capsys.readouterr().err

@@ -46,9 +46,13 @@ def fit(callback, epochs=3, accumulate=1):
 
 def test_callback_keeps_the_module_sparse_and_evolves_it_each_epoch():
     callback = SparsityCallback("set", density=0.3, seed=0)
-    module, _ = fit(callback)
+    module, trainer = fit(callback)
     s = callback.sparsifier
     assert s.density() == pytest.approx(0.3, abs=0.01)
+    logged = trainer.callback_metrics
+    assert float(logged["sparsity/density"]) == pytest.approx(s.density())
+    for report in s.layer_reports():  # each layer's density is logged too
+        assert float(logged[f"sparsity/{report.name}"]) == pytest.approx(report.density)
     assert s.epoch == 3 and s.global_step == 3 * 8
     for layer in s.topology.layers:
         assert not layer.weight.detach()[~layer.mask].any()

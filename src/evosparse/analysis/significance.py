@@ -3,14 +3,15 @@
 A comparison of three seeds per method easily shows a 0.1-point difference that the next three seeds
 reverse. Each method's headline number (test accuracy at the validation-selected epoch, or the final
 one for runs without validation) gets a 95% confidence interval for its mean, from Student's t with
-n − 1 degrees of freedom: mean ± t₀.₉₇₅,ₙ₋₁ · s/√n. Each method is then tested against the best one
-(highest mean; lowest for a loss) with Welch's two-sided t-test (unequal variances, scipy's
-``ttest_ind(equal_var=False)``): with p < 0.05 the difference is called significant, otherwise the two
-are "not distinguishable" — never "better" or "worse". With one seed there is no interval and no test
-(``None``, "not testable").
+n − 1 degrees of freedom: mean ± t₀.₉₇₅,ₙ₋₁ · s/√n. Each method is then tested against a baseline
+method (``compare --baseline``, by default the first one listed) with Welch's two-sided t-test
+(unequal variances, scipy's ``ttest_ind(equal_var=False)``): with p < 0.05 the difference is called
+significant, otherwise the two are "not distinguishable" — never "better" or "worse". With one seed
+there is no interval and no test (``None``, "not testable").
 
-Comparing every method with the best is a set of tests chosen after looking at the data; the p-values
-are not corrected for multiple comparisons, so read a p just below 0.05 among many methods with care.
+The baseline is chosen before the data are seen (not "the best", a choice made after looking); the
+p-values are still not corrected for testing several methods against it, so read a p just below 0.05
+among many methods with care.
 """
 
 from __future__ import annotations
@@ -48,22 +49,28 @@ def welch_p(a: Sequence[float], b: Sequence[float]) -> float | None:
     return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
-def compare_to_best(values: Mapping[str, Sequence[float]], higher_is_better: bool = True) -> dict[str, Any]:
-    """Per method: ``mean``, ``ci95`` ([low, high] or None), and the test against the best method —
-    ``p`` (None for the best itself and with one seed) and ``verdict``: ``"best"``, ``"lower"``/``"higher"``
-    (p < 0.05; lower or higher mean than the best), ``"not distinguishable"`` or ``"not testable"``."""
+def compare_to_baseline(
+    values: Mapping[str, Sequence[float]], baseline: str, higher_is_better: bool = True
+) -> dict[str, Any]:
+    """Per method: ``mean``, ``ci95`` ([low, high] or None), and the test against ``baseline`` —
+    ``p`` (None for the baseline itself and with one seed) and ``verdict``: ``"baseline"``,
+    ``"lower"``/``"higher"`` (p < 0.05; lower or higher mean than the baseline), ``"not distinguishable"``
+    or ``"not testable"``. ``best`` names the method with the best mean, for information: it is a
+    ranking only where its verdict against the others says so."""
+    if baseline not in values:
+        raise ValueError(f"the baseline {baseline!r} is not among the compared methods")
     means = {method: statistics.fmean(v) for method, v in values.items()}
     best = (max if higher_is_better else min)(means, key=lambda method: means[method])
-    report: dict[str, Any] = {"best": best, "level": LEVEL, "alpha": ALPHA, "methods": {}}
+    report: dict[str, Any] = {"baseline": baseline, "best": best, "level": LEVEL, "alpha": ALPHA, "methods": {}}
     for method, sample in values.items():
         interval = confidence_interval(sample)
-        p = None if method == best else welch_p(sample, values[best])
-        if method == best:
-            verdict = "best"
+        p = None if method == baseline else welch_p(sample, values[baseline])
+        if method == baseline:
+            verdict = "baseline"
         elif p is None:
             verdict = "not testable"
         elif p < ALPHA:
-            verdict = "lower" if means[method] < means[best] else "higher"
+            verdict = "lower" if means[method] < means[baseline] else "higher"
         else:
             verdict = "not distinguishable"
         report["methods"][method] = {

@@ -34,9 +34,10 @@ from matplotlib.ticker import MaxNLocator
 
 from evosparse.analysis.generalisation import generalisation_markdown, generalisation_summary, plot_generalisation
 from evosparse.analysis.plots import save_png
-from evosparse.analysis.significance import compare_to_best
+from evosparse.analysis.significance import compare_to_baseline
 from evosparse.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from evosparse.engine.config import (
+    DEFAULT_SEEDS,
     LOCATION_KEYS,
     TrainConfig,
     build_config,
@@ -48,6 +49,7 @@ from evosparse.engine.loop import train
 from evosparse.engine.lr_schedule import DEFAULT_GAMMA
 from evosparse.engine.records import RESULT_NAME
 from evosparse.engine.run_folder import locked_folder
+from evosparse.engine.run_logging import RunLogging
 from evosparse.engine.update_schedule import check_updates
 from evosparse.engine.variants import base_method, learned_source, run_order, variant_settings
 from evosparse.errors import EvosparseError, UsageError
@@ -59,7 +61,6 @@ from evosparse.models import default_distribution
 SUMMARY_SCHEMA = 2
 #: summary.json's ``selection``: the split "epoch to target" is read off (test only for runs without validation).
 SPLIT_NAMES = {"val": "validation", "test": "test"}
-DEFAULT_SEEDS = 3
 DEFAULT_TARGETS: tuple[float, ...] = (0.97,)
 #: Settings that differ between the runs of one comparison; every other setting is shared.
 PER_RUN_KEYS = ("method", "params", "seed", "out", "fixed_topology_from", "width_scale")
@@ -87,6 +88,14 @@ class Comparison:
     run_subfolder: str = ""
     #: The method whose final masks ``learned-static`` holds (None: the first evolving one listed).
     learned_from: str | None = None
+    #: The method every other is tested against (None: the first one listed).
+    baseline: str | None = None
+    #: TensorBoard / W&B logging of every run (a TensorBoard sub-folder per run).
+    logging: RunLogging = RunLogging()
+
+    @property
+    def baseline_method(self) -> str:
+        return self.baseline or self.methods[0]
 
     def run_folder(self, method: str, seed: int) -> Path:
         return self.out / method / self.run_subfolder / f"seed{seed}"
@@ -187,6 +196,8 @@ def plan_comparison(
     targets: Sequence[float] = DEFAULT_TARGETS,
     command: str = "",
     learned_from: str | None = None,
+    baseline: str | None = None,
+    logging: RunLogging = RunLogging(),
 ) -> Comparison:
     """Build a :class:`Comparison` from CLI-shaped input: TOML file ← flags (``None`` = not given).
 
@@ -195,6 +206,8 @@ def plan_comparison(
     here, so a bad value fails before any training.
     """
     names = parse_methods(methods)
+    if baseline is not None and baseline not in names:
+        raise UsageError(f"--baseline {baseline} is not among the compared methods ({', '.join(names)})")
     settings: dict[str, Any] = read_toml(config_file) if config_file is not None else {}
     settings.pop("method", None)
     table = settings.pop("params", {})
@@ -218,7 +231,10 @@ def plan_comparison(
         targets=check_targets(targets),
         command=command,
         learned_from=learned_from,
+        baseline=baseline,
+        logging=logging,
     )
+    logging.check()
     comparison.configs()
     return comparison
 
@@ -263,12 +279,12 @@ def read_result(folder: Path) -> dict[str, Any]:
         raise UsageError(f"{folder / RESULT_NAME} is unreadable ({error}); delete that folder to rerun it") from None
 
 
-def run_one(config: TrainConfig, state: str, progress: bool) -> dict[str, Any]:
+def run_one(config: TrainConfig, state: str, progress: bool, logging: RunLogging = RunLogging()) -> dict[str, Any]:
     """Reuse, resume or train one run; a failure is reported with the run's method and seed."""
     if state == "reuse":
         return read_result(Path(str(config.out)))
     try:
-        return train(config, resume=state == "resume", progress=progress)
+        return train(config, resume=state == "resume", progress=progress, logging=logging)
     except EvosparseError as error:
         raise type(error)(f"{config.method} seed {config.seed}: {error}") from None
 
@@ -307,7 +323,10 @@ def run_comparisons(
     for comparison, runs, run_states in zip(comparisons, configs, states):
         results: dict[RunKey, dict[str, Any]] = {}
         for (method, seed), config in runs.items():
-            results[(method, seed)] = run_one(config, run_states[(method, seed)], progress)
+            run_logging = comparison.logging.below(
+                comparison.run_folder(method, seed).relative_to(comparison.out).as_posix()
+            )
+            results[(method, seed)] = run_one(config, run_states[(method, seed)], progress, run_logging)
             where = " ".join(filter(None, (method, comparison.run_subfolder, f"seed {seed}")))
             report(
                 f"[{next(numbers)}/{total}] {where}: {verbs[run_states[(method, seed)]]}, "
@@ -330,6 +349,28 @@ def per_epoch_seconds(result: Mapping[str, Any], *, topology_only: bool) -> floa
     if topology_only:
         return statistics.fmean(e["topology_time_s"] for e in epochs)
     return statistics.fmean(e["train_time_s"] + e["topology_time_s"] for e in epochs)
+
+
+def step_time_ratio(result: Mapping[str, Any]) -> float | None:
+    """Mean over epochs of the time per training step (topology updates included) divided by the dense
+    model's step time measured right after that epoch in the same process (:mod:`~evosparse.engine.reference_step`):
+    a speed that changes of machine load between runs do not distort. None for runs without the reference."""
+    steps = result.get("steps_per_epoch")
+    epochs = result["epochs"]
+    if not steps or any(e.get("reference_step_s") is None for e in epochs):
+        return None
+    return statistics.fmean((e["train_time_s"] + e["topology_time_s"]) / steps / e["reference_step_s"] for e in epochs)
+
+
+def spread_of_all(values: Sequence[float | None]) -> dict[str, Any] | None:
+    """:func:`spread` of the values, or None when a run lacks the number (made by an older evosparse)."""
+    present = [value for value in values if value is not None]
+    return spread(present) if len(present) == len(values) else None
+
+
+def relative_cost(results: Sequence[Mapping[str, Any]], key: str) -> dict[str, Any] | None:
+    """The spread over runs of ``result[key]["relative"]`` (training or inference cost relative to dense)."""
+    return spread_of_all([(result.get(key) or {}).get("relative") for result in results])
 
 
 def method_summary(
@@ -370,6 +411,9 @@ def method_summary(
         "density_final": spread([r["density_final"] for r in results]),
         "time_per_epoch_s": spread([per_epoch_seconds(r, topology_only=False) for r in results]),
         "topology_time_per_epoch_s": spread([per_epoch_seconds(r, topology_only=True) for r in results]),
+        "step_time_ratio": spread_of_all([step_time_ratio(result) for result in results]),
+        "training_macs_relative": relative_cost(results, "training_macs"),
+        "inference_macs_relative": relative_cost(results, "inference_macs"),
         "curve": {"mean": [point["mean"] for point in by_epoch], "std": [point["std"] for point in by_epoch]},
     }
 
@@ -407,7 +451,9 @@ def summarize(
             )
             for method in comparison.methods
         },
-        "statistics": seed_statistics(comparison.methods, comparison.seeds, results, metric.higher_is_better),
+        "statistics": seed_statistics(
+            comparison.methods, comparison.seeds, results, metric.higher_is_better, comparison.baseline_method
+        ),
         "generalisation": generalisation_summary(
             {method: [results[(method, seed)] for seed in comparison.seeds] for method in comparison.methods}
         ),
@@ -415,15 +461,19 @@ def summarize(
 
 
 def seed_statistics(
-    methods: Sequence[str], seeds: Sequence[int], results: Mapping[RunKey, Mapping[str, Any]], higher_is_better: bool
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    results: Mapping[RunKey, Mapping[str, Any]],
+    higher_is_better: bool,
+    baseline: str,
 ) -> dict[str, Any]:
-    """Confidence intervals and Welch tests against the best method (:mod:`evosparse.analysis.significance`)
+    """Confidence intervals and Welch tests against ``baseline`` (:mod:`evosparse.analysis.significance`)
     of the headline number: ``on`` names it — the test value at the validation-selected epoch when every
     run has one, else the final test value."""
     selected = all(result.get("test_acc_at_selected") is not None for result in results.values())
     on = "test_acc_at_selected" if selected else "final_test_acc"
     values = {method: [results[(method, seed)][on] for seed in seeds] for method in methods}
-    return {"on": on, **compare_to_best(values, higher_is_better)}
+    return {"on": on, **compare_to_baseline(values, baseline, higher_is_better)}
 
 
 # -- writing -------------------------------------------------------------------------------------
@@ -432,6 +482,11 @@ def seed_statistics(
 def plus_minus(stats: Mapping[str, Any] | None) -> str:
     """``mean ± std`` of a :func:`spread`, ``—`` for a number the runs do not have."""
     return "—" if stats is None else f"{stats['mean']:.4f} ± {stats['std']:.4f}"
+
+
+def mean_text(stats: Mapping[str, Any] | None, digits: int = 4) -> str:
+    """The mean of a :func:`spread` with ``digits`` decimals, ``—`` for a number the runs do not have."""
+    return "—" if stats is None else f"{stats['mean']:.{digits}f}"
 
 
 def reached_text(entry: Mapping[str, Any]) -> str:
@@ -452,8 +507,11 @@ def markdown_table(summary: Mapping[str, Any]) -> str:
         "ARA",
         *(f"epoch to {t}" for t in targets),
         "active params",
+        "train FLOPs ×dense",
+        "inference FLOPs ×dense",
         "s/epoch",
         "topology s/epoch",
+        "step time ×dense step",
     ]
     rows = [
         [
@@ -464,8 +522,11 @@ def markdown_table(summary: Mapping[str, Any]) -> str:
             plus_minus(entry["ara"]),
             *(reached_text(entry["epoch_to_target"][t]) for t in targets),
             f"{round(entry['params_active']['mean']):,}",
+            mean_text(entry.get("training_macs_relative")),
+            mean_text(entry.get("inference_macs_relative")),
             f"{entry['time_per_epoch_s']['mean']:.3f}",
             f"{entry['topology_time_per_epoch_s']['mean']:.4f}",
+            mean_text(entry.get("step_time_ratio"), digits=2),
         ]
         for method, entry in summary["methods"].items()
     ]
@@ -480,16 +541,16 @@ STATISTIC_NAMES = {"test_acc_at_selected": "at the validation-selected epoch", "
 def statistics_markdown(summary: Mapping[str, Any]) -> str:
     """The section of summary.md that says which differences are more than seed noise (and which are not)."""
     section = summary["statistics"]
-    best, label = section["best"], result_metric(summary).label
-    rows = [["method", f"mean {label} [95% CI]", f"p vs {best}", "reading"], ["---"] * 4]
+    baseline, label = section["baseline"], result_metric(summary).label
+    rows = [["method", f"mean {label} [95% CI]", f"p vs {baseline}", "reading"], ["---"] * 4]
     for method, entry in section["methods"].items():
         interval = "" if entry["ci95"] is None else f" [{entry['ci95'][0]:.4f}, {entry['ci95'][1]:.4f}]"
         p = "" if entry["p"] is None else f"{entry['p']:.3g}"
         reading = {
-            "best": "highest mean" if result_metric(summary).higher_is_better else "lowest mean",
-            "not distinguishable": f"not distinguishable from {best}",
-            "lower": f"lower than {best}",
-            "higher": f"higher than {best}",
+            "baseline": "baseline",
+            "not distinguishable": f"not distinguishable from {baseline}",
+            "lower": f"lower than {baseline}",
+            "higher": f"higher than {baseline}",
             "not testable": "one seed: no test",
         }[entry["verdict"]]
         rows.append([method, f"{entry['mean']:.4f}{interval}", p, reading])
@@ -497,7 +558,7 @@ def statistics_markdown(summary: Mapping[str, Any]) -> str:
     return (
         f"### Differences beyond seed noise\n\nTest {label} {STATISTIC_NAMES[section['on']]}: mean over the "
         f"{len(summary['seeds'])} seed(s) with its 95% confidence interval (Student t), and Welch's two-sided "
-        f"t-test against the method with the best mean, {best}. Below p = 0.05 the difference is called "
+        f"t-test against the baseline, {baseline}. Below p = 0.05 the difference is called "
         "lower/higher; otherwise the two are not distinguishable with these seeds, whatever their means. "
         "The p-values are not corrected for testing several methods.\n\n" + table + "\n\n"
     )
@@ -559,8 +620,12 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         + f"\nMean ± sample standard deviation over {len(seeds)} seed(s). "
         + SELECTION_NOTE.format(label=result_metric(summary).label)
         + (TARGETS_NOTE.format(split=summary.get("selection", "test")) if summary["targets"] else "")
-        + "*s/epoch*: training plus topology updates, without evaluation; *topology s/epoch*: the topology "
-        "updates alone.\n\n"
+        + "*FLOPs ×dense*: training multiply-adds over the whole run (RigL's count: forward, input and weight "
+        "gradients, dense weight gradients where a method records them) and inference multiply-adds per sample "
+        "of the final model, relative to the dense network. *s/epoch*: training plus topology updates, without "
+        "evaluation; *topology s/epoch*: the topology updates alone; both move with the machine's load. *Step "
+        "time ×dense step*: each epoch's time per step divided by a dense step of the same architecture timed "
+        "right after it in the same process, which cancels load changes between runs.\n\n"
         + statistics_markdown(summary)
         + "![test accuracy per epoch](curves.png)\n\n"
         + generalisation_markdown(summary["generalisation"], metric_label=result_metric(summary).label)

