@@ -300,10 +300,22 @@ class Sparsifier:
         """Restore topology, method state, counters and the generator exactly; refuse in one line a state
         of another format, method, parameters or budget, or one that is malformed.
 
+        A state saved at the end of a shorter training (its ``total_steps`` reached) may be loaded into a
+        Sparsifier planned longer — training is extended — unless a schedule of the method spans the
+        planned length (``needs_total_steps``, ``update_until`` < 1). The topology update that the old
+        end skipped (the last step or epoch of a run is followed by none) then runs here, so the run
+        goes on exactly as one planned this long from the start.
+
         On the csr backend the layers' structure comes with the model's ``state_dict``: load that first.
         """
         self._check_driving("load a state")
         self._check_state(state)
+        catch_up = self._skipped_update_due(state)
+        if catch_up and self.method.gradient_recording() != "never":
+            raise UsageError(
+                f"{self.method.name} needs the gradients recorded before the update that the saved run's end "
+                "skipped, and a state holds none: its training cannot be extended; start a longer run"
+            )
         before = self.state_dict()
         if self.method.sparse:
             self.topology.load_state_dict(state["topology"])
@@ -325,7 +337,22 @@ class Sparsifier:
         self.clock.epoch = int(state["epoch"])
         self.generator.set_state(state["generator"])
         self.topology_version += 1
+        if catch_up:
+            self._update()
         self._arm_gradient_recording()
+
+    def _skipped_update_due(self, state: Mapping[str, Any]) -> bool:
+        """Whether ``state`` ends a shorter plan whose last step or epoch skipped an update that this
+        Sparsifier's longer plan makes due (see :meth:`load_state_dict`)."""
+        step, epoch, saved_total = state["global_step"], state["epoch"], state["total_steps"]
+        total = self.clock.total_steps
+        if not self.method.sparse or saved_total is None or total is None or step != saved_total or total <= step:
+            return False
+        unit, count = ("step", step) if self.hparams.get("update_unit") == "step" else ("epoch", epoch)
+        self.clock.total_steps = saved_total
+        skipped = not self._update_due(unit, count, step)
+        self.clock.total_steps = total
+        return skipped and self._update_due(unit, count, step)
 
     def adopt_topology(self, saved: Mapping[str, Any], init: str) -> None:
         """Start from another run's topology (``state_dict()["topology"]`` of a run of the same model and

@@ -1,12 +1,25 @@
+import json
+
 import pytest
 import torch
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 
-from evosparse.backends.export import load_exported
+from evosparse.backends.export import RawInputModel, load_exported
 from evosparse.cli import main
-from evosparse.data import load_dataset
+from evosparse.data import digits, load_dataset
 from evosparse.engine.config import build_config
 from evosparse.engine.export_run import export_run
 from evosparse.engine.loop import Trainer, train
+
+
+def raw_digits_test() -> tuple[torch.Tensor, torch.Tensor]:
+    """The digits test split as scikit-learn ships it: pixel intensities 0–16, before any standardisation."""
+    bunch = load_digits()
+    _, x, _, y = train_test_split(
+        bunch.data, bunch.target, test_size=digits.TEST_FRACTION, random_state=digits.SPLIT_SEED, stratify=bunch.target
+    )
+    return torch.as_tensor(x), torch.as_tensor(y)
 
 
 def exported_and_trained_outputs(tmp_path, settings, params=()):
@@ -15,20 +28,21 @@ def exported_and_trained_outputs(tmp_path, settings, params=()):
     settings = {**settings, "out": str(out)}
     train(build_config(None, settings, list(params)), progress=False)
     report = export_run(out)
-    assert report.path == out / "model.safetensors" and report.file_bytes < report.dense_bytes
+    assert report.path == out / "model.safetensors"
     trained = Trainer(build_config(None, settings, list(params)), progress=False)
     trained.restore(resume=True)
     trained.model.eval()
     exported = load_exported(report.path)
     x = load_dataset("digits").x_test
-    with torch.no_grad():
-        return report, exported(x), trained.model(x)
+    with torch.no_grad():  # the export takes raw pixels, the trained model standardised ones
+        return report, exported(raw_digits_test()[0]), trained.model(x)
 
 
 @pytest.mark.parametrize("backend", ["masked", "csr"])
 def test_an_exported_run_predicts_like_the_trained_model(tmp_path, backend):
     settings = {"epochs": 2, "hidden": "32,16", "density": 0.2, "backend": backend}
-    _, mine, reference = exported_and_trained_outputs(tmp_path, settings)
+    report, mine, reference = exported_and_trained_outputs(tmp_path, settings)
+    assert report.file_bytes < report.dense_bytes
     # sparse sums accumulate in another order than dense ones: equal up to float32 rounding
     torch.testing.assert_close(mine, reference, rtol=1e-5, atol=1e-5)
     assert torch.equal(mine.argmax(1), reference.argmax(1))
@@ -40,6 +54,35 @@ def test_an_exported_switcher_run_predicts_like_the_gated_model(tmp_path, mode, 
     settings = {"method": "switcher", "epochs": epochs, "hidden": "32", "density": 0.4}
     _, mine, reference = exported_and_trained_outputs(tmp_path, settings, [f"mode={mode}"])
     torch.testing.assert_close(mine, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_an_exported_model_scores_the_runs_accuracy_on_raw_inputs(tmp_path):
+    out = tmp_path / "run"
+    result = train(
+        build_config(None, {"epochs": 3, "hidden": "32", "out": str(out), "val_fraction": 0}), progress=False
+    )
+    exported = load_exported(export_run(out).path)
+    assert isinstance(exported, RawInputModel) and exported.class_names is None
+    x, y = raw_digits_test()
+    with torch.no_grad():
+        accuracy = (exported(x).argmax(1) == y).double().mean().item()
+    assert accuracy == pytest.approx(result["final_test_acc"], abs=1e-9)
+    assert accuracy > 0.5  # a trained model, far above chance (0.1)
+
+
+def test_an_export_of_a_table_keeps_its_class_names_and_per_feature_statistics(tmp_path):
+    rows = ["size,weight,kind"] + [
+        f"{i % 7 * 10 + 100},{(i * 13) % 5 + (i % 3) * 40},{('apple', 'pear', 'plum')[i % 3]}" for i in range(90)
+    ]
+    table = tmp_path / "fruit.csv"
+    table.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    settings = {"dataset": f"csv:{table}", "target": "kind", "epochs": 3, "hidden": "8", "out": str(out)}
+    train(build_config(None, settings), progress=False)
+    exported = load_exported(export_run(out).path)
+    assert exported.class_names == json.loads((out / "result.json").read_text())["class_names"]
+    assert sorted(exported.class_names) == ["apple", "pear", "plum"]
+    assert exported.input_mean.shape == exported.input_std.shape == (2,)  # one statistic per column
 
 
 def test_export_of_a_folder_without_a_run_exits_2_in_one_line(tmp_path, capsys):

@@ -85,7 +85,7 @@ def test_standardised_pixels_are_mapped_back_to_their_intensities():
     raw = torch.rand(50, 64)
     raw[0, 0], raw[1, 1] = 0.0, 1.0
     test = torch.rand(10, 64)
-    train, standard_test = standardise(raw, test, per_feature=False)
+    _, (train, standard_test) = standardise(raw, test, per_feature=False)
     objective = Elbo(float(train.min()), float(train.max()))
     assert torch.allclose(objective.pixels(train), raw, atol=1e-5)
     assert torch.allclose(objective.pixels(standard_test), test, atol=1e-5)

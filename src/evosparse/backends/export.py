@@ -9,7 +9,11 @@ File layout (no pickle anywhere):
 - the safetensors metadata entry ``evosparse``: JSON with the format version, the evosparse
   version, the sparse weights (name, owning module, shape, nnz, whether the module is linear), the
   registry model name and its :class:`~evosparse.models.ModelSpec` when known, the architecture,
-  and a SHA-256 over all tensors (so a corrupted file is refused, not silently mis-loaded).
+  the class names when the data named its classes, and a SHA-256 over all tensors (so a corrupted
+  file is refused, not silently mis-loaded);
+- since format 2, when the run standardised its inputs: ``evosparse:input_mean`` and
+  ``evosparse:input_std``, so that the loaded model takes raw inputs, as they were before the run's
+  preprocessing (:class:`RawInputModel`).
 
 Sparse weights come from :class:`CsrLinear` modules (stored sparse in the model) or, for weights stored
 dense, from ``positions`` (parameter name -> flat active positions, as every sparse layer lists them).
@@ -23,7 +27,7 @@ import dataclasses
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +40,45 @@ import evosparse
 from evosparse.backends.csr_layer import CsrLinear, structure_from_csr_arrays
 from evosparse.backends.csr_model import replace_submodule
 from evosparse.backends.csr_ops import CsrStructure
+from evosparse.data.base import Standardisation
 from evosparse.errors import UsageError
 from evosparse.files import atomic_write_bytes
 from evosparse.models import ModelSpec, architecture_of, build_model
 
 FORMAT_NAME = "evosparse-sparse-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Format 1 files (before preprocessing was stored) load as they always did.
+READABLE_VERSIONS = (1, 2)
+#: Names of the standardisation tensors (``:`` keeps them apart from ``state_dict`` names).
+INPUT_MEAN, INPUT_STD = "evosparse:input_mean", "evosparse:input_std"
 METADATA_KEY = "evosparse"
 _INT32_LIMIT = 2**31 - 1
+
+
+class RawInputModel(nn.Module):
+    """An exported model that takes raw inputs: standardises them as the run did, then runs the model.
+
+    ``class_names[i]`` names the class of output ``i`` when the data named its classes (a CSV table's
+    label values), else None; ``model`` is the network itself. The statistics are buffers, so they
+    follow the model to another device.
+    """
+
+    input_mean: Tensor | None
+    input_std: Tensor | None
+
+    def __init__(
+        self, model: nn.Module, standardisation: Standardisation | None, class_names: list[str] | None
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.class_names = class_names
+        self.register_buffer("input_mean", None if standardisation is None else standardisation.mean)
+        self.register_buffer("input_std", None if standardisation is None else standardisation.std)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.input_mean is not None and self.input_std is not None:
+            x = Standardisation(self.input_mean, self.input_std)(x)
+        return self.model(x)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +104,8 @@ def export_model(
     *,
     model_name: str | None = None,
     spec: ModelSpec | None = None,
+    standardisation: Standardisation | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> None:
     """Write ``model`` to ``path`` as safetensors with every sparse weight in CSR form.
 
@@ -76,7 +113,8 @@ def export_model(
     stored, whatever their value); a name whose weight the model already stores sparse (a
     :class:`CsrLinear`) is written from that layer's own structure. ``model_name`` and ``spec`` (the
     registry entry that built the model) let :func:`load_exported` rebuild it without being given a
-    skeleton.
+    skeleton; ``standardisation`` and ``class_names`` (the data's) let it take raw inputs and name
+    its outputs.
     """
     tensors: dict[str, Tensor] = {}
     entries: list[SparseEntry] = []
@@ -109,6 +147,9 @@ def export_model(
         if not isinstance(tensor, Tensor):
             raise UsageError(f"cannot export {name}: only tensors can be stored, got {type(tensor).__name__}")
         tensors[name] = tensor.detach().cpu().contiguous().clone()
+    if standardisation is not None:
+        tensors[INPUT_MEAN] = standardisation.mean.detach().cpu().to(torch.float32).contiguous()
+        tensors[INPUT_STD] = standardisation.std.detach().cpu().to(torch.float32).contiguous()
     metadata = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -117,6 +158,7 @@ def export_model(
         "spec": dataclasses.asdict(spec) if spec is not None else None,
         "architecture": architecture_of(model),
         "sparse": [dataclasses.asdict(entry) for entry in entries],
+        "class_names": None if class_names is None else list(class_names),
         "sha256": tensors_digest(tensors),
     }
     data = safetensors.torch.save(tensors, metadata={METADATA_KEY: json.dumps(metadata)})
@@ -127,10 +169,15 @@ def load_exported(path: str | Path, model: nn.Module | None = None) -> nn.Module
     """Rebuild an exported model for inference (eval mode), sparse linear layers as :class:`CsrLinear`.
 
     ``model`` is a skeleton of the same architecture to fill (its sparse ``nn.Linear`` modules are
-    replaced); without one the model is rebuilt from the registry entry in the file. A damaged,
-    truncated or foreign file raises a one-line :class:`UsageError`.
+    replaced); without one the model is rebuilt from the registry entry in the file. A file that
+    records the run's preprocessing or class names comes back as a :class:`RawInputModel` around the
+    model, which takes raw inputs. A damaged, truncated or foreign file raises a one-line
+    :class:`UsageError`.
     """
     tensors, metadata = read_exported(path)
+    standardisation = None
+    if INPUT_MEAN in tensors and INPUT_STD in tensors:
+        standardisation = Standardisation(tensors.pop(INPUT_MEAN), tensors.pop(INPUT_STD))
     if model is None:
         model = _build_from_metadata(metadata, path)
     allowed_missing: set[str] = set()
@@ -162,6 +209,9 @@ def load_exported(path: str | Path, model: nn.Module | None = None) -> nn.Module
     if missing or outcome.unexpected_keys:
         first = (missing or outcome.unexpected_keys)[0]
         raise UsageError(f"{path} does not fit the model: {'missing' if missing else 'unexpected'} tensor {first!r}")
+    class_names = metadata.get("class_names")
+    if standardisation is not None or class_names is not None:
+        model = RawInputModel(model, standardisation, class_names)
     return model.eval()
 
 
@@ -182,9 +232,10 @@ def read_exported(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
         metadata = None
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_NAME:
         raise UsageError(f"{path} is not an evosparse sparse-model export")
-    if metadata.get("format_version") != FORMAT_VERSION:
+    if metadata.get("format_version") not in READABLE_VERSIONS:
+        readable = " and ".join(map(str, READABLE_VERSIONS))
         raise UsageError(
-            f"{path} has export format {metadata.get('format_version')!r}; this evosparse reads {FORMAT_VERSION}"
+            f"{path} has export format {metadata.get('format_version')!r}; this evosparse reads {readable}"
         )
     if metadata.get("sha256") != tensors_digest(tensors):
         raise UsageError(f"{path} is corrupt: its tensors do not match the checksum in its metadata")

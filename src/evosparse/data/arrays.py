@@ -35,7 +35,7 @@ def dataset_from_arrays(
             raise DataError(f"{name}: labels must lie in 0..{num_classes - 1}")
     features = [torch.from_numpy(np.asarray(x, dtype=np.float32)) for x, _ in splits]
     targets = [torch.from_numpy(np.asarray(y, dtype=np.int64)) for _, y in splits]
-    x_train, x_test, *x_val = standardise(*features, per_feature=per_feature)
+    standardisation, (x_train, x_test, *x_val) = standardise(*features, per_feature=per_feature)
     return Dataset(
         name=name,
         x_train=x_train,
@@ -46,4 +46,5 @@ def dataset_from_arrays(
         x_val=x_val[0] if x_val else None,
         y_val=targets[2] if validation is not None else None,
         class_names=class_names,
+        standardisation=standardisation,
     )

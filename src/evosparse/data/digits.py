@@ -24,7 +24,9 @@ def load_digits(data_dir: Path | None = None) -> Dataset:
     x_train, x_test, y_train, y_test = train_test_split(
         bunch.data, bunch.target, test_size=TEST_FRACTION, random_state=SPLIT_SEED, stratify=bunch.target
     )
-    x_train, x_test = standardise(torch.as_tensor(x_train), torch.as_tensor(x_test), per_feature=False)
+    standardisation, (x_train, x_test) = standardise(
+        torch.as_tensor(x_train), torch.as_tensor(x_test), per_feature=False
+    )
     return Dataset(
         name="digits",
         x_train=x_train,
@@ -32,4 +34,5 @@ def load_digits(data_dir: Path | None = None) -> Dataset:
         x_test=x_test,
         y_test=torch.as_tensor(y_test, dtype=torch.long),
         num_classes=10,
+        standardisation=standardisation,
     )

@@ -39,7 +39,16 @@ def export_run(run_dir: Path, path: Path | None = None) -> ExportReport:
     trainer.restore(resume=True, ignore=LOCATION_KEYS)  # the folder may have moved since training
     sparsifier = trainer.sparsifier
     model, positions = sparsifier.method.export_model()
-    export_model(model, target, positions, model_name=config.model, spec=trainer.spec)
+    data = trainer.data
+    export_model(
+        model,
+        target,
+        positions,
+        model_name=config.model,
+        spec=trainer.spec,
+        standardisation=data.standardisation,
+        class_names=data.class_names,
+    )
     sparse_names = {layer.name for layer in sparsifier.topology.layers}
     other = sum(p.numel() for name, p in model.named_parameters() if not _is_sparse(name, sparse_names))
     dense_bytes = 4 * (sparsifier.topology.total + other)

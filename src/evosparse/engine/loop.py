@@ -233,6 +233,9 @@ class Trainer:
         """Continue from ``out/checkpoint.pt`` when resuming; refuse to overwrite a run otherwise.
 
         Resuming needs the checkpoint to be there, unless ``if_present`` (then the run starts afresh).
+        A larger ``epochs`` than the checkpoint's extends the run (finished or not), exactly as if it had
+        been planned that long, where nothing of its past depends on the planned length (no cosine
+        learning-rate schedule, no topology schedule over training).
         """
         if not self.checkpoint_path.exists():
             if resume and not if_present:
@@ -244,7 +247,11 @@ class Trainer:
         if not resume:
             raise UsageError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
         state = load_checkpoint(self.checkpoint_path)
-        difference = config_difference(state.get("config", {}), self.config, ignore=ignore)
+        saved_epochs = state.get("config", {}).get("epochs")
+        extending = isinstance(saved_epochs, int) and saved_epochs != self.config.epochs
+        if extending:
+            self._check_extension(saved_epochs, len(state["epochs"]))
+        difference = config_difference(state.get("config", {}), self.config, ignore=(*ignore, "epochs"))
         if difference:
             key, before, now = difference
             raise UsageError(f"the checkpoint in {self.out} was made with {key}={before!r}, this run has {now!r}")
@@ -254,6 +261,8 @@ class Trainer:
             self.sparsifier.load_state_dict(state["sparsifier"])
             if self.lr_scheduler is not None:
                 self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        except UsageError as error:  # a refusal in words of its own: kept whole
+            raise UsageError(f"checkpoint in {self.out}: {error}") from None
         except (KeyError, RuntimeError, ValueError) as error:
             reason = str(error).splitlines()[0][:120]
             raise UsageError(f"checkpoint in {self.out} does not fit this model ({reason})") from None
@@ -262,6 +271,27 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         self.epochs = [EpochRecord(**record) for record in state["epochs"]]
         self.wall_time_before = float(state["wall_time_s"])
+        if extending:  # the finished run's summary no longer describes the run: it is rewritten at the end
+            (self.out / RESULT_NAME).unlink(missing_ok=True)
+
+    def _check_extension(self, saved_epochs: int, done: int) -> None:
+        """Refuse in one line to change the planned length of a run whose past depends on it."""
+        config = self.config
+        if config.epochs < max(saved_epochs, done):
+            raise UsageError(
+                f"the run in {self.out} is planned for {saved_epochs} epochs ({done} done): --epochs can only grow"
+            )
+        if config.lr_schedule == "cosine":
+            raise UsageError(
+                f"the run in {self.out} decays its learning rate over {saved_epochs} epochs (--lr-schedule "
+                "cosine): it cannot be extended; start a longer run"
+            )
+        method = self.sparsifier.method
+        if method.sparse and (method.needs_total_steps or self.sparsifier.hparams.get("update_until", 1.0) < 1.0):
+            raise UsageError(
+                f"{config.method} in {self.out} schedules its topology updates over the planned {saved_epochs} "
+                "epochs: it cannot be extended; start a longer run"
+            )
 
     # -- training -------------------------------------------------------------------------------
 
