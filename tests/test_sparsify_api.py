@@ -1,5 +1,7 @@
 """The Python API a researcher drops into their own loop (the README example)."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -476,3 +478,31 @@ def test_csr_refuses_an_optimizer_that_already_holds_state_and_leaves_the_model_
         evosparse.sparsify(model, optimizer, "set", density=0.3, backend="csr")
     assert all(torch.equal(param, weight) for param, weight in zip(model.parameters(), weights))
     assert isinstance(model[0], nn.Linear)
+
+
+def test_a_pretrained_model_sparsified_with_keep_largest_keeps_its_weights_and_most_of_its_accuracy():
+    from evosparse.data import load_dataset
+    from evosparse.topology.masks import largest_mask
+
+    data = load_dataset("digits")
+
+    def accuracy(model):
+        with torch.no_grad():
+            return (model(data.x_test).argmax(1) == data.y_test).float().mean().item()
+
+    torch.manual_seed(0)
+    pretrained = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    digits_accuracies(pretrained, "dense", epochs=5, lr=0.05)
+    dense_accuracy = accuracy(pretrained)
+    kept = {}
+    for init in ("keep_largest", "keep", "sparse_kaiming"):
+        model = copy.deepcopy(pretrained)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        s = evosparse.sparsify(model, optimizer, "static", density=0.3, init=init)
+        kept[init] = accuracy(model)
+        if init == "keep_largest":
+            for layer, original in zip(s.topology.layers, (pretrained[0].weight, pretrained[2].weight)):
+                assert torch.equal(layer.mask, largest_mask(original, layer.active))  # brute-forced in test_masks
+                assert torch.equal(layer.weight[layer.mask], original[layer.mask])  # values kept as they were
+    assert dense_accuracy > 0.9 and kept["keep_largest"] > dense_accuracy - 0.1
+    assert kept["keep_largest"] > kept["keep"] + 0.1 and kept["sparse_kaiming"] < 0.5

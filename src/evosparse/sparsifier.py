@@ -83,8 +83,9 @@ class Sparsifier:
         density: global fraction of active connections, split by ``distribution``; or
         epsilon: SET's ε (Erdős–Rényi per layer).
         init: ``sparse_kaiming`` (default) re-draws the active weights with He-normal scaled by the active
-            fan-in, which suits training from scratch; ``keep`` keeps the model's own values (masked):
-            use it for a pretrained model.
+            fan-in, which suits training from scratch; ``keep`` keeps the model's own values under a random
+            topology; ``keep_largest`` keeps them and starts each layer from its largest magnitudes (every
+            output unit keeping its largest input): use it for a pretrained model.
         total_steps: training length, needed when the method's ``update_until`` < 1 and by methods with
             schedules over training (RigL, GMP, pruning).
         seed: seeds the generator used for masks, initialisation and every random choice of the method.
@@ -163,7 +164,9 @@ class Sparsifier:
             if self.backend != "csr":
                 raise UsageError("the model's weights are on the meta device; only --backend csr can build them")
             return build_csr_direct(self.model, found, self.plan.initial, init, self.generator, self.optimizer)
-        masked = build_masked_topology(found, self.plan.initial, self.generator, self.optimizer)
+        masked = build_masked_topology(
+            found, self.plan.initial, self.generator, self.optimizer, by_magnitude=init == "keep_largest"
+        )
         return csr_twins(masked, self.optimizer) if self.backend == "csr" else masked
 
     def _install(self, found: Sequence[tuple[str, nn.Module, str]], init: str, built_directly: bool) -> None:

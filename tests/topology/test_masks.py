@@ -153,3 +153,26 @@ def test_loading_masks_that_do_not_fit_is_refused(mlp):
     with pytest.raises(UsageError, match="not a mapping"):
         topology.load_state_dict([saved])
     assert all(torch.equal(a, b.mask) for a, b in zip(before, topology.layers))
+
+
+def test_largest_mask_keeps_each_rows_largest_then_the_largest_of_the_rest_brute_force():
+    from evosparse.topology.masks import largest_mask
+
+    generator = torch.Generator().manual_seed(3)
+    for count in (2, 7, 12, 30):
+        weight = torch.randn(6, 5, generator=generator)
+        weight[0] = weight[0].abs() * 1e-3  # a row of tiny weights still keeps its largest input
+        mask = largest_mask(weight, count)
+        assert int(mask.sum()) == count
+        magnitude = weight.abs()
+        if count >= weight.shape[0]:
+            assert all(mask[row, int(magnitude[row].argmax())] for row in range(weight.shape[0]))
+            kept_first = {(row, int(magnitude[row].argmax())) for row in range(weight.shape[0])}
+        else:
+            kept_first = set()
+        rest = sorted(
+            ((float(magnitude[r, c]), r, c) for r in range(6) for c in range(5) if (r, c) not in kept_first),
+            key=lambda item: -item[0],
+        )
+        expected = kept_first | {(r, c) for _, r, c in rest[: count - len(kept_first)]}
+        assert {tuple(map(int, p)) for p in mask.nonzero()} == expected

@@ -58,7 +58,7 @@ from evosparse.methods import get_method
 from evosparse.metrics import ACCURACY, epoch_reaching, result_metric, selection_split, spread
 from evosparse.models import default_distribution
 
-SUMMARY_SCHEMA = 2
+SUMMARY_SCHEMA = 3
 #: summary.json's ``selection``: the split "epoch to target" is read off (test only for runs without validation).
 SPLIT_NAMES = {"val": "validation", "test": "test"}
 DEFAULT_TARGETS: tuple[float, ...] = (0.97,)

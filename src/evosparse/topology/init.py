@@ -17,7 +17,10 @@ from evosparse.errors import UsageError
 if TYPE_CHECKING:
     from evosparse.topology.layer import SparseLayer
 
-INIT_SCHEMES = ("sparse_kaiming", "keep")
+#: ``sparse_kaiming``: a random topology with fresh values for training from scratch; ``keep``: a random
+#: topology over the model's own values; ``keep_largest``: the model's own values and, as each layer's
+#: topology, its largest magnitudes (one-shot magnitude pruning), the start for a pretrained model.
+INIT_SCHEMES = ("sparse_kaiming", "keep", "keep_largest")
 GROW_INITS = ("zero", "kaiming", "normal")
 
 

@@ -98,6 +98,28 @@ def random_mask(
     return flat.view(shape)
 
 
+def largest_mask(weight: torch.Tensor, count: int) -> torch.Tensor:
+    """A boolean mask of the ``count`` largest ``|weight|`` entries (ties: the lower flat position first).
+
+    Every output unit (row) first keeps its largest input when ``count`` ≥ rows, as :func:`random_mask`
+    covers rows, so magnitude alone never leaves a unit without inputs; the rest are the largest of
+    the remaining entries.
+    """
+    rows = weight.shape[0]
+    if not 0 <= count <= weight.numel():
+        raise UsageError(f"cannot place {count} connections in a {tuple(weight.shape)} weight")
+    magnitude = weight.detach().abs().reshape(rows, -1).cpu()
+    flat = torch.zeros(weight.numel(), dtype=torch.bool)
+    placed = 0
+    if count >= rows:
+        flat[magnitude.argmax(dim=1) + torch.arange(rows) * magnitude.shape[1]] = True
+        placed = rows
+    remaining = magnitude.reshape(-1).masked_fill(flat, -1.0)
+    order = torch.argsort(remaining, descending=True, stable=True)
+    flat[order[: count - placed]] = True
+    return flat.view(weight.shape)
+
+
 class MaskedLayer(SparseLayer):
     """A parameter of ``module`` (attribute ``attr``) kept sparse by a boolean ``mask`` of its shape.
 
@@ -284,8 +306,11 @@ def build_masked_topology(
     budgets: Sequence[int],
     generator: torch.Generator,
     optimizer: torch.optim.Optimizer | None = None,
+    *,
+    by_magnitude: bool = False,
 ) -> Topology:
-    """Random masks with the given per-layer budgets over parameters from :func:`find_sparse_parameters`.
+    """Masks with the given per-layer budgets over parameters from :func:`find_sparse_parameters`:
+    random, or each weight's largest magnitudes (``by_magnitude``, :func:`largest_mask`).
 
     The weights are not touched: initialise and mask them once the masks are accepted.
     """
@@ -294,6 +319,7 @@ def build_masked_topology(
     layers = []
     for (name, module, attr), count in zip(found, budgets):
         weight = getattr(module, attr)
-        mask = random_mask(weight.shape, count, generator).to(weight.device)
+        chosen = largest_mask(weight, count) if by_magnitude else random_mask(weight.shape, count, generator)
+        mask = chosen.to(weight.device)
         layers.append(MaskedLayer(name, module, attr, mask, count, optimizer))
     return Topology(layers)
