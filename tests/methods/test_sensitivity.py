@@ -113,10 +113,11 @@ def test_paper_form_gives_zero_weights_zero_sensitivity_and_never_divides_by_zer
     assert sensitivity_scores(grad, weight, "relative").tolist() == pytest.approx([0.0, 0.02, 0.0])
 
 
-def test_growth_comes_from_the_sensitive_source_only():
+@pytest.mark.parametrize("floor", [0.0, 1.0])
+def test_growth_comes_from_the_sensitive_source_only_unless_a_floor_lifts_the_others(floor):
     torch.manual_seed(3)
     model = nn.Sequential(nn.Linear(6, 30))
-    sparsifier = build(model, density=0.4, lr=0.0, zeta=0.1)
+    sparsifier = build(model, density=0.4, lr=0.0, zeta=0.1, importance_floor=floor)
     layer = sparsifier.topology.layers[0]
     with torch.no_grad():
         layer.weight[:, [0, 1, 3, 4, 5]] = 0.0  # only source 2 has non-zero weights, hence sensitivity
@@ -125,7 +126,13 @@ def test_growth_comes_from_the_sensitive_source_only():
     sparsifier.method.update()
     grown = layer.mask & ~before
     assert grown.sum() == round(0.1 * int(before.sum())) < (~before[:, 2]).sum()
-    assert grown[:, 2].sum() == grown.sum()
+    assert bool(grown[:, 2].sum() == grown.sum()) is (floor == 0.0)
+
+
+def test_the_importance_floor_is_a_fraction_of_the_layers_mean_importance():
+    sparsifier = build(nn.Sequential(nn.Linear(4, 3)), importance_floor=0.5)
+    importance = torch.tensor([0.0, 1.0, 3.0, 0.2], dtype=torch.float64)  # mean 1.05
+    assert sparsifier.method.growth_weights(importance).tolist() == pytest.approx([0.525, 1.0, 3.0, 0.525])
 
 
 @pytest.mark.parametrize("delta", [0.5, 1.0, 3.0])

@@ -84,6 +84,13 @@ EVOLUTION_PARAMS: tuple[Param, ...] = (
         minimum=0.0,
     ),
     Param("time_varying", False, "adapt the parameters after every update (eq. 7-9, K1=2 K2=0.5 K3=0.1 K4=0.5)"),
+    Param(
+        "importance_floor",
+        0.0,
+        "growth draws a source ∝ max(I, floor · mean I of its layer); 0 is eq. 6, where a unit of zero "
+        "importance never grows an outgoing connection again",
+        minimum=0.0,
+    ),
     *grow_params("normal"),
     *SCHEDULE_PARAMS,
 )
@@ -128,11 +135,21 @@ class NodeImportanceEvolution(Method):
         changed, grown = 0, 0
         for layer, prune, importance in zip(self.layers, selection.prune, selection.node_importance):
             count = min(int(round(self.values["delta"] * prune.numel())), layer.numel - layer.active)
-            grow = layer.sample_inactive_by_source(count, importance, self.generator)
+            grow = layer.sample_inactive_by_source(count, self.growth_weights(importance), self.generator)
             changed += layer.rewire(prune, grow, self.grown_values(layer, grow.numel()))
             grown += grow.numel()
         self._record_and_adapt(selection, grown)
         return changed
+
+    def growth_weights(self, importance: Tensor) -> Tensor:
+        """How strongly growth draws each source of a layer: its node importance (eq. 6), raised to at
+        least ``importance_floor`` times the layer's mean importance.
+
+        Under eq. 6 a node whose outgoing connections all scored zero (or that lost them all) is never a
+        source again, so a hidden unit that falls silent stays silent for good; a floor keeps every
+        unit's chance of regrowing an outgoing connection above zero.
+        """
+        return importance.clamp_min(self.hparams["importance_floor"] * float(importance.double().mean()))
 
     def _record_and_adapt(self, selection: Selection, grown: int) -> None:
         """Log this update's parameters and criteria; in the time-varying version apply eq. 9."""
