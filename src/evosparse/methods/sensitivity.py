@@ -126,15 +126,18 @@ class Sensitivity(NodeImportanceEvolution):
         return self.grad_sums[index] / max(self.grad_steps[index], 1)
 
     def select(self) -> Selection:
-        prune, importance = [], []
+        prune, importance, every, removed = [], [], [], []
         for index, layer in enumerate(self.layers):
             active = layer.active_positions()
             mean = self.mean_abs_gradient(index).to(active.device)
             scores = sensitivity_scores(mean, layer.active_values(), self.hparams["form"])
             count = min(int(round(self.values["zeta"] * active.numel())), layer.numel - layer.active)
-            prune.append(active[torch.argsort(scores, stable=True)[:count].to(active.device)])
+            weakest = torch.argsort(scores, stable=True)[:count]
+            prune.append(active[weakest.to(active.device)])
             importance.append(node_sensitivity(layer.shape, active.to(scores.device), scores))
-        return Selection(prune, importance)
+            every.append(scores)
+            removed.append(scores[weakest])
+        return Selection(prune, importance, every, removed)
 
     def update(self) -> int:
         """Select, rewire, then start new sums over the new connections (δ ≠ 1 changes their number)."""
