@@ -16,20 +16,24 @@ all importance measures and the average of the eliminated ones". Two readings (`
   weight |w|/|F_k| (eq. 3) or its sensitivity S (eq. 10). The removed connections are the weakest, so
   C_sec < C_prim and the ratio says how much weaker they are: far weaker (< K3) and the update can be
   bolder (×K1), close to average (> K4) and it is cutting into useful structure (×K2). The parameters
-  can grow as well as shrink, as eq. 9's three cases intend.
+  can grow as well as shrink, as eq. 9's three cases intend; in practice (digits, 64-300-100-10) the
+  ratio stayed between 0.014 and 0.37, mostly below K3, so the ceiling held every parameter at its start
+  and the runs were identical to the static version's.
 * **node**: C_prim is the mean importance of every node that can be a source (the input units or
   channels of every sparse layer; output units have no outgoing connection and never receive growth)
   and C_sec, for each removed connection, the importance of its *source node* (a node that lost three
   connections counts three times), so both have a node's unit. A removed connection's source is an
   ordinary node, so the ratio stays near 1 (0.65-1.8 on LeNet-300-100, MNIST, density 0.05): every
   update halves λ, ζ and δ until removals stop (4-6 epochs), the topology freezes, and with δ < 1 the
-  network loses connections (density 0.05 → 0.041 for sensitivity after 10 epochs). The default.
+  network loses connections (density 0.05 → 0.041 for sensitivity after 10 epochs). The default: it
+  does what the paper says the rule is for, reaching "a finalized structure" in fewer epochs.
 
 Both readings: nothing removed gives C_sec = 0 (×K1). "We initialize these parameters with the large
 values": the rule starts from the values the user gives (``lam``, ``zeta``, ``delta``; pass large
 ones) and never lets a parameter exceed its start, so the start is the boldest setting. λ and ζ are
 fractions and cannot pass 1 anyway; without the ceiling δ would double at every update that removes
-nothing and densify the network. docs/results.md ("Time-varying rule: two readings") compares them.
+nothing and densify the network. docs/results.md ("Time-varying Path-Weight and Sensitivity: two
+readings of eq. 7–8") compares them.
 """
 
 from __future__ import annotations
