@@ -121,8 +121,11 @@ def _relu_chain(layers: Sequence[nn.Module]) -> nn.Sequential:
     return nn.Sequential(*modules[:-1])
 
 
-def method_on(name: str, layers: Sequence[SparseLayer], generator: torch.Generator, **params):
-    """The registered method ``name`` driving ``layers`` directly (no Sparsifier), drawing from ``generator``."""
+def method_on(
+    name: str, layers: Sequence[SparseLayer], generator: torch.Generator, total_steps: int | None = None, **params
+):
+    """The registered method ``name`` driving ``layers`` directly (no Sparsifier), drawing from ``generator``;
+    ``total_steps`` is the training length its clock announces."""
     from evosparse.methods import get_method, resolve_params
     from evosparse.methods.context import Clock, MethodContext
     from evosparse.topology.budget import BudgetPlan
@@ -141,7 +144,7 @@ def method_on(name: str, layers: Sequence[SparseLayer], generator: torch.Generat
         model=nn.ModuleList([layer.module for layer in layers]),
         optimizer=None,
         plan=plan,
-        clock=Clock(),
+        clock=Clock(total_steps=total_steps),
         update_pending=lambda: False,
     )
     return cls(context)

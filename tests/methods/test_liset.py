@@ -71,6 +71,24 @@ def test_training_output_is_main_output_plus_every_skip_layer(mlp):
     torch.testing.assert_close(full, main + skips)
 
 
+def test_shadow_skip_layers_learn_without_changing_how_the_main_network_trains():
+    def trained(**params):
+        torch.manual_seed(0)
+        model = small_mlp()
+        sparsifier = liset(model, **params)
+        train_steps(model, sparsifier, steps=6)
+        return model, sparsifier.method.skip_layers
+
+    alone, untrained = trained(skip_dropout=1.0)  # skip layers never join: the main network trains alone
+    shadowed, skips = trained(skip_dropout=0.0, skip_mode="shadow")
+    added, _ = trained(skip_dropout=0.0)
+    for key, value in alone.state_dict().items():
+        assert torch.equal(shadowed.state_dict()[key], value), key
+    assert any(not torch.equal(added.state_dict()[key], value) for key, value in alone.state_dict().items())
+    bound = SKIP_INIT_SCALE / math.sqrt(20)
+    assert untrained[0].weight.abs().max() <= bound < skips[0].weight.abs().max()  # the skip layers learnt
+
+
 def test_whole_skip_layers_are_dropped_at_the_requested_rate(mlp):
     rate, forwards = 0.3, 600
     sparsifier = liset(mlp, skip_dropout=rate)

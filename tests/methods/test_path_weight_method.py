@@ -80,7 +80,7 @@ def masks_of(sparsifier) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("seed, lam, zeta", [(0, 0.5, 0.5), (1, 0.8, 0.3), (2, 0.3, 1.0), (3, 1.0, 0.2), (4, 0.2, 1.0)])
 def test_removal_is_exactly_the_zeta_weakest_of_the_connections_on_weak_paths_only(seed, lam, zeta):
-    model, sparsifier = build(seed=seed, lam=lam, zeta=zeta, samples=MAX_EXACT_PATHS)
+    model, sparsifier = build(seed=seed, lam=lam, zeta=zeta, samples=MAX_EXACT_PATHS, criteria="connection")
     norms = train_steps(model, sparsifier, 5, torch.Generator().manual_seed(seed))
     mats = normalised(sparsifier, norms)
     paths, importance = all_paths(mats)
@@ -103,6 +103,10 @@ def test_removal_is_exactly_the_zeta_weakest_of_the_connections_on_weak_paths_on
     assert removed == {(k, o, i) for _, k, o, i in expected}
     for k, o, i in removed:  # the property itself: no path stronger than q lost a connection
         assert not (importance[(paths[:, k] == i) & (paths[:, k + 1] == o)] > q).any()
+    # Eq. 7-8, connection reading: the mean normalised weight of all active connections / of the removed ones.
+    every = np.concatenate([a.T[mask.numpy()] for mask, a in zip(before, mats)])
+    logged = sparsifier.method.trajectory[-1]
+    assert (logged["c_prim"], logged["c_sec"]) == pytest.approx((every.mean(), np.mean([w for w, *_ in expected])))
 
 
 def test_smallest_within_capacity_fills_from_the_next_layer_when_one_is_full():
@@ -172,7 +176,9 @@ def test_delta_scales_growth_per_layer_and_only_delta_one_keeps_budgets(delta):
 
 
 def test_time_varying_parameters_follow_eq_9_and_are_logged_per_update():
-    model, sparsifier = build(sizes=(12, 10, 8, 4), density=0.3, lam=0.9, zeta=0.5, time_varying=True)
+    model, sparsifier = build(
+        sizes=(12, 10, 8, 4), density=0.3, lam=0.9, zeta=0.5, time_varying=True, criteria="node"
+    )  # the reading that moves the parameters on this small net
     generator = torch.Generator().manual_seed(8)
     for _ in range(4):
         train_steps(model, sparsifier, 3, generator)

@@ -3,12 +3,14 @@ import torch
 from torch.nn import functional as F
 
 import evosparse
+from backend_pairs import BACKEND_NAMES, F64, dense_weight, layer_on, masked_linear, method_on
 from conftest import small_mlp
 from evosparse.criteria.growth import top_gradient_positions
 from evosparse.criteria.schedules import cosine_update_fraction
 from evosparse.engine.config import build_config
 from evosparse.engine.loop import train
 from evosparse.errors import UsageError
+from evosparse.methods.rigl import SWAP_RULES
 from support import DEVICES, assert_resume_is_exact, batches, run_on_device, small_conv, train_steps
 
 
@@ -68,12 +70,89 @@ def test_inactive_gradient_blocks_list_every_inactive_position_once_with_its_gra
             assert all(p.numel() <= max(block, layer.shape[1]) for p, _ in listed)
 
 
-def test_update_drops_the_weakest_and_grows_the_steepest_inactive_positions():
+def reference_update(mask, weight, gradient, fraction):
+    """RigL's mask update as its authors' code makes it, ported to flat lists: (mask, weights) after it.
+
+    google-research/rigl, ``sparse_optimizers.py``: ``SparseRigLOptimizer.generic_mask_update`` scores the
+    drop by |mask·w| and the growth by the dense |gradient|, and ``_get_update_op`` (``reinit_when_same``
+    False) prunes ``int(n_ones · drop_fraction)``, keeps the rest, ranks every position not kept for
+    growth, and gives the grow init (zeros) only to grown positions that were inactive before. The
+    reference breaks ties with N(0, 1e-5) noise on the drop scores; here equal |w| drop the smaller
+    position first and equal |gradient| grow the smaller position first.
+    """
+    n = len(mask)
+    n_ones = sum(mask)
+    n_prune = int(n_ones * fraction)
+    drop_score = [abs(w) if m else 0.0 for m, w in zip(mask, weight)]
+    kept = set(sorted(range(n), key=lambda i: (-drop_score[i], -i))[: n_ones - n_prune])
+    floor = min(abs(g) for g in gradient) - 1
+    grow_score = [floor if i in kept else abs(gradient[i]) for i in range(n)]
+    grown = set(sorted(range(n), key=lambda i: (-grow_score[i], i))[:n_prune])
+    new_mask = [i in kept or i in grown for i in range(n)]
+    new_weight = [0.0 if i in grown and not mask[i] else weight[i] for i in range(n)]
+    return new_mask, [w if m else 0.0 for m, w in zip(new_mask, new_weight)]  # the weights the network sees
+
+
+def tied_layer(backend, seed):
+    """A random small layer of ``backend`` whose active weights and recorded gradient take few distinct
+    values (many ties), all exact in float64; returns the layer, its flat mask, weights and dense gradient."""
+    generator = torch.Generator().manual_seed(seed)
+    n_out, n_in = (int(v) for v in torch.randint(3, 9, (2,), generator=generator))
+    linear, mask = masked_linear(n_in, n_out, float(torch.empty(1).uniform_(0.2, 0.8, generator=generator)), seed)
+    with torch.no_grad():  # ±1/8 .. ±4/8: active weights tie but are never zero
+        magnitudes = torch.randint(1, 5, mask.shape, generator=generator) / 8
+        linear.weight.copy_(torch.where(torch.rand(mask.shape, generator=generator) < 0.5, -1, 1) * magnitudes * mask)
+    layer = layer_on(backend, linear, mask)
+    x = torch.randint(-2, 3, (3, n_in), generator=generator).to(F64)
+    outer = torch.randint(-2, 3, (3, n_out), generator=generator).to(F64)
+    layer.record_gradients(True)
+    (layer.module(x) * outer).sum().backward()
+    gradient = (outer.T @ x).reshape(-1)  # ∂/∂W of Σ outer ⊙ (x Wᵀ + b)
+    return layer, mask.reshape(-1).tolist(), linear.weight.detach().reshape(-1).tolist(), gradient.tolist()
+
+
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+def test_the_default_swap_is_the_reference_update_on_fixed_inputs(backend):
+    fractions = (0.0, 0.04, 0.1, 0.25, 1 / 3, 0.5, 0.9, 1.0)
+    regrown, truncated = 0, 0
+    for seed in range(25):
+        for fraction in fractions:
+            layer, mask, weight, gradient = tied_layer(backend, seed)
+            expected_mask, expected_weight = reference_update(mask, weight, gradient, fraction)
+            method = method_on("rigl", [layer], torch.Generator(), total_steps=100)
+            changed = method.swap(layer, fraction)
+            positions = layer.active_positions().tolist()
+            assert positions == [i for i, m in enumerate(expected_mask) if m], (seed, fraction)
+            assert dense_weight(layer).reshape(-1).tolist() == expected_weight, (seed, fraction)
+            assert layer.active == sum(mask)  # the budget is exact
+            assert changed == sum(a != b for a, b in zip(mask, expected_mask))
+            count = int(sum(mask) * fraction)
+            regrown += count - changed // 2
+            truncated += count != round(sum(mask) * fraction)
+    assert regrown > 0 and truncated > 0  # the inputs exercised both departures from the disjoint rule
+
+
+@pytest.mark.parametrize("swap_rule", SWAP_RULES)
+def test_candidates_covering_every_free_position_choose_as_the_exhaustive_search(swap_rule):
+    chosen, changed = [], []
+    for candidates in (0, 10**6):
+        linear, mask = masked_linear(9, 7, 0.5, seed=2)  # Gaussian weights and gradients: no ties
+        layer = layer_on("masked", linear, mask)
+        layer.record_gradients(True)
+        layer.module(torch.randn(4, 9, generator=torch.Generator().manual_seed(1), dtype=F64)).pow(2).sum().backward()
+        method = method_on("rigl", [layer], torch.Generator(), 9, swap_rule=swap_rule, candidates=candidates)
+        changed.append(method.swap(layer, 0.9))
+        chosen.append(layer.active_positions())
+    assert torch.equal(chosen[0], chosen[1]) and changed[0] == changed[1]
+
+
+@pytest.mark.parametrize("swap_rule", SWAP_RULES)
+def test_update_drops_the_weakest_and_grows_the_steepest(swap_rule):
     model = small_mlp((12, 10, 4))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     sparsifier = evosparse.sparsify(
         model, optimizer, "rigl", density=0.4, distribution="uniform", total_steps=40,
-        alpha=0.5, update_interval=1, update_until=1.0,
+        alpha=0.5, update_interval=1, update_until=1.0, swap_rule=swap_rule,
     )  # fmt: skip
     layers = sparsifier.topology.layers
     train_steps(model, sparsifier, batches(3, (12,), 4))  # momentum state, so that its reset shows
@@ -83,26 +162,35 @@ def test_update_drops_the_weakest_and_grows_the_steepest_inactive_positions():
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
-    before = [(layer.mask.clone(), layer.weight.detach().clone()) for layer in layers]
+    before = [
+        (layer.mask.clone(), layer.weight.detach().clone(), optimizer.state[layer.weight]["momentum_buffer"].clone())
+        for layer in layers
+    ]
     sparsifier.step()  # step 4: an update with fraction f(4)
 
     fraction = cosine_update_fraction(4, 0.5, 40)
-    for layer, (mask, weight), grad in zip(layers, before, dense_grads):
+    for layer, (mask, weight, momentum), grad in zip(layers, before, dense_grads):
         active, inactive = sorted(flat_set(mask)), sorted(flat_set(~mask))
-        count = min(round(fraction * len(active)), len(inactive))
         by_weight = sorted(active, key=lambda i: abs(weight.reshape(-1)[i].item()))
-        by_gradient = sorted(inactive, key=lambda i: -abs(grad.reshape(-1)[i].item()))
+        if swap_rule == "reference":
+            count = int(fraction * len(active))
+            candidates = inactive + by_weight[:count]
+        else:
+            count = min(round(fraction * len(active)), len(inactive))
+            candidates = inactive
+        by_gradient = sorted(candidates, key=lambda i: -abs(grad.reshape(-1)[i].item()))
         gaps = abs(grad.reshape(-1)[by_gradient[count - 1]]) - abs(grad.reshape(-1)[by_gradient[count]])
         assert count > 0 and gaps > 0  # the brute-force answer is unique
-        dropped, grown = flat_set(mask & ~layer.mask), flat_set(layer.mask & ~mask)
-        assert dropped == set(by_weight[:count])
-        assert grown == set(by_gradient[:count])
-        assert not dropped & grown
+        dropped, grown = set(by_weight[:count]), set(by_gradient[:count])
+        assert flat_set(layer.mask) == (set(active) - dropped) | grown
         assert layer.active == layer.budget == len(active)
-        assert (layer.weight.detach().reshape(-1)[sorted(grown)] == 0).all()
-        momentum = optimizer.state[layer.weight]["momentum_buffer"].reshape(-1)
-        assert (momentum[sorted(dropped | grown)] == 0).all()
-        assert momentum[sorted(flat_set(layer.mask) - grown)].abs().sum() > 0
+        new, gone, stayed = grown - set(active), dropped - grown, sorted(flat_set(layer.mask) - (grown - set(active)))
+        assert (layer.weight.detach().reshape(-1)[sorted(new)] == 0).all()
+        now = optimizer.state[layer.weight]["momentum_buffer"].reshape(-1)
+        assert (now[sorted(new | gone)] == 0).all()
+        # Everything else, a dropped connection regrown at once included, keeps its weight and momentum.
+        assert torch.equal(layer.weight.detach().reshape(-1)[stayed], weight.reshape(-1)[stayed])
+        assert torch.equal(now[stayed], momentum.reshape(-1)[stayed]) and now[stayed].abs().sum() > 0
 
 
 def test_only_an_update_step_keeps_a_gradient_and_it_is_the_dense_one():
@@ -136,8 +224,9 @@ def test_each_update_swaps_the_cosine_decayed_fraction_until_t_end():
     model = small_mlp((30, 20, 5))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     sparsifier = evosparse.sparsify(
-        model, optimizer, "rigl", density=0.3, total_steps=40, update_interval=5, update_until=0.75
-    )
+        model, optimizer, "rigl", density=0.3, total_steps=40, update_interval=5, update_until=0.75,
+        swap_rule="disjoint",
+    )  # fmt: skip
     layers = sparsifier.topology.layers
     update_steps = []
     for step, batch in enumerate(batches(40, (30,)), 1):

@@ -70,12 +70,12 @@ def brute_force_scores(mean_grad: torch.Tensor, weight: torch.Tensor, mask: torc
     return scores * mask
 
 
-@pytest.mark.parametrize("form", ["paper", "relative"])
+@pytest.mark.parametrize("form, criteria", [("paper", "connection"), ("relative", "connection"), ("relative", "node")])
 @pytest.mark.parametrize("make_model", [conv_net, lambda: nn.Sequential(nn.Linear(12, 9), nn.ReLU(), nn.Linear(9, 10))])
-def test_scores_removal_and_node_importance_equal_brute_force(form, make_model):
+def test_scores_removal_node_importance_and_criteria_equal_brute_force(form, criteria, make_model):
     torch.manual_seed(1)
     model = make_model()
-    sparsifier = build(model, form=form, zeta=0.3)
+    sparsifier = build(model, form=form, zeta=0.3, criteria=criteria)
     mean_grads = train_with_reference(model, sparsifier, 6, torch.Generator().manual_seed(2))
     method = sparsifier.method
     for index, (layer, expected) in enumerate(zip(sparsifier.topology.layers, mean_grads)):
@@ -86,6 +86,7 @@ def test_scores_removal_and_node_importance_equal_brute_force(form, make_model):
     selection = method.select()
     before = [layer.mask.clone() for layer in sparsifier.topology.layers]
     removed = 0
+    every, nodes, removed_scores, removed_sources = [], [], [], []  # for eq. 7-8 in both readings
     for layer, grad, prune, importance in zip(
         sparsifier.topology.layers, mean_grads, selection.prune, selection.node_importance
     ):
@@ -97,8 +98,18 @@ def test_scores_removal_and_node_importance_equal_brute_force(form, make_model):
         ranked = active[torch.argsort(scores.view(-1)[active])]
         assert set(prune.tolist()) == set(ranked[:count].tolist())
         removed += count
+        every.append(scores.view(-1)[active])
+        nodes.append(scores.sum(dim=dims))
+        removed_scores.append(scores.view(-1)[prune])
+        removed_sources.append(nodes[-1][torch.unravel_index(prune, layer.shape)[1]])
     assert removed > 0
     method.update()  # removes exactly the selection, then starts the next epoch's statistics afresh
+    if criteria == "connection":  # all active connections / the removed ones
+        expected = (torch.cat(every).mean(), torch.cat(removed_scores).mean())
+    else:  # all source nodes / the removed connections' sources
+        expected = (torch.cat(nodes).mean(), torch.cat(removed_sources).mean())
+    logged = method.trajectory[-1]
+    assert (logged["c_prim"], logged["c_sec"]) == pytest.approx([float(v) for v in expected], rel=1e-4)
     for layer, old, prune in zip(sparsifier.topology.layers, before, selection.prune):
         assert set((old & ~layer.mask).reshape(-1).nonzero().squeeze(1).tolist()) == set(prune.tolist())
     assert method.grad_steps == [0] * len(mean_grads)
@@ -113,10 +124,11 @@ def test_paper_form_gives_zero_weights_zero_sensitivity_and_never_divides_by_zer
     assert sensitivity_scores(grad, weight, "relative").tolist() == pytest.approx([0.0, 0.02, 0.0])
 
 
-def test_growth_comes_from_the_sensitive_source_only():
+@pytest.mark.parametrize("floor", [0.0, 1.0])
+def test_growth_comes_from_the_sensitive_source_only_unless_a_floor_lifts_the_others(floor):
     torch.manual_seed(3)
     model = nn.Sequential(nn.Linear(6, 30))
-    sparsifier = build(model, density=0.4, lr=0.0, zeta=0.1)
+    sparsifier = build(model, density=0.4, lr=0.0, zeta=0.1, importance_floor=floor)
     layer = sparsifier.topology.layers[0]
     with torch.no_grad():
         layer.weight[:, [0, 1, 3, 4, 5]] = 0.0  # only source 2 has non-zero weights, hence sensitivity
@@ -125,7 +137,13 @@ def test_growth_comes_from_the_sensitive_source_only():
     sparsifier.method.update()
     grown = layer.mask & ~before
     assert grown.sum() == round(0.1 * int(before.sum())) < (~before[:, 2]).sum()
-    assert grown[:, 2].sum() == grown.sum()
+    assert bool(grown[:, 2].sum() == grown.sum()) is (floor == 0.0)
+
+
+def test_the_importance_floor_is_a_fraction_of_the_layers_mean_importance():
+    sparsifier = build(nn.Sequential(nn.Linear(4, 3)), importance_floor=0.5)
+    importance = torch.tensor([0.0, 1.0, 3.0, 0.2], dtype=torch.float64)  # mean 1.05
+    assert sparsifier.method.growth_weights(importance).tolist() == pytest.approx([0.525, 1.0, 3.0, 0.525])
 
 
 @pytest.mark.parametrize("delta", [0.5, 1.0, 3.0])
@@ -148,7 +166,7 @@ def test_delta_scales_growth_and_delta_one_keeps_every_budget(delta):
 def test_time_varying_adapts_zeta_and_delta_from_eq_7_and_8():
     torch.manual_seed(7)
     model = nn.Sequential(nn.Linear(12, 9), nn.ReLU(), nn.Linear(9, 10))
-    sparsifier = build(model, time_varying=True, zeta=0.4)
+    sparsifier = build(model, time_varying=True, zeta=0.4, criteria="node")  # a reading that moves them here
     generator = torch.Generator().manual_seed(8)
     for _ in range(3):
         train_with_reference(model, sparsifier, 3, generator)

@@ -57,6 +57,7 @@ from torch import Tensor, nn
 
 from evosparse.criteria.path_weight import MAX_EXACT_PATHS, path_quantile, path_statistics
 from evosparse.criteria.time_varying import (
+    CRITERIA,
     TimeVaryingRule,
     primary_criterion,
     secondary_criterion,
@@ -84,6 +85,20 @@ EVOLUTION_PARAMS: tuple[Param, ...] = (
         minimum=0.0,
     ),
     Param("time_varying", False, "adapt the parameters after every update (eq. 7-9, K1=2 K2=0.5 K3=0.1 K4=0.5)"),
+    Param(
+        "criteria",
+        "node",
+        "what eq. 7-8 average: connection = the importance of all / of the removed connections; "
+        "node = of all source nodes / of the removed connections' sources",
+        choices=CRITERIA,
+    ),
+    Param(
+        "importance_floor",
+        0.0,
+        "growth draws a source ∝ max(I, floor · mean I of its layer); 0 is eq. 6, where a unit of zero "
+        "importance never grows an outgoing connection again",
+        minimum=0.0,
+    ),
     *grow_params("normal"),
     *SCHEDULE_PARAMS,
 )
@@ -91,11 +106,15 @@ EVOLUTION_PARAMS: tuple[Param, ...] = (
 
 @dataclass(frozen=True)
 class Selection:
-    """What an importance measure decides in one update: flat positions to remove per layer, and
-    the importance of every source node (input unit or channel) per layer, which drives growth."""
+    """What an importance measure decides in one update, per layer: the flat positions to remove, the
+    importance of every source node (input unit or channel), which drives growth, and the importance
+    of every active connection and of the removed ones (aligned with ``prune``), which the
+    time-varying rule may compare."""
 
     prune: list[Tensor]
     node_importance: list[Tensor]
+    connection_importance: list[Tensor]
+    removed_importance: list[Tensor]
 
 
 class NodeImportanceEvolution(Method):
@@ -128,22 +147,38 @@ class NodeImportanceEvolution(Method):
         changed, grown = 0, 0
         for layer, prune, importance in zip(self.layers, selection.prune, selection.node_importance):
             count = min(int(round(self.values["delta"] * prune.numel())), layer.numel - layer.active)
-            grow = layer.sample_inactive_by_source(count, importance, self.generator)
+            grow = layer.sample_inactive_by_source(count, self.growth_weights(importance), self.generator)
             changed += layer.rewire(prune, grow, self.grown_values(layer, grow.numel()))
             grown += grow.numel()
         self._record_and_adapt(selection, grown)
         return changed
 
+    def growth_weights(self, importance: Tensor) -> Tensor:
+        """How strongly growth draws each source of a layer: its node importance (eq. 6), raised to at
+        least ``importance_floor`` times the layer's mean importance.
+
+        Under eq. 6 a node whose outgoing connections all scored zero (or that lost them all) is never a
+        source again, so a hidden unit that falls silent stays silent for good; a floor keeps every
+        unit's chance of regrowing an outgoing connection above zero.
+        """
+        return importance.clamp_min(self.hparams["importance_floor"] * float(importance.double().mean()))
+
     def _record_and_adapt(self, selection: Selection, grown: int) -> None:
         """Log this update's parameters and criteria; in the time-varying version apply eq. 9."""
-        removed_sources = torch.cat(
-            [
-                importance.cpu()[source_of(layer.shape, prune.cpu())]
-                for importance, prune, layer in zip(selection.node_importance, selection.prune, self.layers)
-            ]
-        )
-        c_prim = primary_criterion(selection.node_importance)
-        c_sec = secondary_criterion(removed_sources)
+        removed = [prune.numel() for prune in selection.prune]
+        if self.hparams["criteria"] == "node":
+            c_prim = primary_criterion(selection.node_importance)
+            c_sec = secondary_criterion(
+                torch.cat(
+                    [
+                        importance.cpu()[source_of(layer.shape, prune.cpu())]
+                        for importance, prune, layer in zip(selection.node_importance, selection.prune, self.layers)
+                    ]
+                )
+            )
+        else:
+            c_prim = primary_criterion(selection.connection_importance)
+            c_sec = secondary_criterion(torch.cat([scores.cpu() for scores in selection.removed_importance]))
         self.trajectory.append(
             {
                 "epoch": self.context.epoch,
@@ -151,7 +186,7 @@ class NodeImportanceEvolution(Method):
                 **self.values,
                 "c_prim": c_prim,
                 "c_sec": c_sec,
-                "removed": int(removed_sources.numel()),
+                "removed": sum(removed),
                 "grown": grown,
             }
         )
@@ -309,7 +344,8 @@ class PathWeight(NodeImportanceEvolution):
         capacity = [layer.numel - layer.active for layer in layers]
         chosen = smallest_within_capacity(scores, count, capacity)
         prune = [c[i] for c, i in zip(candidates, chosen)]
-        return Selection(prune, stats.node_importance[:-1])
+        every = [(layer.active_values().to(torch.float64).abs() / norm).cpu() for layer, norm in zip(layers, norms)]
+        return Selection(prune, stats.node_importance[:-1], every, [s[i] for s, i in zip(scores, chosen)])
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "feature_norms": self.feature_norms.state_dict()}

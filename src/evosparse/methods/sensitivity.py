@@ -24,6 +24,12 @@ How we read the points the paper leaves open (also in docs/design.md):
   read from the dense gradient on the masked backend and from the gradient of the csr layer's values, an
   SDDMM, on csr), so nothing of size out x in is kept. Selection and growth are written once against the
   sparse-layer protocol, so every backend makes the same choices.
+* **Units fall silent for good.** Growth draws a source ∝ its node importance (eq. 6, 11), so a hidden
+  unit whose outgoing connections all score S = 0 (it outputs 0 on every sample, or its weights are 0)
+  or are all removed is never a growth source again: the number of hidden units with outgoing
+  connections only falls (measured in docs/results.md, "Sensitivity loses hidden units").
+  ``importance_floor`` (shared with Path-Weight) lifts every source to at least that fraction of its
+  layer's mean importance; 0, the default, is the paper's rule.
 * **Defaults** (the paper gives none): ζ = 0.3 as SET, δ = 1, ``form="relative"``. On LeNet-300-100 at
   density 0.05 (MNIST, 10 epochs, seed 0) the relative form reached 96.2% test accuracy and the paper
   form 92.4%, falling after epoch 2: |g/w| keeps the tiny weights and removes the large ones.
@@ -120,15 +126,18 @@ class Sensitivity(NodeImportanceEvolution):
         return self.grad_sums[index] / max(self.grad_steps[index], 1)
 
     def select(self) -> Selection:
-        prune, importance = [], []
+        prune, importance, every, removed = [], [], [], []
         for index, layer in enumerate(self.layers):
             active = layer.active_positions()
             mean = self.mean_abs_gradient(index).to(active.device)
             scores = sensitivity_scores(mean, layer.active_values(), self.hparams["form"])
             count = min(int(round(self.values["zeta"] * active.numel())), layer.numel - layer.active)
-            prune.append(active[torch.argsort(scores, stable=True)[:count].to(active.device)])
+            weakest = torch.argsort(scores, stable=True)[:count]
+            prune.append(active[weakest.to(active.device)])
             importance.append(node_sensitivity(layer.shape, active.to(scores.device), scores))
-        return Selection(prune, importance)
+            every.append(scores)
+            removed.append(scores[weakest])
+        return Selection(prune, importance, every, removed)
 
     def update(self) -> int:
         """Select, rewire, then start new sums over the new connections (δ ≠ 1 changes their number)."""
