@@ -309,7 +309,7 @@ class PathWeight(NodeImportanceEvolution):
 
     def __init__(self, context: MethodContext) -> None:
         super().__init__(context)
-        check_linear_chain(self.layers)
+        check_linear_chain(self.layers, self.context.model)
         self.feature_norms = FeatureNorms(len(self.layers))
 
     def attach(self) -> None:
@@ -390,8 +390,17 @@ def strongest_path_per_connection(edge_max_path: Tensor, layer: SparseLayer) -> 
     return strongest
 
 
-def check_linear_chain(layers: Sequence[SparseLayer]) -> None:
-    """Raise a one-line UsageError unless the sparse layers form a chain of fully connected layers."""
+def check_linear_chain(layers: Sequence[SparseLayer], model: nn.Module | None = None) -> None:
+    """Raise a one-line UsageError unless the sparse layers form a chain of fully connected layers.
+
+    Shapes alone can chain by accident (a transformer's projections all take the width they give); a
+    model that knows it is no chain says so with ``chain_of_sparse_layers = False``.
+    """
+    if model is not None and not getattr(model, "chain_of_sparse_layers", True):
+        raise UsageError(
+            f"path_weight needs a chain of fully connected layers; {type(model).__name__}'s sparse layers are "
+            "not one (attention and residual connections): use method sensitivity or another method"
+        )
     for index, layer in enumerate(layers):
         if not layer.is_linear:
             raise UsageError(

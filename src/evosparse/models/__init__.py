@@ -11,6 +11,7 @@ from torch import nn
 
 from evosparse.errors import UsageError
 from evosparse.models.cnn import SmallCNN
+from evosparse.models.gpt import CharGPT
 from evosparse.models.lenet import LeNet5
 from evosparse.models.lstm import CharLSTM
 from evosparse.models.mlp import MLP
@@ -34,7 +35,12 @@ class ModelSpec:
 
 #: Hidden widths of the models that take a width list, used when ``--hidden`` is not given (the vae's
 #: last entry is its latent size).
-DEFAULT_HIDDEN: dict[str, tuple[int, ...]] = {"mlp": (300, 100), "lstm": (512,), "vae": (256, 10)}
+DEFAULT_HIDDEN: dict[str, tuple[int, ...]] = {
+    "mlp": (300, 100),
+    "lstm": (512,),
+    "gpt": (128, 128),
+    "vae": (256, 10),
+}
 #: Trailing entries of a model's hidden list that are not layer widths (the vae's latent size); scaling
 #: the widths leaves them alone.
 UNSCALED_TAIL: dict[str, int] = {"vae": 1}
@@ -53,6 +59,15 @@ def _build_lstm(spec: ModelSpec) -> nn.Module:
     if len(set(hidden)) != 1:
         raise UsageError(f"an LSTM's layers share one hidden size, got {list(hidden)}")
     return CharLSTM(spec.num_classes, hidden[0], len(hidden), spec.dropout)
+
+
+def _build_gpt(spec: ModelSpec) -> nn.Module:
+    if not spec.sequence:
+        raise UsageError("model gpt predicts the next character; use a text:PATH dataset")
+    widths = spec.hidden or DEFAULT_HIDDEN["gpt"]
+    if len(set(widths)) != 1:
+        raise UsageError(f"a gpt's blocks share one width (one entry per block), got {list(widths)}")
+    return CharGPT(spec.num_classes, spec.input_shape[0], widths[0], len(widths), spec.dropout)
 
 
 def _build_vae(spec: ModelSpec) -> nn.Module:
@@ -90,6 +105,7 @@ def _build_resnet18(spec: ModelSpec) -> nn.Module:
 MODELS: dict[str, Callable[[ModelSpec], nn.Module]] = {
     "mlp": _build_mlp,
     "lstm": _build_lstm,
+    "gpt": _build_gpt,
     "lenet5": _build_lenet5,
     "cnn": _build_cnn,
     "resnet18": _build_resnet18,
