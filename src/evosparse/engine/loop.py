@@ -33,7 +33,7 @@ from evosparse.data.subset import subset_training
 from evosparse.data.validation import split_validation
 from evosparse.distributed import DistributedContext, all_sum, context_from_environment, initialise, shard, shutdown
 from evosparse.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from evosparse.engine.config import TrainConfig, config_difference
+from evosparse.engine.config import TrainConfig, config_difference, device_type
 from evosparse.engine.fixed_topology import hold_fixed_topology
 from evosparse.engine.inference_cost import inference_macs
 from evosparse.engine.lr_schedule import build_scheduler
@@ -60,12 +60,14 @@ from evosparse.sparsifier import Sparsifier
 
 
 def resolve_device(name: str, context: DistributedContext | None = None) -> torch.device:
-    """The requested device (under torchrun, CUDA device LOCAL_RANK), or a one-line error without CUDA."""
+    """The requested device (``auto``: CUDA when present, else the CPU; under torchrun, CUDA device
+    LOCAL_RANK), or a one-line error for ``cuda`` without CUDA."""
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda was requested but no CUDA device is available")
-    if name == "cuda" and context is not None and context.active:
+    kind = device_type(name)
+    if kind == "cuda" and context is not None and context.active:
         return torch.device("cuda", context.local_rank)
-    return torch.device(name)
+    return torch.device(kind)
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -227,6 +229,7 @@ class Trainer:
             "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler else None,
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "device": self.device.type,
         }
 
     def restore(self, resume: bool, ignore: tuple[str, ...] = (), *, if_present: bool = False) -> None:
@@ -251,10 +254,17 @@ class Trainer:
         extending = isinstance(saved_epochs, int) and saved_epochs != self.config.epochs
         if extending:
             self._check_extension(saved_epochs, len(state["epochs"]))
-        difference = config_difference(state.get("config", {}), self.config, ignore=(*ignore, "epochs"))
+        difference = config_difference(state.get("config", {}), self.config, ignore=(*ignore, "epochs", "device"))
         if difference:
             key, before, now = difference
             raise UsageError(f"the checkpoint in {self.out} was made with {key}={before!r}, this run has {now!r}")
+        # Where the run trained (a checkpoint older than this key: its configured device, never ``auto``).
+        trained_on = state.get("device", device_type(str(state.get("config", {}).get("device", "cpu"))))
+        if trained_on != self.device.type:
+            raise UsageError(
+                f"the checkpoint in {self.out} was made on {trained_on}, this run is on {self.device.type} "
+                f"(--device {self.config.device}); resume it with --device {trained_on}"
+            )
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -461,6 +471,7 @@ class Trainer:
             "model": config.model,
             "architecture": architecture_of(self.model),
             "backend": config.backend,
+            "device": self.device.type,
             "seed": config.seed,
             "world_size": self.context.world_size,
             "density_target": self.sparsifier.density_target,
