@@ -20,6 +20,7 @@ from evosparse.backends.csr_model import BACKENDS
 from evosparse.data.subset import check_fraction
 from evosparse.data.validation import DEFAULT_VAL_FRACTION, check_val_fraction
 from evosparse.engine.lr_schedule import check_schedule
+from evosparse.engine.precision import PRECISIONS
 from evosparse.engine.width_scaling import AUTO_MODES, parse_width_scale
 from evosparse.errors import UsageError
 from evosparse.methods import get_method, resolve_params
@@ -83,6 +84,8 @@ class TrainConfig:
     seed: int = 0
     backend: str = "masked"
     device: str = "auto"
+    #: ``fp32``, or ``bf16``: forward passes under bfloat16 autocast (see ``precision``).
+    precision: str = "fp32"
     out: str | None = None
     snapshots: bool = True
 
@@ -263,6 +266,7 @@ def validate(config: TrainConfig) -> None:
     _check_choice("backend", config.backend, BACKENDS)
     check_backend(method_cls, config.backend)
     _check_choice("device", config.device, DEVICES)
+    _check_choice("precision", config.precision, PRECISIONS)
     check_fraction(config.train_fraction)
     check_val_fraction(config.val_fraction)
     if config.epochs < 1:

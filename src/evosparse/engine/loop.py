@@ -6,7 +6,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from evosparse.engine.fixed_topology import hold_fixed_topology
 from evosparse.engine.inference_cost import inference_macs
 from evosparse.engine.lr_schedule import build_scheduler
 from evosparse.engine.objectives import Objective, objective_for
+from evosparse.engine.precision import autocast, check_precision
 from evosparse.engine.records import (
     RESULT_NAME,
     EpochRecord,
@@ -121,6 +122,7 @@ class Trainer:
         self.out = config.output_folder()
         self.show_progress = progress and self.context.is_leader
         self.device = resolve_device(config.device, self.context)
+        check_precision(config.precision, config.backend, self.device)
         if config.batch_size % self.context.world_size:
             raise UsageError(
                 f"--batch-size {config.batch_size} (the global batch) must be divisible by the "
@@ -325,7 +327,8 @@ class Trainer:
             inputs = self.x_train[batch]
             if self.config.augment:
                 inputs = random_crop_flip(inputs, augment_generator)
-            loss = self.objective.loss(self.train_model, inputs, self.y_train[batch])
+            with self._autocast():
+                loss = self.objective.loss(self.train_model, inputs, self.y_train[batch])
             [step_loss] = all_sum([loss.item() * batch.numel()], self.context)
             if not math.isfinite(step_loss):
                 kept = (
@@ -389,9 +392,10 @@ class Trainer:
                 train_loss, lr, cost = self.train_epoch(epoch, advance)
                 step_stats = self.sparsifier.take_stats()
                 train_time = time.perf_counter() - epoch_started - step_stats.seconds
-                test_loss, test_acc = evaluate(self.model, self.x_test, self.y_test, self.objective)
-                val_loss, val_acc = evaluate(self.model, *self.val, self.objective) if self.val else (None, None)
-                reference_step_s = self.reference.measure()
+                with self._autocast():
+                    test_loss, test_acc = evaluate(self.model, self.x_test, self.y_test, self.objective)
+                    val_loss, val_acc = evaluate(self.model, *self.val, self.objective) if self.val else (None, None)
+                    reference_step_s = self.reference.measure()  # the dense step in the run's precision
                 density = self.sparsifier.density()
                 layer_active = [report.active for report in self.sparsifier.layer_reports()]
                 if leader and self.config.snapshots and self.sparsifier.method.sparse:
@@ -437,6 +441,10 @@ class Trainer:
             plot_run_curves(self.out / "curves.png", result["epochs"], title, self.objective.metric)
         return result
 
+    def _autocast(self) -> AbstractContextManager[Any]:
+        """The context of the run's forward passes: bfloat16 autocast under ``--precision bf16``."""
+        return autocast(self.config.precision, self.device)
+
     def _wall(self, started: float) -> float:
         return self.wall_time_before + time.perf_counter() - started
 
@@ -472,6 +480,7 @@ class Trainer:
             "architecture": architecture_of(self.model),
             "backend": config.backend,
             "device": self.device.type,
+            "precision": config.precision,
             "seed": config.seed,
             "world_size": self.context.world_size,
             "density_target": self.sparsifier.density_target,
