@@ -185,6 +185,13 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
         Annotated[Optional[str], typer.Option(help=f"{one_of(PRECISIONS)} (bf16: forward passes under autocast)")],
         None,
     ),
+    "compile": (
+        Annotated[
+            Optional[bool],
+            typer.Option("--compile/--no-compile", help="compile the training forward pass with torch.compile"),
+        ],
+        None,
+    ),
     "param": (
         Annotated[
             Optional[list[str]],
@@ -275,6 +282,7 @@ SETUP_OPTIONS = (
     "backend",
     "device",
     "precision",
+    "compile",
     "param",
     "out",
     "progress",

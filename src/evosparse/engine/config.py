@@ -86,6 +86,8 @@ class TrainConfig:
     device: str = "auto"
     #: ``fp32``, or ``bf16``: forward passes under bfloat16 autocast (see ``precision``).
     precision: str = "fp32"
+    #: Compile the model's training forward pass with ``torch.compile`` (see ``compilation``).
+    compile: bool = False
     out: str | None = None
     snapshots: bool = True
 

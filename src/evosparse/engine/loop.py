@@ -33,6 +33,7 @@ from evosparse.data.subset import subset_training
 from evosparse.data.validation import split_validation
 from evosparse.distributed import DistributedContext, all_sum, context_from_environment, initialise, shard, shutdown
 from evosparse.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from evosparse.engine.compilation import check_compile, compiled
 from evosparse.engine.config import TrainConfig, config_difference, device_type
 from evosparse.engine.fixed_topology import hold_fixed_topology
 from evosparse.engine.inference_cost import inference_macs
@@ -123,6 +124,8 @@ class Trainer:
         self.show_progress = progress and self.context.is_leader
         self.device = resolve_device(config.device, self.context)
         check_precision(config.precision, config.backend, self.device)
+        if config.compile:
+            check_compile(self.device)
         if config.batch_size % self.context.world_size:
             raise UsageError(
                 f"--batch-size {config.batch_size} (the global batch) must be divisible by the "
@@ -201,6 +204,8 @@ class Trainer:
         if self.context.active:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.model, device_ids=device_ids)
+        if config.compile:
+            self.train_model = compiled(self.train_model)
         self.cost_meter = TrainingCostMeter(self.model, self.x_train[:1], self.sparsifier)
         first_batch = slice(0, config.batch_size // self.context.world_size)
         self.reference = ReferenceStep(
@@ -481,6 +486,7 @@ class Trainer:
             "backend": config.backend,
             "device": self.device.type,
             "precision": config.precision,
+            "compile": config.compile,
             "seed": config.seed,
             "world_size": self.context.world_size,
             "density_target": self.sparsifier.density_target,
