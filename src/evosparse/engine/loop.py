@@ -192,7 +192,7 @@ class Trainer:
             # A checkpoint, once restored, holds these masks already: the source need not exist any more.
             hold_fixed_topology(self.sparsifier, config)
         self.objective = objective_for(self.model, self.data)
-        self.model.to(self.device)  # a model built sparse directly (see build_for_backend) is on the CPU
+        self.model.to(self.device)  # a csr model is made sparse on the CPU (see build_for_backend)
         self.x_train, self.y_train = self.data.x_train.to(self.device), self.data.y_train.to(self.device)
         self.x_test, self.y_test = self.data.x_test.to(self.device), self.data.y_test.to(self.device)
         self.val: tuple[torch.Tensor, torch.Tensor] | None = (
