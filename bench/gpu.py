@@ -200,7 +200,7 @@ def header(device: torch.device) -> str:
     if device.type == "cuda":
         where = f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}"
     else:
-        where = f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+        where = f"CPU ({os.cpu_count()} cores, torch threads: {torch.get_num_threads()})"
     return f"{where}, torch {torch.__version__}, evosparse {evosparse.__version__}, load {os.getloadavg()[0]:.2f}"
 
 
