@@ -37,7 +37,6 @@ extrapolates an MNIST epoch: 469 median steps of 128 plus one SET update.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import statistics
@@ -46,35 +45,10 @@ import sys
 import time
 from collections.abc import Callable
 
+from memory import release_free_memory, reset_peak, status_kib
+
 MNIST_STEPS = 469  # 60,000 samples in batches of 128
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-
-
-def status_kib(field: str) -> int:
-    """A memory figure (KiB) from /proc/self/status, e.g. VmRSS or VmHWM."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def release_free_memory() -> None:
-    """Give memory freed by earlier work back to the system (glibc ``malloc_trim``), so it is not counted.
-
-    glibc keeps freed blocks below its (dynamic, up to 32 MiB) mmap threshold in its heap, where they
-    stay resident; without this, the set-up's temporaries would inflate every later figure.
-    """
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:  # not glibc: nothing to trim
-        pass
-
-
-def reset_peak() -> None:
-    """Reset the peak resident set size (VmHWM) to the current resident size (Linux ≥ 4.0)."""
-    with open("/proc/self/clear_refs", "w") as refs:
-        refs.write("5")
 
 
 def timed(step: Callable[[], None], clock: str) -> float:

@@ -6,11 +6,14 @@
 2. ``evosparse train`` of every method on both backends for ``--epochs`` epochs of digits, once on the CPU and
    once on ``--device``, printing both runs' final accuracies side by side with their difference;
 3. a run on ``--device`` killed by SIGKILL after its first checkpoint and resumed, compared with the
-   uninterrupted run of step 2.
+   uninterrupted run of step 2;
+4. ``bench/gpu.py --quick`` on ``--device``: step time, peak memory and SET update time of dense, masked and
+   csr on a small grid, and a LeNet-300-100 epoch (tables of its own; the full benchmark is ``bench/gpu.py``).
 
-It prints one table and exits 1 when a run fails, a resumed run differs from the uninterrupted one, or an
-accuracy differs from the CPU's by more than ``--tolerance``. On a machine without CUDA it says so and stops
-(``--device cpu`` runs steps 2 and 3 against the CPU itself, to check the script).
+It prints one table (and the benchmark's) and exits 1 when a run fails, a resumed run differs from the
+uninterrupted one, an accuracy differs from the CPU's by more than ``--tolerance``, or the benchmark fails. On
+a machine without CUDA it says so and stops (``--device cpu`` runs steps 2 to 4 against the CPU itself, to check
+the script).
 """
 
 from __future__ import annotations
@@ -133,7 +136,15 @@ def main() -> int:
             f"{method:12} {backend:7} {cpu_text:>8} {device_text:>9} {diff:>7}  "
             f"{'exact' if resume_exact else 'DIFF':6}  {'yes' if ok else 'NO'}"
         )
-    print(f"{len(rows)} runs compared in {time.perf_counter() - started:.0f} s; {failures} failure(s)")
+    print(f"{len(rows)} runs compared in {time.perf_counter() - started:.0f} s", flush=True)
+    bench = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gpu.py"), "--quick", "--device", args.device, "--data", "synthetic"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        check=False,
+    )
+    failures += bench.returncode != 0
+    print(f"gpu-check done in {time.perf_counter() - started:.0f} s; {failures} failure(s)")
     return 1 if failures else 0
 
 

@@ -24,6 +24,7 @@ from evosparse.backends.csr_model import BACKENDS
 from evosparse.data import DATASETS, FILE_DATASETS
 from evosparse.engine.config import DEVICES, OPTIMIZERS
 from evosparse.engine.lr_schedule import LR_SCHEDULES
+from evosparse.engine.precision import PRECISIONS
 from evosparse.errors import EvosparseError, UsageError
 from evosparse.models import MODELS
 from evosparse.models.parts import PART_TYPES
@@ -66,6 +67,7 @@ def readme_blocks() -> dict[str, str]:
         "--lr-schedule": names(LR_SCHEDULES),
         "--backend": names(BACKENDS),
         "--device": names(DEVICES),
+        "--precision": names(PRECISIONS),
     }
     rows = [f"| `{name}` | {cls.summary.replace('|', chr(92) + '|')} |" for name, cls in sorted(METHODS.items())]
     return {
@@ -175,7 +177,21 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
         None,
     ),
     "backend": (Annotated[Optional[str], typer.Option(help=one_of(BACKENDS))], None),
-    "device": (Annotated[Optional[str], typer.Option(help=one_of(DEVICES))], None),
+    "device": (
+        Annotated[Optional[str], typer.Option(help=f"{one_of(DEVICES)} (auto: CUDA when torch sees a GPU)")],
+        None,
+    ),
+    "precision": (
+        Annotated[Optional[str], typer.Option(help=f"{one_of(PRECISIONS)} (bf16: forward passes under autocast)")],
+        None,
+    ),
+    "compile": (
+        Annotated[
+            Optional[bool],
+            typer.Option("--compile/--no-compile", help="compile the training forward pass with torch.compile"),
+        ],
+        None,
+    ),
     "param": (
         Annotated[
             Optional[list[str]],
@@ -265,6 +281,8 @@ SETUP_OPTIONS = (
     "seed",
     "backend",
     "device",
+    "precision",
+    "compile",
     "param",
     "out",
     "progress",

@@ -80,3 +80,27 @@ def test_the_engine_builds_huge_csr_models_directly(tmp_path, monkeypatch):
     assert result["backend"] == "csr"
     assert result["epochs"][1]["train_loss"] < result["epochs"][0]["train_loss"]
     assert result["final_test_acc"] > 0.5
+
+
+@pytest.mark.parametrize("huge", [False, True])
+def test_a_csr_model_is_never_built_dense_on_the_target_device(monkeypatch, huge):
+    """The meta device stands for a GPU here: the masked model lands there, the csr model never does (it is
+    made sparse on the CPU, or on the meta device when huge, and moved once sparse)."""
+    if huge:
+        monkeypatch.setattr(csr_build, "DIRECT_BUILD_ENTRIES", 10)
+    target = torch.device("meta")
+
+    def build():
+        return nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+
+    masked = csr_build.build_for_backend("masked", build, target)
+    assert all(p.device == target for p in masked.parameters())
+    csr = csr_build.build_for_backend("csr", build, target)
+    assert all(p.device == torch.device("meta" if huge else "cpu") for p in csr.parameters())
+    if not huge:  # the same random draws as the masked model's, made on the CPU
+        torch.manual_seed(4)
+        reference = build()
+        torch.manual_seed(4)
+        again = csr_build.build_for_backend("csr", build, target)
+        for one, other in zip(reference.parameters(), again.parameters(), strict=True):
+            assert torch.equal(one, other)

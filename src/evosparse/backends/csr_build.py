@@ -23,8 +23,8 @@ from evosparse.topology.positions import sample_absent
 
 #: Above this many dense weight entries in its sparse layers, ``evosparse train --backend csr``
 #: builds the model on the meta device and its layers with :func:`build_csr_layer` (2²⁸ entries:
-#: 1 GiB of float32 weights). Below it, the model is built densely and converted, exactly as the
-#: masked backend would build it.
+#: 1 GiB of float32 weights). Below it, the model is built densely on the CPU and converted, exactly as
+#: the masked backend would build it.
 DIRECT_BUILD_ENTRIES = 1 << 28
 
 
@@ -67,12 +67,15 @@ def build_csr_layer(linear: nn.Linear, count: int, init: str, generator: torch.G
 
 
 def build_for_backend(backend: str, build: Callable[[], nn.Module], device: torch.device) -> nn.Module:
-    """The model ``build()`` makes, on ``device``; for the csr backend with huge linear layers, a meta skeleton.
+    """The model ``build()`` makes: on ``device`` for the masked backend; for csr, never dense on ``device``.
 
-    Above :data:`DIRECT_BUILD_ENTRIES` dense weight entries in its linear layers, a csr model is left on
-    the meta device (no storage) and the Sparsifier builds its sparse layers directly; smaller ones are
-    built as the masked backend builds them (the same random draws: the skeleton, built first, draws
-    nothing, and the global generator is restored after it), so both backends start identical.
+    A csr model above :data:`DIRECT_BUILD_ENTRIES` dense weight entries in its linear layers is left on the
+    meta device (no storage) and the Sparsifier builds its sparse layers directly. A smaller one is built
+    on the CPU exactly as the masked backend builds it (the same random draws: the skeleton, built first,
+    draws nothing, and the global generator is restored after it), so both backends start identical; the
+    Sparsifier converts it there and the caller moves the sparse model to ``device``. So the device never
+    holds a csr model's dense weights (peak device memory: the sparse model), and the host holds them at
+    most once, below the threshold (1 GiB of float32).
     """
     if backend == "csr":
         state = torch.get_rng_state()
@@ -82,4 +85,5 @@ def build_for_backend(backend: str, build: Callable[[], nn.Module], device: torc
         if linear_entries > DIRECT_BUILD_ENTRIES:
             return skeleton
         torch.set_rng_state(state)
+        return build()
     return build().to(device)

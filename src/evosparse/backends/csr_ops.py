@@ -42,6 +42,7 @@ second backward pass, by the same SDDMM.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass, fields, replace
 from numbers import Integral
@@ -189,10 +190,40 @@ def csr_linear(
     (out_features, batch) product is what is computed). ``tap`` (optional) receives x and grad_y in
     backward.
     """
+    device_type = values.device.type
+    if torch.is_autocast_enabled(device_type) and x.is_floating_point():
+        # Under autocast: compute in its dtype where torch's CSR kernels have it, else in the values' own
+        # dtype (an input that autocast produced in lower precision is cast up); the casts are differentiable,
+        # so gradients reach the full-precision values. The kernels then run with autocast off.
+        wanted = torch.get_autocast_dtype(device_type)
+        dtype = wanted if kernels_support(wanted, values.device) else values.dtype
+        x, values = x.to(dtype), values.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
+        with torch.autocast(device_type, enabled=False):
+            return csr_linear(x, values, structure, bias, tap)
     _check_operands(x, values, structure, bias)
     x_2d = x.reshape(-1, structure.shape[1])
     y_2d = _CsrLinear.apply(x_2d, values, bias, structure, tap)
     return y_2d.reshape(*x.shape[:-1], structure.shape[0])
+
+
+@functools.cache
+def kernels_support(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether torch's sparse kernels behind :func:`csr_linear` (CSR x dense products and ``sampled_addmm``)
+    run in ``dtype`` on ``device``: found by running one tiny forward and backward pass there.
+
+    torch 2.13's CPU kernels (MKL) lack bfloat16, for example; cuSPARSE has it for some products.
+    """
+    structure, _ = CsrStructure.from_indices(torch.tensor([0, 1]), torch.tensor([1, 0]), (2, 2))
+    structure = structure.to(device)
+    values = torch.ones(2, dtype=dtype, device=device, requires_grad=True)
+    x = torch.ones(3, 2, dtype=dtype, device=device, requires_grad=True)
+    try:
+        with torch.autocast(device.type, enabled=False):
+            _CsrLinear.apply(x, values, None, structure, None).sum().backward()
+    except (RuntimeError, NotImplementedError):
+        return False
+    return True
 
 
 def sampled_gradient(x: Tensor, grad_y: Tensor, rows: Tensor, cols: Tensor) -> Tensor:

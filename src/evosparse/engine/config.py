@@ -14,10 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from evosparse.backends.csr_model import BACKENDS
 from evosparse.data.subset import check_fraction
 from evosparse.data.validation import DEFAULT_VAL_FRACTION, check_val_fraction
 from evosparse.engine.lr_schedule import check_schedule
+from evosparse.engine.precision import PRECISIONS
 from evosparse.engine.width_scaling import AUTO_MODES, parse_width_scale
 from evosparse.errors import UsageError
 from evosparse.methods import get_method, resolve_params
@@ -29,7 +32,15 @@ from evosparse.topology.init import INIT_SCHEMES
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
 #: Seeds per method of a comparison (``compare --seeds``) unless told otherwise.
 DEFAULT_SEEDS = 3
-DEVICES = ("cpu", "cuda")
+#: ``auto``: CUDA where a GPU is present, else the CPU (see :func:`device_type`).
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def device_type(name: str) -> str:
+    """The device type ``--device name`` trains on here: ``auto`` becomes ``cuda`` or ``cpu``."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
 
 
 @dataclass
@@ -72,7 +83,11 @@ class TrainConfig:
     weight_decay: float = 0.0
     seed: int = 0
     backend: str = "masked"
-    device: str = "cpu"
+    device: str = "auto"
+    #: ``fp32``, or ``bf16``: forward passes under bfloat16 autocast (see ``precision``).
+    precision: str = "fp32"
+    #: Compile the model's training forward pass with ``torch.compile`` (see ``compilation``).
+    compile: bool = False
     out: str | None = None
     snapshots: bool = True
 
@@ -122,13 +137,17 @@ def config_difference(
 
     A key missing from ``saved`` (a checkpoint written before that setting existed) counts as what such
     a run used: the setting's default, or its :data:`LEGACY_VALUES` entry; the same holds for a method
-    parameter missing from the saved ``params``.
+    parameter missing from the saved ``params``. Devices are compared as they resolve here
+    (:func:`device_type`), so ``auto`` matches the device it stands for; where a saved ``auto`` ran
+    is recorded in the checkpoint itself and checked on resume.
     """
     defaults = {**TrainConfig().to_dict(), **LEGACY_VALUES}
     for key, value in config.to_dict().items():
         before = saved.get(key, defaults[key])
         if key == "params" and isinstance(before, Mapping) and saved.get("method") == config.method:
             before = {**resolve_params(get_method(config.method), {}), **before}
+        if key == "device" and isinstance(before, str) and device_type(before) == device_type(value):
+            continue
         if key not in ignore and before != value:
             return key, before, value
     return None
@@ -249,6 +268,7 @@ def validate(config: TrainConfig) -> None:
     _check_choice("backend", config.backend, BACKENDS)
     check_backend(method_cls, config.backend)
     _check_choice("device", config.device, DEVICES)
+    _check_choice("precision", config.precision, PRECISIONS)
     check_fraction(config.train_fraction)
     check_val_fraction(config.val_fraction)
     if config.epochs < 1:

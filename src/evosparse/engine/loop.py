@@ -6,7 +6,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -33,11 +33,13 @@ from evosparse.data.subset import subset_training
 from evosparse.data.validation import split_validation
 from evosparse.distributed import DistributedContext, all_sum, context_from_environment, initialise, shard, shutdown
 from evosparse.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from evosparse.engine.config import TrainConfig, config_difference
+from evosparse.engine.compilation import check_compile, compiled
+from evosparse.engine.config import TrainConfig, config_difference, device_type
 from evosparse.engine.fixed_topology import hold_fixed_topology
 from evosparse.engine.inference_cost import inference_macs
 from evosparse.engine.lr_schedule import build_scheduler
 from evosparse.engine.objectives import Objective, objective_for
+from evosparse.engine.precision import autocast, check_precision
 from evosparse.engine.records import (
     RESULT_NAME,
     EpochRecord,
@@ -60,12 +62,14 @@ from evosparse.sparsifier import Sparsifier
 
 
 def resolve_device(name: str, context: DistributedContext | None = None) -> torch.device:
-    """The requested device (under torchrun, CUDA device LOCAL_RANK), or a one-line error without CUDA."""
+    """The requested device (``auto``: CUDA when present, else the CPU; under torchrun, CUDA device
+    LOCAL_RANK), or a one-line error for ``cuda`` without CUDA."""
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda was requested but no CUDA device is available")
-    if name == "cuda" and context is not None and context.active:
+    kind = device_type(name)
+    if kind == "cuda" and context is not None and context.active:
         return torch.device("cuda", context.local_rank)
-    return torch.device(name)
+    return torch.device(kind)
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -119,6 +123,9 @@ class Trainer:
         self.out = config.output_folder()
         self.show_progress = progress and self.context.is_leader
         self.device = resolve_device(config.device, self.context)
+        check_precision(config.precision, config.backend, self.device)
+        if config.compile:
+            check_compile(self.device)
         if config.batch_size % self.context.world_size:
             raise UsageError(
                 f"--batch-size {config.batch_size} (the global batch) must be divisible by the "
@@ -185,7 +192,7 @@ class Trainer:
             # A checkpoint, once restored, holds these masks already: the source need not exist any more.
             hold_fixed_topology(self.sparsifier, config)
         self.objective = objective_for(self.model, self.data)
-        self.model.to(self.device)  # a model built sparse directly (see build_for_backend) is on the CPU
+        self.model.to(self.device)  # a csr model is made sparse on the CPU (see build_for_backend)
         self.x_train, self.y_train = self.data.x_train.to(self.device), self.data.y_train.to(self.device)
         self.x_test, self.y_test = self.data.x_test.to(self.device), self.data.y_test.to(self.device)
         self.val: tuple[torch.Tensor, torch.Tensor] | None = (
@@ -197,6 +204,8 @@ class Trainer:
         if self.context.active:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.model, device_ids=device_ids)
+        if config.compile:
+            self.train_model = compiled(self.train_model)
         self.cost_meter = TrainingCostMeter(self.model, self.x_train[:1], self.sparsifier)
         first_batch = slice(0, config.batch_size // self.context.world_size)
         self.reference = ReferenceStep(
@@ -227,6 +236,7 @@ class Trainer:
             "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler else None,
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "device": self.device.type,
         }
 
     def restore(self, resume: bool, ignore: tuple[str, ...] = (), *, if_present: bool = False) -> None:
@@ -251,10 +261,17 @@ class Trainer:
         extending = isinstance(saved_epochs, int) and saved_epochs != self.config.epochs
         if extending:
             self._check_extension(saved_epochs, len(state["epochs"]))
-        difference = config_difference(state.get("config", {}), self.config, ignore=(*ignore, "epochs"))
+        difference = config_difference(state.get("config", {}), self.config, ignore=(*ignore, "epochs", "device"))
         if difference:
             key, before, now = difference
             raise UsageError(f"the checkpoint in {self.out} was made with {key}={before!r}, this run has {now!r}")
+        # Where the run trained (a checkpoint older than this key: its configured device, never ``auto``).
+        trained_on = state.get("device", device_type(str(state.get("config", {}).get("device", "cpu"))))
+        if trained_on != self.device.type:
+            raise UsageError(
+                f"the checkpoint in {self.out} was made on {trained_on}, this run is on {self.device.type} "
+                f"(--device {self.config.device}); resume it with --device {trained_on}"
+            )
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -315,7 +332,8 @@ class Trainer:
             inputs = self.x_train[batch]
             if self.config.augment:
                 inputs = random_crop_flip(inputs, augment_generator)
-            loss = self.objective.loss(self.train_model, inputs, self.y_train[batch])
+            with self._autocast():
+                loss = self.objective.loss(self.train_model, inputs, self.y_train[batch])
             [step_loss] = all_sum([loss.item() * batch.numel()], self.context)
             if not math.isfinite(step_loss):
                 kept = (
@@ -379,9 +397,10 @@ class Trainer:
                 train_loss, lr, cost = self.train_epoch(epoch, advance)
                 step_stats = self.sparsifier.take_stats()
                 train_time = time.perf_counter() - epoch_started - step_stats.seconds
-                test_loss, test_acc = evaluate(self.model, self.x_test, self.y_test, self.objective)
-                val_loss, val_acc = evaluate(self.model, *self.val, self.objective) if self.val else (None, None)
-                reference_step_s = self.reference.measure()
+                with self._autocast():
+                    test_loss, test_acc = evaluate(self.model, self.x_test, self.y_test, self.objective)
+                    val_loss, val_acc = evaluate(self.model, *self.val, self.objective) if self.val else (None, None)
+                    reference_step_s = self.reference.measure()  # the dense step in the run's precision
                 density = self.sparsifier.density()
                 layer_active = [report.active for report in self.sparsifier.layer_reports()]
                 if leader and self.config.snapshots and self.sparsifier.method.sparse:
@@ -427,6 +446,10 @@ class Trainer:
             plot_run_curves(self.out / "curves.png", result["epochs"], title, self.objective.metric)
         return result
 
+    def _autocast(self) -> AbstractContextManager[Any]:
+        """The context of the run's forward passes: bfloat16 autocast under ``--precision bf16``."""
+        return autocast(self.config.precision, self.device)
+
     def _wall(self, started: float) -> float:
         return self.wall_time_before + time.perf_counter() - started
 
@@ -461,6 +484,9 @@ class Trainer:
             "model": config.model,
             "architecture": architecture_of(self.model),
             "backend": config.backend,
+            "device": self.device.type,
+            "precision": config.precision,
+            "compile": config.compile,
             "seed": config.seed,
             "world_size": self.context.world_size,
             "density_target": self.sparsifier.density_target,
