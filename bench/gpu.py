@@ -129,9 +129,7 @@ def build(
     return model, optimizer, sparsifier.step, sparsifier.method.update
 
 
-def measure_steps(
-    backend: str, width: int, density: float, batch: int, args: argparse.Namespace, meter: Meter
-) -> Case:
+def measure_steps(backend: str, width: int, density: float, batch: int, args: argparse.Namespace, meter: Meter) -> Case:
     """One step case: build, warm up, time ``args.steps`` steps as a block, then one SET update."""
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(batch, IN_FEATURES, generator=generator).to(meter.device)
