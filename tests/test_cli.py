@@ -88,7 +88,7 @@ def test_methods_lists_every_registered_method_and_its_parameters(capsys):
         (["train", "--density", "1.5"], "density must be in (0, 1]"),
         (["train", "--method", "nope"], "unknown method 'nope'"),
         (["train", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
-        (["train", "--model", "gpt"], "unknown model 'gpt'"),
+        (["train", "--model", "transformer-xl"], "unknown model 'transformer-xl'"),
         (["train", "--epochs", "-1"], "epochs must be at least 1"),
         (["train", "--epochs", "many"], "Invalid value for '--epochs'"),
         (["train", "--param", "zeta=high"], "zeta expects float"),
