@@ -50,5 +50,5 @@ def test_models_refuse_the_other_kind_of_data(text_file, tmp_path):
         Trainer(build_config(None, {"model": "lstm", "out": str(tmp_path / "a")}, []), progress=False)
     with pytest.raises(UsageError, match="use --model lstm"):
         Trainer(build_config(None, {"dataset": f"text:{text_file}", "out": str(tmp_path / "b")}, []), progress=False)
-    with pytest.raises(UsageError, match="share one hidden size"):
+    with pytest.raises(UsageError, match="lstm: its layers share one width"):
         Trainer(lstm_config(text_file, tmp_path / "c", hidden="32,16"), progress=False)

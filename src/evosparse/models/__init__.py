@@ -52,22 +52,24 @@ def _build_mlp(spec: ModelSpec) -> nn.Module:
     return MLP(math.prod(spec.input_shape), spec.hidden or DEFAULT_HIDDEN["mlp"], spec.num_classes, spec.dropout)
 
 
-def _build_lstm(spec: ModelSpec) -> nn.Module:
+def _character_widths(name: str, spec: ModelSpec, parts: str) -> tuple[int, int]:
+    """(width, count) of the ``parts`` (layers, blocks) of a character model, which share one width."""
     if not spec.sequence:
-        raise UsageError("model lstm predicts the next character; use a text:PATH dataset")
-    hidden = spec.hidden or DEFAULT_HIDDEN["lstm"]
-    if len(set(hidden)) != 1:
-        raise UsageError(f"an LSTM's layers share one hidden size, got {list(hidden)}")
-    return CharLSTM(spec.num_classes, hidden[0], len(hidden), spec.dropout)
+        raise UsageError(f"model {name} predicts the next character; use a text:PATH dataset")
+    widths = spec.hidden or DEFAULT_HIDDEN[name]
+    if len(set(widths)) != 1:
+        raise UsageError(f"{name}: its {parts} share one width (one entry each), got {list(widths)}")
+    return widths[0], len(widths)
+
+
+def _build_lstm(spec: ModelSpec) -> nn.Module:
+    width, layers = _character_widths("lstm", spec, "layers")
+    return CharLSTM(spec.num_classes, width, layers, spec.dropout)
 
 
 def _build_gpt(spec: ModelSpec) -> nn.Module:
-    if not spec.sequence:
-        raise UsageError("model gpt predicts the next character; use a text:PATH dataset")
-    widths = spec.hidden or DEFAULT_HIDDEN["gpt"]
-    if len(set(widths)) != 1:
-        raise UsageError(f"a gpt's blocks share one width (one entry per block), got {list(widths)}")
-    return CharGPT(spec.num_classes, spec.input_shape[0], widths[0], len(widths), spec.dropout)
+    width, blocks = _character_widths("gpt", spec, "blocks")
+    return CharGPT(spec.num_classes, spec.input_shape[0], width, blocks, spec.dropout)
 
 
 def _build_vae(spec: ModelSpec) -> nn.Module:
