@@ -8,10 +8,12 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 import evosparse
 from evosparse.cli import main
 from evosparse.errors import UsageError
+from evosparse.methods import METHODS
 from evosparse.models.gpt import CharGPT
 
 
@@ -70,3 +72,26 @@ def test_rigl_trains_it_from_the_command_line_at_density_0_1(tmp_path, text_file
     assert result["density_final"] == pytest.approx(0.1, abs=1e-3)
     assert sum(e["connections_changed"] for e in result["epochs"]) > 0
     assert len(result["layers"]) == 13 and result["architecture"][1:3] == [64, 64]
+
+
+@pytest.mark.parametrize("method", sorted(set(METHODS) - {"path_weight"}))
+def test_every_method_not_bound_to_chains_runs_on_it_with_exact_budgets_and_masks(method):
+    torch.manual_seed(0)
+    model = CharGPT(vocabulary=11, context=16, width=32, layers=1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    steps = {"update_unit": "step", "update_interval": 2} if method in ("gmp", "prune", "rigl") else {}
+    s = evosparse.sparsify(model, optimizer, method, density=0.3, total_steps=12, **steps)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        for _ in range(6):
+            codes = torch.randint(0, 11, (4, 16), generator=generator)
+            loss = nn.functional.cross_entropy(model(codes).reshape(-1, 11), codes.roll(-1, 1).reshape(-1))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            s.step()
+        s.end_epoch()
+    if s.method.fixed_budget:
+        assert [layer.active for layer in s.topology.layers] == list(s.plan.budgets)
+    for layer in s.topology.layers:
+        assert not layer.weight.detach()[~layer.mask].any(), layer.name
