@@ -2,6 +2,9 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
+pytest.importorskip("accelerate")  # the Trainer needs it
+
+from transformers.pytorch_utils import Conv1D  # noqa: E402
 
 from evosparse.errors import UsageError  # noqa: E402
 from evosparse.integrations.huggingface import STATE_FILE, SparsityCallback  # noqa: E402
@@ -129,6 +132,60 @@ def test_epochs_end_the_sparsifiers_epochs(tmp_path):
     assert callback.sparsifier.epoch == 2 and callback.sparsifier.global_step == 8
 
 
+def test_gpt2_conv1d_layers_are_sparse_with_outputs_on_their_second_axis(tmp_path):
+    model = gpt2()
+    callback = SparsityCallback("set", density=0.05, seed=0)
+    watch = Watch(callback)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=8, report_to="none", use_cpu=True,
+        disable_tqdm=True, save_strategy="no", learning_rate=0.0,
+    )  # fmt: skip
+    transformers.Trainer(model=model, args=args, train_dataset=CausalTokens(), callbacks=[callback, watch]).train()
+    layers = callback.sparsifier.topology.layers
+    conv1d = [layer for layer in layers if isinstance(layer.module, Conv1D)]
+    assert [layer.name for layer in conv1d][:4] == [
+        "transformer.h.0.attn.c_attn.weight",
+        "transformer.h.0.attn.c_proj.weight",
+        "transformer.h.0.mlp.c_fc.weight",
+        "transformer.h.0.mlp.c_proj.weight",
+    ]
+    assert len(conv1d) == len(layers) == 8 and watch.checked == 1  # lm_head is tied to the token embedding
+    for layer in conv1d:
+        inputs, outputs = layer.shape
+        assert layer.fan_out_axis_size == outputs == layer.module.nf
+        assert layer.active >= outputs  # enough for the cover below, small enough to test it
+        assert bool(layer.mask.any(dim=0).all())  # every output unit (column) has an input
+
+
+def test_conv1d_weights_get_the_sparse_kaiming_scale_of_their_fan_in():
+    from evosparse.sparsifier import Sparsifier
+
+    model = torch.nn.Sequential(Conv1D(256, 4))  # 4 inputs, 256 outputs: stored (4, 256)
+    s = Sparsifier(model, None, "set", density=0.5, distribution="uniform", seed=0)
+    (layer,) = s.topology.layers
+    assert layer.output_axis == 1 and layer.fan_out_axis_size == 256
+    assert layer.weight[layer.mask].std().item() == pytest.approx((2 / 2) ** 0.5, rel=0.1)  # fan-in 512/256 = 2
+
+
+def test_conv1d_keep_largest_keeps_each_output_units_largest_input():
+    from evosparse.sparsifier import Sparsifier
+
+    model = torch.nn.Sequential(Conv1D(6, 5))
+    weight = model[0].weight.detach().clone()
+    s = Sparsifier(model, None, "set", density=0.2, distribution="uniform", init="keep_largest", seed=0)
+    (layer,) = s.topology.layers
+    expected = torch.zeros(5, 6, dtype=torch.bool)
+    expected[weight.abs().argmax(dim=0), torch.arange(6)] = True  # the largest input of each output unit
+    assert torch.equal(layer.mask, expected)
+
+
+def test_methods_reading_input_units_refuse_conv1d():
+    from evosparse.sparsifier import Sparsifier
+
+    with pytest.raises(UsageError, match="stored \\(in, out\\)"):
+        Sparsifier(gpt2(), None, "sensitivity", density=0.2)
+
+
 def trained_state(trainer):
     return {name: value.clone() for name, value in trainer.model.state_dict().items()}
 
@@ -159,6 +216,16 @@ def test_resuming_without_the_sparsifier_state_is_refused(tmp_path):
     (tmp_path / "checkpoint-4" / STATE_FILE).unlink()
     with pytest.raises(UsageError, match="checkpoint-4"):
         train(bert(), ClassTokens(), SparsityCallback("set", density=0.3), tmp_path, max_steps=6, resume=True)
+
+
+def test_resuming_with_another_plan_is_refused_and_leaves_the_model_unsparsified(tmp_path):
+    train(bert(), ClassTokens(), SparsityCallback("rigl", density=0.3), tmp_path, max_steps=4, save_steps=4)
+    callback, model = SparsityCallback("rigl", density=0.3), bert()
+    with pytest.raises(UsageError, match="total_steps=4"):  # RigL's schedule spans training
+        train(model, ClassTokens(), callback, tmp_path, max_steps=6, resume=True)
+    assert callback.sparsifier is None
+    state = transformers.TrainerState(max_steps=6)  # and the model can be sparsified again
+    SparsityCallback("set", density=0.3).on_train_begin(None, state, None, model=model, optimizer=None)
 
 
 def test_csr_backend_is_refused():

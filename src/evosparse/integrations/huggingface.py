@@ -72,7 +72,13 @@ class SparsityCallback(TrainerCallback):
         self.sparsifier = Sparsifier(model, optimizer, self.method, **kwargs)
         if saved is not None and weights is not None:
             model.load_state_dict(weights)
-            self.sparsifier.load_state_dict(saved)
+            try:
+                self.sparsifier.load_state_dict(saved)
+            except UsageError:  # another plan (method, density, max_steps): leave the model as it was loaded
+                self.sparsifier.remove()
+                self.sparsifier = None
+                model.load_state_dict(weights)
+                raise
 
     def _saved_state(self, args: TrainingArguments, state: TrainerState) -> dict[str, Any] | None:
         """The sparsifier state of the checkpoint the Trainer resumed from; None for a fresh run."""
