@@ -58,7 +58,7 @@ def bert():
     return transformers.BertForSequenceClassification(config)
 
 
-def train(model, data, callback, folder, *, max_steps=6, accumulate=1, save_steps=None, resume=None, epochs=1):
+def train(model, data, callback, folder, *extra, max_steps=6, accumulate=1, save_steps=None, resume=None, epochs=1):
     args = transformers.TrainingArguments(
         output_dir=str(folder),
         max_steps=max_steps,
@@ -75,7 +75,7 @@ def train(model, data, callback, folder, *, max_steps=6, accumulate=1, save_step
         use_cpu=True,
         disable_tqdm=True,
     )
-    trainer = transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[callback])
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[callback, *extra])
     trainer.train(resume_from_checkpoint=resume)
     return trainer
 
@@ -93,11 +93,18 @@ class Watch(transformers.TrainerCallback):
         self.checked += 1
 
 
+class Logs(transformers.TrainerCallback):
+    def __init__(self) -> None:
+        self.logs = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append(dict(logs))
+
+
 def test_bert_stays_sparse_with_exact_budgets_and_logs_densities(tmp_path):
     callback = SparsityCallback("set", density=0.3, seed=0, update_unit="step", update_interval=2)
-    model = bert()
-    args = dict(max_steps=6)
-    trainer = train(model, ClassTokens(), callback, tmp_path, **args)
+    seen = Logs()
+    trainer = train(bert(), ClassTokens(), callback, tmp_path, seen, max_steps=6)
     s = callback.sparsifier
     assert s.global_step == 6 and s.take_stats().updates == 2
     assert s.density() == pytest.approx(0.3, abs=0.01)
@@ -112,6 +119,7 @@ def test_bert_stays_sparse_with_exact_budgets_and_logs_densities(tmp_path):
     for report in s.layer_reports():
         assert logged[-1][f"sparsity/{report.name}"] == pytest.approx(report.density)
     assert logged[-1]["sparsity/density"] == pytest.approx(s.density())
+    assert len(seen.logs) == 7 and all(logs["sparsity/density"] > 0 for logs in seen.logs)  # callbacks after it
 
 
 def test_step_follows_optimizer_steps_not_micro_batches(tmp_path):

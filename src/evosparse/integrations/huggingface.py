@@ -68,8 +68,8 @@ class SparsityCallback(TrainerCallback):
         saved = self._saved_state(args, state)
         # Building the sparsifier re-draws the sparse weights; a resumed run keeps the checkpoint's.
         weights = {name: value.detach().clone() for name, value in model.state_dict().items()} if saved else None
-        kwargs = {"total_steps": state.max_steps, **self.sparsify_kwargs}
-        self.sparsifier = Sparsifier(model, optimizer, self.method, **kwargs)
+        options = {"total_steps": state.max_steps, **self.sparsify_kwargs}
+        self.sparsifier = Sparsifier(model, optimizer, self.method, **options)
         if saved is not None and weights is not None:
             model.load_state_dict(weights)
             try:
