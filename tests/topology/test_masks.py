@@ -42,6 +42,20 @@ def test_exclude_removes_a_layer_and_unmatched_include_is_an_error():
         find_sparse_parameters(Mixed(), include=["norm.weight"])
 
 
+def test_a_layer_tied_to_an_embedding_stays_dense():
+    class TiedLanguageModel(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embedding = nn.Embedding(20, 8)
+            self.hidden = nn.Linear(8, 8)
+            self.head = nn.Linear(8, 20, bias=False)
+            self.head.weight = self.embedding.weight
+
+    assert names(find_sparse_parameters(TiedLanguageModel())) == ["hidden.weight"]
+    with pytest.raises(UsageError, match="matches no sparsifiable"):
+        find_sparse_parameters(TiedLanguageModel(), include=["head.weight"])
+
+
 @pytest.mark.parametrize(
     "shape, count", [((10, 20), 10), ((10, 20), 37), ((8, 3, 3, 3), 50), ((5, 4), 20), ((6, 7), 3)]
 )
@@ -50,6 +64,21 @@ def test_random_mask_has_exact_count_and_covers_rows(shape, count):
     assert mask.dtype == torch.bool and mask.shape == shape and int(mask.sum()) == count
     if count >= shape[0]:
         assert mask.flatten(1).any(dim=1).all()
+
+
+@pytest.mark.parametrize("shape, count", [((20, 10), 10), ((20, 10), 37), ((3, 8, 3), 9)])
+def test_random_mask_covers_the_output_units_of_the_given_axis(shape, count):
+    mask = random_mask(shape, count, torch.Generator().manual_seed(1), output_axis=1)
+    assert mask.shape == shape and mask.is_contiguous() and int(mask.sum()) == count
+    assert mask.movedim(1, 0).flatten(1).any(dim=1).all()
+
+
+def test_largest_mask_along_an_axis_is_the_transposed_mask_of_the_transposed_weight():
+    from evosparse.topology.masks import largest_mask
+
+    weight = torch.randn(9, 4, generator=torch.Generator().manual_seed(2))
+    for count in (3, 4, 11):
+        assert torch.equal(largest_mask(weight, count, output_axis=1), largest_mask(weight.T, count).T)
 
 
 def build(model, budgets, optimizer=None, seed=0):

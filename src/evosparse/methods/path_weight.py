@@ -131,6 +131,12 @@ class NodeImportanceEvolution(Method):
 
     def __init__(self, context: MethodContext) -> None:
         super().__init__(context)
+        for layer in self.layers:  # node importance is per input unit, read along a weight's second axis
+            if layer.output_axis:
+                raise UsageError(
+                    f"{self.name} needs weights stored (out, in, ...); {layer.name} of a "
+                    f"{type(layer.module).__name__} is stored (in, out): use another method"
+                )
         self.rule = TimeVaryingRule()
         self.start_values = {name: float(self.hparams[name]) for name in self.adapted}
         self.values = dict(self.start_values)

@@ -59,6 +59,10 @@ class SparseLayer(ABC):
 
     name: str
     budget: int
+    #: The axis of the weight that indexes output units: 0 for PyTorch's layers ((out, in, ...)), 1 for a
+    #: weight stored (in, out) such as ``transformers.pytorch_utils.Conv1D``'s. Random row covers, the
+    #: sparse-Kaiming fan-in and per-unit logic read it; positions stay flat over the stored weight.
+    output_axis: int = 0
 
     # -- what it is -------------------------------------------------------------------------------
 
@@ -100,7 +104,7 @@ class SparseLayer(ABC):
     @property
     def fan_out_axis_size(self) -> int:
         """Number of output units (rows of a linear weight, output channels of a convolution)."""
-        return self.shape[0]
+        return self.shape[self.output_axis]
 
     # -- topology ---------------------------------------------------------------------------------
 
@@ -211,7 +215,7 @@ class SparseLayer(ABC):
         """
         active = self.active_positions()
         self.gradient_at(active[:0])  # refuse an empty record before any work
-        row_size = self.numel // self.fan_out_axis_size
+        row_size = self.numel // self.shape[0]
         block_size = max(1, block_positions // row_size) * row_size
         bounds = torch.arange(0, self.numel + block_size, block_size, device=active.device).clamp_max(self.numel)
         slots = torch.searchsorted(active, bounds).tolist()

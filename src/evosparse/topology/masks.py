@@ -17,6 +17,7 @@ and draws random masks (:func:`random_mask`).
 from __future__ import annotations
 
 import fnmatch
+import sys
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -40,6 +41,21 @@ NEVER_SPARSE_TYPES: tuple[type[nn.Module], ...] = (
 )
 
 
+def transposed_linear_types() -> tuple[type[nn.Module], ...]:
+    """Linear layers that store their weight (in, out): ``transformers.pytorch_utils.Conv1D`` (GPT-2).
+
+    Looked up where transformers is already imported (a model holding one has imported it), so
+    evosparse never imports transformers itself.
+    """
+    conv1d = getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
+    return (conv1d,) if isinstance(conv1d, type) else ()
+
+
+def output_axis(module: nn.Module, attr: str) -> int:
+    """The axis of ``module``'s parameter ``attr`` that indexes output units (see ``SparseLayer.output_axis``)."""
+    return 1 if attr == "weight" and isinstance(module, transposed_linear_types()) else 0
+
+
 def find_sparse_parameters(
     model: nn.Module,
     include: Sequence[str] | None = None,
@@ -47,21 +63,30 @@ def find_sparse_parameters(
 ) -> list[tuple[str, nn.Module, str]]:
     """Select the parameters to sparsify, as ``(qualified name, owning module, attribute)``.
 
-    By default the weight of every linear and convolution layer. ``include`` adds parameters whose
+    By default the weight of every linear and convolution layer (``transformers``' ``Conv1D``
+    included). ``include`` adds parameters whose
     qualified name matches a glob pattern (e.g. ``"*.weight_hh_l0"`` for an LSTM); ``exclude`` removes
     matches. Parameters of normalisation layers and embeddings, and 1-D parameters (biases, gains),
-    are never selected: this is decided by type, not by name.
+    are never selected: this is decided by type, not by name, and holds where another module shares
+    the parameter (a language model's output layer tied to its token embedding stays dense).
     """
     include, exclude = list(include or []), list(exclude or [])
     chosen: list[tuple[str, nn.Module, str]] = []
+    sparse_types = DEFAULT_SPARSE_TYPES + transposed_linear_types()
+    never = {
+        id(param)
+        for module in model.modules()
+        if isinstance(module, NEVER_SPARSE_TYPES)
+        for param in module.parameters(recurse=False)
+    }
     for module_name, module in model.named_modules():
         if isinstance(module, NEVER_SPARSE_TYPES):
             continue
         for attr, param in module.named_parameters(recurse=False):
             qualified = f"{module_name}.{attr}" if module_name else attr
-            by_type = isinstance(module, DEFAULT_SPARSE_TYPES) and attr == "weight"
+            by_type = isinstance(module, sparse_types) and attr == "weight"
             by_name = any(fnmatch.fnmatchcase(qualified, p) for p in include)
-            if not (by_type or by_name) or param.dim() < 2:
+            if not (by_type or by_name) or param.dim() < 2 or id(param) in never:
                 continue
             if any(fnmatch.fnmatchcase(qualified, p) for p in exclude):
                 continue
@@ -73,14 +98,18 @@ def find_sparse_parameters(
 
 
 def random_mask(
-    shape: Sequence[int], count: int, generator: torch.Generator, *, cover_rows: bool = True
+    shape: Sequence[int], count: int, generator: torch.Generator, *, cover_rows: bool = True, output_axis: int = 0
 ) -> torch.Tensor:
     """A boolean mask with exactly ``count`` active entries, chosen uniformly at random.
 
-    With ``cover_rows`` (and ``count`` ≥ rows) every output unit (row) first receives one random
-    input, so no unit starts without inputs; the rest are placed uniformly among the free positions.
+    With ``cover_rows`` (and ``count`` ≥ output units) every output unit (index along ``output_axis``)
+    first receives one random input, so no unit starts without inputs; the rest are placed uniformly
+    among the free positions.
     """
     shape = tuple(int(s) for s in shape)
+    if output_axis:
+        units_first = (shape[output_axis], *shape[:output_axis], *shape[output_axis + 1 :])
+        return random_mask(units_first, count, generator, cover_rows=cover_rows).movedim(0, output_axis).contiguous()
     total = int(torch.tensor(shape).prod().item())
     if not 0 <= count <= total:
         raise UsageError(f"cannot place {count} connections in a {shape} weight")
@@ -98,13 +127,15 @@ def random_mask(
     return flat.view(shape)
 
 
-def largest_mask(weight: torch.Tensor, count: int) -> torch.Tensor:
+def largest_mask(weight: torch.Tensor, count: int, *, output_axis: int = 0) -> torch.Tensor:
     """A boolean mask of the ``count`` largest ``|weight|`` entries (ties: the lower flat position first).
 
-    Every output unit (row) first keeps its largest input when ``count`` ≥ rows, as :func:`random_mask`
-    covers rows, so magnitude alone never leaves a unit without inputs; the rest are the largest of
-    the remaining entries.
+    Every output unit (index along ``output_axis``) first keeps its largest input when ``count`` ≥
+    output units, as :func:`random_mask` covers rows, so magnitude alone never leaves a unit without
+    inputs; the rest are the largest of the remaining entries.
     """
+    if output_axis:
+        return largest_mask(weight.movedim(output_axis, 0), count).movedim(0, output_axis).contiguous()
     rows = weight.shape[0]
     if not 0 <= count <= weight.numel():
         raise UsageError(f"cannot place {count} connections in a {tuple(weight.shape)} weight")
@@ -121,7 +152,8 @@ def largest_mask(weight: torch.Tensor, count: int) -> torch.Tensor:
 
 
 class MaskedLayer(SparseLayer):
-    """A parameter of ``module`` (attribute ``attr``) kept sparse by a boolean ``mask`` of its shape.
+    """A parameter of ``module`` (attribute ``attr``) kept sparse by a boolean ``mask`` of its shape;
+    ``output_axis`` is the axis indexing its output units (1 for a weight stored (in, out)).
 
     ``optimizer`` (if any) trains the parameter; its state is reset where connections change. The
     gradient hook that masks gradients is installed by :meth:`install_hooks` once the layer is in use.
@@ -135,8 +167,10 @@ class MaskedLayer(SparseLayer):
         mask: Tensor,
         budget: int,
         optimizer: torch.optim.Optimizer | None = None,
+        output_axis: int = 0,
     ) -> None:
         self.name = name
+        self.output_axis = output_axis
         self._module = module
         self.attr = attr
         self._mask = mask
@@ -318,8 +352,10 @@ def build_masked_topology(
         raise UsageError(f"got {len(budgets)} budgets for {len(found)} sparse layers")
     layers = []
     for (name, module, attr), count in zip(found, budgets):
-        weight = getattr(module, attr)
-        chosen = largest_mask(weight, count) if by_magnitude else random_mask(weight.shape, count, generator)
-        mask = chosen.to(weight.device)
-        layers.append(MaskedLayer(name, module, attr, mask, count, optimizer))
+        weight, axis = getattr(module, attr), output_axis(module, attr)
+        if by_magnitude:
+            chosen = largest_mask(weight, count, output_axis=axis)
+        else:
+            chosen = random_mask(weight.shape, count, generator, output_axis=axis)
+        layers.append(MaskedLayer(name, module, attr, chosen.to(weight.device), count, optimizer, axis))
     return Topology(layers)
