@@ -264,7 +264,8 @@ def _switcher(dataset: str, model: Mapping[str, Any], table: str, note: str) -> 
             "start near 1, the switchers learn at 0.01 (the paper: 0.1) and step every 32 batches (the paper: "
             "every batch); `compare` with --param switcher.first_phase=switcher --param switcher.gate_init=kaiming "
             "gives the paper's order and initialisation (and switcher.freeze_batchnorm=true BatchNorm statistics "
-            "that stay fixed with the task network in switcher epochs)"
+            "that stay fixed with the task network in switcher epochs), with which no sparsity emerged on MNIST "
+            "and 6 of 10 runs without a budget ended near chance (docs/results.md)"
         ),
     )
 
