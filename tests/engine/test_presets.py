@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import pytest
 from torch import nn
 
 from evosparse.cli import main
+from evosparse.data import mnist, text
+from evosparse.data.subset import class_quotas
 from evosparse.engine import loop, presets
 from evosparse.engine.config import build_config, parse_hidden
-from evosparse.engine.presets import AWS_BASE, PRESETS, Preset, aws_width
+from evosparse.engine.presets import AWS_BASE, PRESETS, Preset, aws_lstm_width, aws_width
 from evosparse.engine.variants import base_method
+from evosparse.engine.width_scaling import scale_widths, sparse_weight_shapes
 from evosparse.errors import DataError
 from evosparse.methods import METHODS
 from evosparse.models import MODELS, ModelSpec, build_model
@@ -188,3 +192,91 @@ def test_a_preset_shortened_to_two_epochs_still_evolves_every_method(tmp_path, c
         for method in preset.methods
     }
     assert changed["static"] == 0 < min(changed["set"], changed["prune"])
+
+
+# -- each preset builds what its note says -------------------------------------------------------
+
+#: How many samples each preset's dataset trains on, and the words its note uses for it.
+TRAINING_SETS = {
+    "mnist": "first 50,000 training images",
+    "cifar10": "45,000 of CIFAR-10's 50,000 training images",
+    "isolet": "5,614 of ISOLET's 6,238 training samples",
+    "text:war_and_peace.txt": "the text's last 10% is the test split and 10% of the rest validates",
+}
+
+
+def comparison_configs(preset, tmp_path):
+    return preset.comparison(out=str(tmp_path / "o")).configs()
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_the_methods_of_a_preset_regrow_weights_alike(name, tmp_path):
+    growers = {
+        (config.params["grow_init"], config.params["grow_std"])
+        for config in comparison_configs(PRESETS[name], tmp_path).values()
+        if "grow_init" in config.params
+    }
+    assert len(growers) <= 1
+    if growers:
+        assert "N(0, 0.01²)" in PRESETS[name].note and growers == {("normal", 0.01)}
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_each_preset_note_states_the_training_set_it_uses(name, tmp_path):
+    preset = PRESETS[name]
+    assert TRAINING_SETS[preset.dataset] in preset.note
+    val_fraction = {config.val_fraction for config in comparison_configs(preset, tmp_path).values()}
+    assert val_fraction == {0.1}
+    assert mnist.VALIDATION_SIZE == 10_000 and text.TEST_FRACTION == 0.1
+    assert sum(class_quotas([500] * 10, 0.1)) == 500 and sum(class_quotas([240] * 25 + [238], 0.1)) == 624
+
+
+@pytest.mark.parametrize("name", [name for name in PRESETS if name.startswith("aws-mnist-fc-")])
+def test_the_aws_fully_connected_presets_widen_the_sparse_runs_and_train_the_base_model(name, tmp_path):
+    preset = PRESETS[name]
+    density = preset.settings["density"]
+    width = aws_width(density)
+    assert preset.settings["hidden"] == f"{width},{width},{width}" and f"from 64 to {width}" in preset.note
+    configs = comparison_configs(preset, tmp_path)
+    assert configs[("small-dense", 0)].width_scale == "auto-small" and "small-dense is that base model" in preset.note
+    spec, _ = scale_widths(
+        ModelSpec((1, 28, 28), 10, hidden=parse_hidden(preset.settings["hidden"])),
+        model="mlp",
+        sparsify="all",
+        width_scale="auto-small",
+        distribution=preset.settings["distribution"],
+        density=density,
+        epsilon=None,
+    )
+    assert all(abs(hidden - 64) <= 1 for hidden in spec.hidden)  # the paper's 64-64-64 baseline
+
+
+def lstm_weights(hidden, vocabulary):
+    spec = ModelSpec((100,), vocabulary, sequence=True, hidden=(hidden,))
+    return sum(shape.numel() for shape in sparse_weight_shapes("lstm", spec, "all"))
+
+
+@pytest.mark.parametrize("vocabulary", [65, 90, 110])
+def test_the_aws_lstm_preset_widens_the_sparse_runs_to_the_base_models_active_weights(vocabulary, tmp_path):
+    preset = PRESETS["aws-text-lstm"]
+    hidden, density = int(preset.settings["hidden"]), preset.settings["density"]
+    assert hidden == aws_lstm_width(density) and f"from 512 to {hidden}" in preset.note
+    active = density * lstm_weights(hidden, vocabulary)
+    assert abs(active / lstm_weights(512, vocabulary) - 1) < (0.002 if vocabulary == 90 else 0.03)
+    assert comparison_configs(preset, tmp_path)[("small-dense", 0)].width_scale == "auto-small"
+
+
+def test_the_switcher_presets_impose_no_budget_and_run_the_switchers_defaults_their_notes_name(tmp_path):
+    lenet = 784 * 300 + 300 * 100 + 100 * 10
+    note = PRESETS["switcher-mnist-lenet300"].note
+    suggested = float(re.search(r"--density (\d\.\d+) imposes the paper's", note).group(1))
+    assert "connection switching keeps 42.5K" in note and abs(suggested * lenet / 42_500 - 1) < 0.005
+    for name in ("switcher-mnist-lenet300", "switcher-cifar10-resnet18"):
+        preset = PRESETS[name]
+        config = comparison_configs(preset, tmp_path / name)[("switcher", 0)]
+        assert config.density == 1.0 and config.params["target_density"] == 0.0
+        assert config.params["mode"] == "connection" and "connection switching" in preset.source
+        assert (config.params["first_phase"], config.params["gate_init"]) == ("task", "one")
+        assert (config.params["switcher_lr"], config.params["switcher_interval"]) == (0.01, 32)
+        for words in ("task network trains first", "gates start near 1", "learn at 0.01", "every 32 batches"):
+            assert words in preset.note

@@ -21,6 +21,9 @@ from torch.nn import functional as F
 from evosparse.errors import UsageError
 
 MODES = ("connection", "neuron")
+#: How the output convolution starts: every gate near 1 (ours) or Kaiming-normal like every other
+#: weight (the paper's Algorithm), see ``SwitcherNet.reset_parameters``.
+GATE_INITS = ("one", "kaiming")
 
 #: Scale of the output convolution's initial weights relative to Kaiming-normal (see reset_parameters).
 HEAD_INIT_SCALE = 0.01
@@ -95,17 +98,21 @@ class SwitcherNet(nn.Module):
         channels: int = 4,
         depth: int = 3,
         kernel: int = 3,
+        gate_init: str = "one",
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
         if mode not in MODES:
             raise UsageError(f"switcher mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if gate_init not in GATE_INITS:
+            raise UsageError(f"switcher gate_init must be one of {', '.join(GATE_INITS)}, got {gate_init!r}")
         if min(out_features, in_features, channels, depth) < 1 or kernel < 1 or kernel % 2 == 0:
             raise UsageError(
                 "switcher sizes must be positive and its kernel odd, got "
                 f"{out_features}x{in_features}, channels={channels}, depth={depth}, kernel={kernel}"
             )
         self.mode = mode
+        self.gate_init = gate_init
         self.shape = (out_features, in_features)
         self.widths = level_widths(out_features, depth)
         pad = kernel // 2
@@ -125,14 +132,15 @@ class SwitcherNet(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Kaiming-normal weights and zero biases (the paper's init), except that every gate starts near 1.
+        """Kaiming-normal weights and zero biases (the paper's init); with ``gate_init="one"`` every gate
+        starts near 1.
 
-        The output convolution gets bias 1 and Kaiming weights scaled by ``HEAD_INIT_SCALE``, so the first
-        forward pass is (to about 1%) the dense task network's, while the gates still differ, so that a
-        budget does not keep a block of tied gates. With a plain Kaiming output layer the first gates
-        follow the weights they read (e.g. large where W is large and positive), W⊙Z is no longer
-        centred, and the first losses on digits were 12–67, after which whole layers were switched off
-        for good (measured).
+        ``"one"`` gives the output convolution bias 1 and Kaiming weights scaled by ``HEAD_INIT_SCALE``, so
+        the first forward pass is (to about 1%) the dense task network's, while the gates still differ, so
+        that a budget does not keep a block of tied gates. With a plain Kaiming output layer
+        (``"kaiming"``, the paper's) the first gates follow the weights they read (e.g. large where W is
+        large and positive), many start at 0, W⊙Z is no longer centred, and the first losses on digits
+        were 12–67, after which whole layers were switched off for good (measured).
         """
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
@@ -141,6 +149,8 @@ class SwitcherNet(nn.Module):
                 module.weight.copy_(draws)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
+        if self.gate_init == "kaiming":
+            return
         self.head.weight.mul_(HEAD_INIT_SCALE)
         assert self.head.bias is not None  # built with a bias
         nn.init.ones_(self.head.bias)
