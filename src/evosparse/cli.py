@@ -419,8 +419,9 @@ def train(**options: Any) -> None:
 
 
 def layer_report(result: dict[str, Any]) -> str:
-    """Each sparse layer's target and final density and active weights, then the inference multiply-adds
-    (printed on stderr by ``train``, whose stdout stays the contract's one-line summary)."""
+    """Each sparse layer's target and final density and active weights, the densities of the groups the
+    model names (a transformer's blocks and heads), then the inference multiply-adds (printed on stderr by
+    ``train``, whose stdout stays the contract's one-line summary)."""
     rows = [("layer", "shape", "target", "density", "active")] + [
         (
             layer["name"],
@@ -434,6 +435,9 @@ def layer_report(result: dict[str, Any]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
              for row in rows]  # fmt: skip
+    groups = result.get("layer_groups") or []
+    if groups:
+        lines.append("groups: " + ", ".join(f"{g['name']} {g['density']:.4f}" for g in groups))
     macs = result["inference_macs"]
     lines.append(
         f"inference: {macs['sparse']:,} of {macs['dense']:,} dense multiply-adds per sample "

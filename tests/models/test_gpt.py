@@ -95,3 +95,39 @@ def test_every_method_not_bound_to_chains_runs_on_it_with_exact_budgets_and_mask
         assert [layer.active for layer in s.topology.layers] == list(s.plan.budgets)
     for layer in s.topology.layers:
         assert not layer.weight.detach()[~layer.mask].any(), layer.name
+
+
+def test_block_and_head_densities_count_the_masks_brute_force():
+    from evosparse.topology.groups import group_densities
+
+    torch.manual_seed(0)
+    model = CharGPT(vocabulary=11, context=16, width=64, layers=2)
+    s = evosparse.sparsify(model, torch.optim.SGD(model.parameters(), lr=0.1), "set", density=0.2)
+    layers = {layer.name: layer for layer in s.topology.layers}
+    masks = {name: layer.mask for name, layer in layers.items()}
+    report = {g["name"]: g for g in group_densities(model.density_groups(), layers)}
+    assert list(report) == [
+        "blocks.0",
+        "blocks.0.head0",
+        "blocks.0.head1",
+        "blocks.1",
+        "blocks.1.head0",
+        "blocks.1.head1",
+    ]
+    block = [m for name, m in masks.items() if name.startswith("blocks.1.")]
+    assert report["blocks.1"]["active"] == sum(int(m.sum()) for m in block)
+    assert report["blocks.1"]["total"] == sum(m.numel() for m in block)
+    a = "blocks.0.attention"
+    rows = [masks[f"{a}.{n}.weight"][32:64] for n in ("query", "key", "value")]  # head 1 of 2: rows 32..63
+    columns = masks[f"{a}.output.weight"][:, 32:64]
+    assert report["blocks.0.head1"]["active"] == sum(int(r.sum()) for r in rows) + int(columns.sum())
+    assert report["blocks.0.head1"]["total"] == 4 * 32 * 64
+
+
+def test_a_gpt_run_reports_its_blocks_and_heads(tmp_path, text_file, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--model", "gpt", "--dataset", f"text:{text_file}", "--hidden", "64", "--epochs", "1"]
+    assert main([*args, "--out", str(out), "--no-progress", "--optimizer", "adam", "--lr", "0.003"]) == 0
+    groups = json.loads((out / "result.json").read_text())["layer_groups"]
+    assert [g["name"] for g in groups] == ["blocks.0", "blocks.0.head0", "blocks.0.head1"]
+    assert "groups: blocks.0 0." in capsys.readouterr().err

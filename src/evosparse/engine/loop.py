@@ -59,6 +59,7 @@ from evosparse.files import check_writable
 from evosparse.models import ModelSpec, architecture_of, build_model
 from evosparse.models.parts import excluded_layers
 from evosparse.sparsifier import Sparsifier
+from evosparse.topology.groups import group_densities
 
 
 def resolve_device(name: str, context: DistributedContext | None = None) -> torch.device:
@@ -519,7 +520,17 @@ class Trainer:
             "class_names": list(self.data.class_names) if self.data.class_names is not None else None,
             "inference_macs": self._inference_cost(),
             "layers": self._layers(),
+            "layer_groups": self._layer_groups(),
         }
+
+    def _layer_groups(self) -> list[dict[str, Any]] | None:
+        """result.json's ``layer_groups``: the densities of the groups the model names (a transformer's blocks
+        and heads, :mod:`~evosparse.topology.groups`); None for a model that names none."""
+        groups = getattr(self.model, "density_groups", None)
+        if groups is None:
+            return None
+        layers = {layer.name: layer for layer in self.sparsifier.topology.layers}
+        return group_densities(groups(), layers)
 
     def _layers(self) -> list[dict[str, Any]]:
         """result.json's ``layers``: each sparse layer's name, shape, target and current density, active weights."""

@@ -15,6 +15,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from evosparse.topology.groups import ConnectionGroup, LayerPart
+
 #: Width of one attention head: a block of width w has w // HEAD_WIDTH heads.
 HEAD_WIDTH = 32
 
@@ -71,6 +73,7 @@ class CharGPT(nn.Module):
     def __init__(self, vocabulary: int, context: int, width: int = 128, layers: int = 2, dropout: float = 0.0) -> None:
         super().__init__()
         heads = max(1, width // HEAD_WIDTH)
+        self.width, self.heads = width, heads
         self.token = nn.Embedding(vocabulary, width)
         self.position = nn.Embedding(context, width)
         self.blocks = nn.ModuleList(Block(width, heads, dropout) for _ in range(layers))
@@ -83,6 +86,24 @@ class CharGPT(nn.Module):
                 nn.init.normal_(module.weight, std=0.02)
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
+
+    def density_groups(self) -> list[ConnectionGroup]:
+        """Each block's connections, then each head's: its rows of the query, key and value projections and
+        its columns of the output projection (the per-layer report shows the rest)."""
+        groups = []
+        size = self.width // self.heads
+        layers = ("attention.query", "attention.key", "attention.value", "attention.output", "expand", "contract")
+        for index in range(len(self.blocks)):
+            prefix = f"blocks.{index}"
+            groups.append(ConnectionGroup(prefix, tuple(LayerPart(f"{prefix}.{name}.weight") for name in layers)))
+            for head in range(self.heads):
+                start, stop = head * size, (head + 1) * size
+                rows = (
+                    LayerPart(f"{prefix}.attention.{name}.weight", 0, start, stop) for name in ("query", "key", "value")
+                )
+                columns = LayerPart(f"{prefix}.attention.output.weight", 1, start, stop)
+                groups.append(ConnectionGroup(f"{prefix}.head{head}", (*rows, columns)))
+        return groups
 
     def forward(self, codes: Tensor) -> Tensor:
         positions = torch.arange(codes.shape[1], device=codes.device)
