@@ -491,14 +491,15 @@ def compare(ctx: typer.Context, **options: Any) -> None:
 
 
 @app.command()
-@with_options("epochs", "seeds", "out", "device", "data_dir", "progress")
+@with_options("epochs", "seeds", "param", "out", "device", "data_dir", "progress")
 def reproduce(
     ctx: typer.Context,
     preset: Annotated[Optional[str], typer.Argument(help="preset name (see --list)")] = None,
     list_presets: Annotated[bool, typer.Option("--list", help="name every preset and whether it runs here")] = False,
     **options: Any,
 ) -> None:
-    """Run a seed paper's setup as a comparison (--epochs/--seeds shorten it for a quick check)."""
+    """Run a seed paper's setup as a comparison (--epochs/--seeds shorten it for a quick check; --param
+    changes a method parameter, e.g. to select the switcher paper's own configuration)."""
     from evosparse.engine.presets import check_runnable, get_preset, preset_lines
 
     if list_presets:
@@ -514,6 +515,7 @@ def reproduce(
         out=options["out"],
         overrides={"device": options["device"], "data_dir": options["data_dir"]},
         command=command_line(ctx),
+        extra_params=tuple(options["param"] or ()),
     )
     run_and_report(comparison, options["progress"], chosen.fractions)
 

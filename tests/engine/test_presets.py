@@ -280,3 +280,12 @@ def test_the_switcher_presets_impose_no_budget_and_run_the_switchers_defaults_th
         assert (config.params["switcher_lr"], config.params["switcher_interval"]) == (0.01, 32)
         for words in ("task network trains first", "gates start near 1", "learn at 0.01", "every 32 batches"):
             assert words in preset.note
+
+
+def test_reproduce_param_overrides_a_presets_own_parameters_for_its_method(tmp_path):
+    preset = presets.get_preset("switcher-mnist-lenet300")
+    paper = ("switcher.first_phase=switcher", "switcher.gate_init=kaiming", "switcher.mode=neuron")
+    comparison = preset.comparison(out=str(tmp_path / "out"), extra_params=paper)
+    switcher = comparison.configs()[("switcher", 0)].params
+    assert (switcher["first_phase"], switcher["gate_init"], switcher["mode"]) == ("switcher", "kaiming", "neuron")
+    assert preset.comparison(out=str(tmp_path / "out")).configs()[("switcher", 0)].params["mode"] == "connection"

@@ -118,10 +118,12 @@ class Preset:
         out: str | None = None,
         overrides: Mapping[str, object] | None = None,
         command: str = "",
+        extra_params: tuple[str, ...] = (),
     ) -> Comparison:
         """The compare invocation of this preset; ``epochs``/``seeds`` shorten it for a quick check
         (epoch-counted update intervals scale with ``epochs``), ``overrides`` may set settings that do
-        not change the setup (device, data folder)."""
+        not change the setup (device, data folder), and ``extra_params`` (``reproduce --param``) come
+        after the preset's own, so they override them."""
         settings = {**self.settings, **{k: v for k, v in (overrides or {}).items() if v is not None}}
         if epochs is not None:
             settings["epochs"] = epochs
@@ -130,7 +132,7 @@ class Preset:
             self.methods,
             seed_count=seeds if seeds is not None else self.seeds,
             overrides=settings,
-            param_pairs=self.params if epochs is None else self.scaled_params(epochs),
+            param_pairs=(*(self.params if epochs is None else self.scaled_params(epochs)), *extra_params),
             command=command,
             learned_from=self.learned_from,
         )
@@ -262,7 +264,7 @@ def _switcher(dataset: str, model: Mapping[str, Any], table: str, note: str) -> 
             f"{note}; epochs not stated (100 chosen); lr stays 0.1 (the paper adjusts it automatically); the "
             "switcher's defaults depart from the paper (docs/design.md): the task network trains first, gates "
             "start near 1, the switchers learn at 0.01 (the paper: 0.1) and step every 32 batches (the paper: "
-            "every batch); `compare` with --param switcher.first_phase=switcher --param switcher.gate_init=kaiming "
+            "every batch); --param switcher.first_phase=switcher --param switcher.gate_init=kaiming "
             "gives the paper's order and initialisation (and switcher.freeze_batchnorm=true BatchNorm statistics "
             "that stay fixed with the task network in switcher epochs), with which no sparsity emerged on MNIST "
             "and 6 of 10 runs without a budget ended near chance (docs/results.md)"
