@@ -267,7 +267,7 @@ def test_load_state_dict_refuses_other_shapes_a_malformed_dict_or_another_format
         ([("method", "set")], "a sparsifier state is a mapping, got list"),
         (damaged(topology=None), "lacks 'topology'"),
         (damaged(generator=None), "lacks 'generator'"),
-        (damaged(hparams="zeta=0.3"), "saved with zeta=None"),
+        (damaged(hparams="zeta=0.3"), "hparams is not a mapping: 'zeta=0.3'"),
         (damaged(plan=[0.3]), "saved with density None"),
         (damaged(global_step="4"), "global_step is not a count"),
         (damaged(epoch=-1), "epoch is not a count"),

@@ -384,9 +384,13 @@ class Sparsifier:
             raise UsageError(f"sparsifier state lacks {missing[0]!r}")
         if state["method"] != self.method.name:
             raise UsageError(f"sparsifier state was saved by method {state['method']!r}, not {self.method.name!r}")
-        saved = state["hparams"] if isinstance(state["hparams"], Mapping) else {}
+        saved = state["hparams"]
+        if not isinstance(saved, Mapping):
+            raise UsageError(f"sparsifier state's hparams is not a mapping: {saved!r}"[:160])
+        # A parameter added since the state was saved counts as what such runs did (its legacy value or default).
+        before = {param.name: param.default if param.legacy is None else param.legacy for param in self.method.params}
         for key, value in self.hparams.items():
-            if saved.get(key) != value:
+            if saved.get(key, before.get(key)) != value:
                 raise UsageError(f"sparsifier state was saved with {key}={saved.get(key)!r}, this one has {value!r}")
         plan = state["plan"] if isinstance(state["plan"], Mapping) else {}
         if plan.get("density") != self.plan.density or list(plan.get("budgets", ())) != list(self.plan.budgets):

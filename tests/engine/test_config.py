@@ -95,3 +95,12 @@ def test_a_saved_run_without_a_later_added_method_parameter_counts_as_its_defaul
     changed = build_config(None, {"method": "rigl"}, [f"alpha={config.params['alpha'] / 2}"])
     assert config_difference(saved, changed)[0] == "params"
     assert config_difference({**saved, "method": "set"}, config)[0] == "method"
+
+
+def test_a_run_saved_before_rigls_swap_rule_existed_reads_as_the_former_rule():
+    saved = build_config(None, {"method": "rigl"}).to_dict()
+    del saved["params"]["swap_rule"]  # a checkpoint made before the parameter existed
+    now = build_config(None, {"method": "rigl"})
+    assert now.params["swap_rule"] == "reference"
+    assert config_difference(saved, now) == ("params", {**now.params, "swap_rule": "disjoint"}, now.params)
+    assert config_difference(saved, build_config(None, {"method": "rigl"}, ["swap_rule=disjoint"])) is None

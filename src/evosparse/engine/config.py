@@ -137,15 +137,18 @@ def config_difference(
 
     A key missing from ``saved`` (a checkpoint written before that setting existed) counts as what such
     a run used: the setting's default, or its :data:`LEGACY_VALUES` entry; the same holds for a method
-    parameter missing from the saved ``params``. Devices are compared as they resolve here
-    (:func:`device_type`), so ``auto`` matches the device it stands for; where a saved ``auto`` ran
-    is recorded in the checkpoint itself and checked on resume.
+    parameter missing from the saved ``params`` (its ``legacy`` value where the default changed
+    behaviour). Devices are compared as they resolve here (:func:`device_type`), so ``auto`` matches
+    the device it stands for; where a saved ``auto`` ran is recorded in the checkpoint itself and
+    checked on resume.
     """
     defaults = {**TrainConfig().to_dict(), **LEGACY_VALUES}
     for key, value in config.to_dict().items():
         before = saved.get(key, defaults[key])
         if key == "params" and isinstance(before, Mapping) and saved.get("method") == config.method:
-            before = {**resolve_params(get_method(config.method), {}), **before}
+            method = get_method(config.method)
+            legacy = {param.name: param.legacy for param in method.params if param.legacy is not None}
+            before = {**resolve_params(method, {}), **legacy, **before}
         if key == "device" and isinstance(before, str) and device_type(before) == device_type(value):
             continue
         if key not in ignore and before != value:

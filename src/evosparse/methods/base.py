@@ -35,6 +35,9 @@ class Param:
     choices: tuple[str, ...] | None = None
     minimum: float | None = None
     maximum: float | None = None
+    #: What runs made before this parameter existed did, where that is not ``default`` (a new default
+    #: that changes behaviour): a saved configuration without the parameter is read as this value.
+    legacy: bool | int | float | str | None = None
 
     @property
     def type_name(self) -> str:

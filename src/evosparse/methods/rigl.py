@@ -74,6 +74,7 @@ class RigL(Method):
             "reference: ⌊f·n⌋ swaps, a dropped connection may regrow at once (the authors' code); "
             "disjoint: round(f·n) swaps, regrowth only where nothing was before the update",
             choices=SWAP_RULES,
+            legacy="disjoint",  # the rule of every run made before the parameter existed
         ),
         Param(
             "candidates",
