@@ -204,12 +204,13 @@ class Sparsifier:
         """Whether the coming optimizer step will be followed by a step-scheduled topology update."""
         return self.method.sparse and self._update_due("step", self.clock.step + 1, self.clock.step + 1)
 
-    def _update_due(self, unit: str, count: int, step: int) -> bool:
-        """Whether the ``count``-th ``unit`` (ending at global ``step``) is followed by an update."""
+    def _update_due(self, unit: str, count: int, step: int, planned: int | None = None) -> bool:
+        """Whether the ``count``-th ``unit`` (ending at global ``step``) is followed by an update, in a training
+        of ``planned`` steps (default: this Sparsifier's ``total_steps``)."""
         if not self.method.evolves or self.hparams["update_unit"] != unit:
             return False
         h = self.hparams
-        total = self.clock.total_steps
+        total = self.clock.total_steps if planned is None else planned
         final = self.method.updates_after_final_epoch
         return update_due(count, h["update_interval"], step, h["update_until"], total, final=final)
 
@@ -352,10 +353,7 @@ class Sparsifier:
         if not self.method.sparse or saved_total is None or total is None or step != saved_total or total <= step:
             return False
         unit, count = ("step", step) if self.hparams.get("update_unit") == "step" else ("epoch", epoch)
-        self.clock.total_steps = saved_total
-        skipped = not self._update_due(unit, count, step)
-        self.clock.total_steps = total
-        return skipped and self._update_due(unit, count, step)
+        return not self._update_due(unit, count, step, saved_total) and self._update_due(unit, count, step)
 
     def adopt_topology(self, saved: Mapping[str, Any], init: str) -> None:
         """Start from another run's topology (``state_dict()["topology"]`` of a run of the same model and

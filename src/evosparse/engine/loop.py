@@ -215,6 +215,7 @@ class Trainer:
             self.objective,
             self.x_train[first_batch],
             self.y_train[first_batch],
+            enabled=config.backend != "csr",
         )
         self.epochs: list[EpochRecord] = []
         self.wall_time_before = 0.0
@@ -427,11 +428,12 @@ class Trainer:
                         reference_step_s=reference_step_s,
                     )
                 )
+                layers = self._layers()
                 for logger in loggers:
-                    logger.log_epoch(epoch, epoch_scalars(self.epochs[-1], self._layers(), self.objective.metric))
+                    logger.log_epoch(epoch, epoch_scalars(self.epochs[-1], layers, self.objective.metric))
                 if leader:
                     write_metrics_csv(self.out / "metrics.csv", self.epochs)
-                    write_layers_csv(self.out / "layers.csv", self.epochs, self._layers())
+                    write_layers_csv(self.out / "layers.csv", self.epochs, layers)
                     save_checkpoint(self.checkpoint_path, self._checkpoint_state(self._wall(started)))
         result = build_result(
             header=self._header(),

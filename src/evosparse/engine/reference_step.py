@@ -7,7 +7,8 @@ by the dense model's step time measured just after it, in the same process on th
 the load to first order: ``compare`` reports that ratio ("× dense step") beside the raw seconds. The
 reference model is a fresh dense copy of the run's architecture (never the run's own model), trained
 on the run's first batch with the run's optimizer, all under a forked random state, so the run is
-exactly the same with or without it.
+exactly the same with or without it. A csr run gets none: its dense twin would take the memory the csr
+backend exists to save.
 """
 
 from __future__ import annotations
@@ -40,10 +41,14 @@ class ReferenceStep:
         objective: Objective,
         x: Tensor,
         y: Tensor,
+        *,
+        enabled: bool = True,
     ) -> None:
+        self.model: nn.Module | None = None
+        if not enabled:
+            return
         with torch.device("meta"):
             parameters = sum(p.numel() for p in build().parameters())
-        self.model: nn.Module | None = None
         if parameters > REFERENCE_PARAMETER_LIMIT:
             return
         self.device = x.device
@@ -64,7 +69,7 @@ class ReferenceStep:
         self.optimizer.step()
 
     def measure(self) -> float | None:
-        """Seconds of one dense training step now (median of a few), or None for a model over the limit."""
+        """Seconds of one dense training step now (median of a few), or None without a reference model."""
         if self.model is None:
             return None
         self.model.train()

@@ -13,6 +13,7 @@ Both libraries are optional extras, imported only when asked for; W&B honours it
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import uuid
 from collections.abc import Mapping, Sequence
@@ -51,10 +52,7 @@ def epoch_scalars(record: EpochRecord, layers: Sequence[Mapping[str, Any]], metr
         ),
     }
     for layer, active in zip(layers, record.layer_active or ()):
-        numel = 1
-        for size in layer["shape"]:
-            numel *= size
-        named[f"sparsity/{layer['name']}"] = active / numel
+        named[f"sparsity/{layer['name']}"] = active / math.prod(layer["shape"])
     return {name: float(value) for name, value in named.items() if value is not None}
 
 
