@@ -27,7 +27,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from evosparse.backends.csr_model import BACKENDS, build_csr_direct, csr_twins, install_csr, squash_csr
+from evosparse.backends.csr_model import (
+    BACKENDS,
+    build_csr_direct,
+    check_replaceable,
+    csr_twins,
+    install_csr,
+    squash_csr,
+)
 from evosparse.criteria.schedules import update_due
 from evosparse.distributed import TopologySync, current_context
 from evosparse.errors import UsageError
@@ -37,7 +44,7 @@ from evosparse.topology.budget import BudgetPlan, plan_budget
 from evosparse.topology.distributions import DISTRIBUTIONS
 from evosparse.topology.init import check_init_scheme
 from evosparse.topology.layer import Topology, check_saved_topology
-from evosparse.topology.masks import build_masked_topology, find_sparse_parameters
+from evosparse.topology.masks import SparseMatrix, build_masked_topology, find_sparse_parameters, sparse_matrices
 
 #: Version of :meth:`Sparsifier.state_dict`'s layout; a state of another version is refused.
 STATE_FORMAT_VERSION = 2
@@ -124,7 +131,8 @@ class Sparsifier:
         _check_unclaimed(model)
         if not found:
             raise UsageError("the model has no linear or convolution weight to sparsify")
-        shapes = [tuple(getattr(module, attr).shape) for _, module, attr in found]
+        matrices = sparse_matrices(found)
+        shapes = [tuple(matrix.weight.shape) for matrix in matrices]
         self.plan: BudgetPlan = plan_budget(
             shapes, distribution, method_cls.budget_request(self.hparams, density, epsilon)
         )
@@ -138,7 +146,7 @@ class Sparsifier:
         self.topology_version = 0
         self.released = self.squashed = False
         built_directly = any(getattr(module, attr).is_meta for _, module, attr in found)
-        self.topology = self._draw_topology(found, init, built_directly)
+        self.topology = self._draw_topology(found, matrices, init, built_directly)
         context = MethodContext(
             layers=self.topology.layers,
             hparams=self.hparams,
@@ -156,16 +164,26 @@ class Sparsifier:
         for module in [model, *(layer.module for layer in self.topology.layers)]:
             _CLAIMS[module] = self
 
-    def _draw_topology(self, found: Sequence[tuple[str, nn.Module, str]], init: str, built_directly: bool) -> Topology:
+    def _draw_topology(
+        self,
+        found: Sequence[tuple[str, nn.Module, str]],
+        matrices: Sequence[SparseMatrix],
+        init: str,
+        built_directly: bool,
+    ) -> Topology:
         """Step 2 of the lifecycle: every layer's random topology, on the run's backend, the model untouched.
 
-        ``built_directly``: the weights are on the meta device, so csr layers are drawn sparse directly."""
+        ``found`` are the sparse parameters, ``matrices`` the matrices they hold (a layer each; csr converts
+        whole ``nn.Linear`` weights, so for it the two are the same). ``built_directly``: the weights are on
+        the meta device, so csr layers are drawn sparse directly."""
+        if self.backend == "csr":
+            check_replaceable(self.model, found)
         if built_directly:
             if self.backend != "csr":
                 raise UsageError("the model's weights are on the meta device; only --backend csr can build them")
             return build_csr_direct(self.model, found, self.plan.initial, init, self.generator, self.optimizer)
         masked = build_masked_topology(
-            found, self.plan.initial, self.generator, self.optimizer, by_magnitude=init == "keep_largest"
+            matrices, self.plan.initial, self.generator, self.optimizer, by_magnitude=init == "keep_largest"
         )
         return csr_twins(masked, self.optimizer) if self.backend == "csr" else masked
 

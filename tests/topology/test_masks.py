@@ -2,9 +2,10 @@ import pytest
 import torch
 from torch import nn
 
+import evosparse
 from conftest import small_mlp
 from evosparse.errors import InvariantError, UsageError
-from evosparse.topology.masks import build_masked_topology, find_sparse_parameters, random_mask
+from evosparse.topology.masks import build_masked_topology, find_sparse_parameters, random_mask, sparse_matrices
 
 
 class Mixed(nn.Module):
@@ -82,7 +83,8 @@ def test_largest_mask_along_an_axis_is_the_transposed_mask_of_the_transposed_wei
 
 
 def build(model, budgets, optimizer=None, seed=0):
-    return build_masked_topology(find_sparse_parameters(model), budgets, torch.Generator().manual_seed(seed), optimizer)
+    matrices = sparse_matrices(find_sparse_parameters(model))
+    return build_masked_topology(matrices, budgets, torch.Generator().manual_seed(seed), optimizer)
 
 
 def test_rewire_refuses_inconsistent_sets(mlp):
@@ -205,3 +207,44 @@ def test_largest_mask_keeps_each_rows_largest_then_the_largest_of_the_rest_brute
         )
         expected = kept_first | {(r, c) for _, r, c in rest[: count - len(kept_first)]}
         assert {tuple(map(int, p)) for p in mask.nonzero()} == expected
+
+
+class TinyLanguageModel(nn.Module):
+    def __init__(self, tied: bool = False) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(20, 8)
+        self.hidden = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 20, bias=False)
+        if tied:
+            self.head.weight = self.embedding.weight
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.hidden(self.embedding(codes))))
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_an_embedding_is_sparse_only_when_named_on_itself(tied):
+    expected = ["embedding.weight", "hidden.weight"] + ([] if tied else ["head.weight"])
+    assert names(find_sparse_parameters(TinyLanguageModel(tied), include=["embedding.weight"])) == expected
+    assert "embedding.weight" not in names(find_sparse_parameters(TinyLanguageModel(tied)))
+
+
+def test_a_sparse_embedding_keeps_its_values_and_its_mask_while_training():
+    torch.manual_seed(0)
+    model = TinyLanguageModel()
+    before = model.embedding.weight.detach().clone()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    sparsifier = evosparse.sparsify(model, optimizer, "set", density=0.3, include=["embedding.weight"])
+    embedding = sparsifier.topology.layers[0]
+    assert embedding.output_axis == 1 and embedding.fan_out_axis_size == 8
+    assert bool(embedding.mask.any(dim=0).all())  # every feature starts with a token (the cover is per output)
+    kept = embedding.mask
+    assert torch.equal(model.embedding.weight.detach()[kept], before[kept])  # the model's own init, not re-drawn
+    codes = torch.randint(0, 20, (16, 6), generator=torch.Generator().manual_seed(1))
+    for _ in range(20):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(codes[:, :-1]).reshape(-1, 20), codes[:, 1:].reshape(-1)).backward()
+        optimizer.step()
+        sparsifier.step()
+    sparsifier.topology.check()
+    assert torch.equal(model.embedding.weight.detach() != 0, embedding.mask)

@@ -254,6 +254,28 @@ def check_convertible(found: Sequence[tuple[str, nn.Module, str]]) -> None:
             raise UsageError(f"--backend csr supports nn.Linear weights only; {name} belongs to a {kind}")
 
 
+#: Modules that read a child linear layer's weight instead of calling the layer: ``nn.MultiheadAttention``
+#: hands ``out_proj.weight`` to a functional kernel. Such a child cannot become a :class:`CsrLinear`.
+WEIGHT_READING_PARENTS: tuple[type[nn.Module], ...] = (nn.MultiheadAttention,)
+
+
+def weight_read_by_parent(model: nn.Module, module_name: str) -> bool:
+    """Whether the submodule ``module_name`` of ``model`` has a parent that reads its weight directly."""
+    if not module_name:
+        return False
+    return isinstance(model.get_submodule(module_name.rpartition(".")[0]), WEIGHT_READING_PARENTS)
+
+
+def check_replaceable(model: nn.Module, found: Sequence[tuple[str, nn.Module, str]]) -> None:
+    """Raise a one-line UsageError for a sparse linear layer whose parent reads its weight (see
+    :data:`WEIGHT_READING_PARENTS`): replaced by a csr layer, it would break its parent."""
+    for name, _, _ in found:
+        module_name = _module_name(name)
+        if weight_read_by_parent(model, module_name):
+            parent = type(model.get_submodule(module_name.rpartition(".")[0])).__name__
+            raise UsageError(f"--backend csr cannot replace {name}: its {parent} reads the weight directly")
+
+
 def _module_name(parameter_name: str) -> str:
     """The qualified name of the module owning ``parameter_name`` ("" for the root)."""
     return parameter_name.rpartition(".")[0]

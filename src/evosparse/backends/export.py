@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 import evosparse
 from evosparse.backends.csr_layer import CsrLinear, structure_from_csr_arrays
-from evosparse.backends.csr_model import replace_submodule
+from evosparse.backends.csr_model import replace_submodule, weight_read_by_parent
 from evosparse.backends.csr_ops import CsrStructure
 from evosparse.data.base import Standardisation
 from evosparse.errors import UsageError
@@ -131,7 +131,7 @@ def export_model(
         if name in stored_sparse:
             continue
         module_name, module, weight = _dense_parameter(model, name, active)
-        linear = isinstance(module, nn.Linear) and weight.dim() == 2
+        linear = isinstance(module, nn.Linear) and weight.dim() == 2 and not weight_read_by_parent(model, module_name)
         entry = SparseEntry(name, module_name, tuple(weight.shape), int(active.numel()), linear)
         active = active.to(weight.device, torch.int64)
         columns = entry.matrix_shape[1]

@@ -13,6 +13,7 @@ the same. A method that starts dense (GMP, pruning) costs dense steps until it p
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -46,7 +47,9 @@ class TrainingCostMeter:
 
     def _refresh(self) -> None:
         """Re-read the forward cost and the extra cost of a dense weight gradient of the sparse layers."""
-        active = {layer.module: layer.active for layer in self.sparsifier.topology.layers}
+        active: Counter[nn.Module] = Counter()
+        for layer in self.sparsifier.topology.layers:  # the matrices of a packed parameter share a module
+            active[layer.module] += layer.active
         self.forward, self.dense_forward = forward_macs(self.uses, active)
         sparse_only = {module: uses for module, uses in self.uses.items() if module in active}
         sparse_part, dense_part = forward_macs(sparse_only, active)

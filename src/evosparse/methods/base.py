@@ -14,7 +14,7 @@ from evosparse.errors import UsageError
 from evosparse.methods.context import MethodContext
 from evosparse.topology.budget import BudgetRequest
 from evosparse.topology.init import GROW_INITS, grown_weight_values
-from evosparse.topology.layer import SparseLayer
+from evosparse.topology.layer import SparseLayer, positions_by_parameter
 
 #: When a method reads gradients at inactive positions (``gradient_at``, ``inactive_gradient_blocks``):
 #: never, from the backward pass of a step followed by an update, or from every step's (the last one
@@ -221,7 +221,7 @@ class Method:
 
     def export_model(self) -> tuple[nn.Module, dict[str, Tensor]]:
         """The model to export for inference and the active positions of its sparse weights by name."""
-        return self.context.model, {layer.name: layer.active_positions() for layer in self.layers}
+        return self.context.model, positions_by_parameter(self.layers)
 
     def extra_parameters(self) -> int:
         """Parameters the method adds for training only (LiSET's skip layers, switcher networks)."""

@@ -79,7 +79,7 @@ from evosparse.methods.base import Method, Param, register
 from evosparse.methods.context import MethodContext
 from evosparse.methods.switcher_net import GATE_INITS, MODES, SwitcherNet
 from evosparse.topology.budget import BudgetRequest
-from evosparse.topology.layer import SparseLayer
+from evosparse.topology.layer import SparseLayer, positions_by_parameter
 
 SWITCHER_OPTIMIZERS = ("sgd", "adam")
 PHASES = ("task", "switcher")
@@ -483,7 +483,7 @@ class Switcher(Method):
         entries are exactly 0. The copy has none of the method's hooks; the original is untouched.
         """
         folded = [self.full_weight(slot) * self.connection_gates(slot) for slot in range(len(self.gated))]
-        positions = {layer.name: layer.active_positions() for layer in self.layers}
+        positions = positions_by_parameter(self.layers)
         for slot in range(len(self.gated)):
             positions[self._layer(slot).name] = (self.connection_gates(slot) != 0).flatten().nonzero().squeeze(1)
         model = self.context.model

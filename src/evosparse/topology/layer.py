@@ -102,6 +102,17 @@ class SparseLayer(ABC):
         return math.prod(self.shape)
 
     @property
+    def parameter_name(self) -> str:
+        """Qualified name of the model parameter holding this weight: :attr:`name`, unless the weight is one
+        matrix of a packed parameter (``"attn.in_proj_weight[key]"`` is part of ``"attn.in_proj_weight"``)."""
+        return self.name
+
+    @property
+    def parameter_offset(self) -> int:
+        """Flat position, in the parameter of :attr:`parameter_name`, of this weight's first entry."""
+        return 0
+
+    @property
     def fan_out_axis_size(self) -> int:
         """Number of output units (rows of a linear weight, output channels of a convolution)."""
         return self.shape[self.output_axis]
@@ -289,6 +300,16 @@ class Topology:
             assert isinstance(positions, Tensor)
             layer.load_positions(positions)
             layer.budget = int(positions.numel())
+
+
+def positions_by_parameter(layers: Sequence[SparseLayer]) -> dict[str, Tensor]:
+    """The active flat positions of each sparse *parameter* of a model, by qualified name: the layers that
+    are blocks of one packed parameter merged into positions of the whole parameter (what an export of
+    the model's ``state_dict`` needs)."""
+    merged: dict[str, list[Tensor]] = {}
+    for layer in layers:
+        merged.setdefault(layer.parameter_name, []).append(layer.active_positions() + layer.parameter_offset)
+    return {name: torch.cat(parts).sort().values for name, parts in merged.items()}
 
 
 def check_saved_topology(saved: Mapping[str, object], layers: Sequence[SparseLayer]) -> None:

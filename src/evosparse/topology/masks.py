@@ -10,8 +10,9 @@ parameter of any module (linear, convolution, LSTM matrices). It guarantees that
   position pruned in the same call, and resets every optimizer-state tensor shaped like the parameter
   (SGD momentum, Adam/AdamW moments, ...) at all changed positions.
 
-This module also selects which parameters of a model become sparse (:func:`find_sparse_parameters`)
-and draws random masks (:func:`random_mask`).
+This module also selects which parameters of a model become sparse (:func:`find_sparse_parameters`),
+splits packed parameters into the matrices they hold (:func:`sparse_matrices`) and draws random masks
+(:func:`random_mask`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import fnmatch
 import sys
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -32,13 +34,21 @@ from evosparse.topology.layer import ActiveGradientHook, SparseLayer, Topology, 
 #: Module types whose weight is sparsified by default; their biases never are.
 DEFAULT_SPARSE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
+#: Parameters of ``nn.MultiheadAttention`` sparsified by default: the packed query/key/value projection, or
+#: the three separate ones it holds when keys or values have their own width (its output projection is an
+#: ``nn.Linear`` and sparse by type).
+ATTENTION_PROJECTIONS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+#: The matrices packed along the rows of ``nn.MultiheadAttention.in_proj_weight``, in order.
+PACKED_PROJECTIONS = ("query", "key", "value")
+
 #: Module types whose parameters are never sparsified, whatever a name pattern says.
 NEVER_SPARSE_TYPES: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase,
     nn.LayerNorm,
     nn.GroupNorm,
-    nn.Embedding,
 )
+#: Module types whose weight is sparsified only when an include pattern names it on the module itself.
+EMBEDDING_TYPES: tuple[type[nn.Module], ...] = (nn.Embedding,)
 
 
 def transposed_linear_types() -> tuple[type[nn.Module], ...]:
@@ -52,8 +62,9 @@ def transposed_linear_types() -> tuple[type[nn.Module], ...]:
 
 
 def output_axis(module: nn.Module, attr: str) -> int:
-    """The axis of ``module``'s parameter ``attr`` that indexes output units (see ``SparseLayer.output_axis``)."""
-    return 1 if attr == "weight" and isinstance(module, transposed_linear_types()) else 0
+    """The axis of ``module``'s parameter ``attr`` that indexes output units (see ``SparseLayer.output_axis``):
+    1 for a weight stored (in, out), as an embedding's (tokens, features) is."""
+    return 1 if attr == "weight" and isinstance(module, transposed_linear_types() + EMBEDDING_TYPES) else 0
 
 
 def find_sparse_parameters(
@@ -64,28 +75,32 @@ def find_sparse_parameters(
     """Select the parameters to sparsify, as ``(qualified name, owning module, attribute)``.
 
     By default the weight of every linear and convolution layer (``transformers``' ``Conv1D``
-    included). ``include`` adds parameters whose
+    included) and the query, key and value projections of ``nn.MultiheadAttention``. ``include`` adds parameters whose
     qualified name matches a glob pattern (e.g. ``"*.weight_hh_l0"`` for an LSTM); ``exclude`` removes
-    matches. Parameters of normalisation layers and embeddings, and 1-D parameters (biases, gains),
-    are never selected: this is decided by type, not by name, and holds where another module shares
-    the parameter (a language model's output layer tied to its token embedding stays dense).
+    matches. Parameters of normalisation layers and 1-D parameters (biases, gains) are never selected.
+    An embedding's weight is selected only when a pattern names it on the embedding (``"token.weight"``),
+    never through another module sharing it: a language model's output layer tied to its token
+    embedding stays dense unless the embedding itself is included. Both are decided by type, not name.
     """
     include, exclude = list(include or []), list(exclude or [])
     chosen: list[tuple[str, nn.Module, str]] = []
     sparse_types = DEFAULT_SPARSE_TYPES + transposed_linear_types()
-    never = {
-        id(param)
-        for module in model.modules()
-        if isinstance(module, NEVER_SPARSE_TYPES)
-        for param in module.parameters(recurse=False)
-    }
+
+    def owned_by(types: tuple[type[nn.Module], ...]) -> set[int]:
+        return {id(p) for module in model.modules() if isinstance(module, types) for p in module.parameters(False)}
+
+    never, embedded = owned_by(NEVER_SPARSE_TYPES), owned_by(EMBEDDING_TYPES)
     for module_name, module in model.named_modules():
         if isinstance(module, NEVER_SPARSE_TYPES):
             continue
         for attr, param in module.named_parameters(recurse=False):
             qualified = f"{module_name}.{attr}" if module_name else attr
-            by_type = isinstance(module, sparse_types) and attr == "weight"
+            by_type = (isinstance(module, sparse_types) and attr == "weight") or (
+                isinstance(module, nn.MultiheadAttention) and attr in ATTENTION_PROJECTIONS
+            )
             by_name = any(fnmatch.fnmatchcase(qualified, p) for p in include)
+            if id(param) in embedded and not isinstance(module, EMBEDDING_TYPES):
+                continue  # a tied copy of an embedding: the embedding decides
             if not (by_type or by_name) or param.dim() < 2 or id(param) in never:
                 continue
             if any(fnmatch.fnmatchcase(qualified, p) for p in exclude):
@@ -93,8 +108,56 @@ def find_sparse_parameters(
             chosen.append((qualified, module, attr))
     unmatched = [p for p in include if not any(fnmatch.fnmatchcase(q, p) for q, _, _ in chosen)]
     if unmatched:
-        raise UsageError(f"include pattern {unmatched[0]!r} matches no sparsifiable (≥2-D, non-norm) parameter")
+        raise UsageError(
+            f"include pattern {unmatched[0]!r} matches no sparsifiable parameter (≥2-D, not a norm's, an embedding's "
+            "named on the embedding itself)"
+        )
     return chosen
+
+
+@dataclass(frozen=True)
+class SparseMatrix:
+    """One matrix of a model that a sparse layer keeps sparse: a parameter (``rows`` None), or the block
+    ``rows = (start, stop)`` of a parameter's rows when the parameter packs several matrices.
+
+    ``name`` is the parameter's qualified name, with the matrix's name in brackets for a block
+    (``"attn.in_proj_weight[key]"``).
+    """
+
+    name: str
+    module: nn.Module
+    attr: str
+    rows: tuple[int, int] | None = None
+
+    @property
+    def parameter(self) -> nn.Parameter:
+        return getattr(self.module, self.attr)
+
+    @property
+    def weight(self) -> Tensor:
+        """The matrix itself: the parameter, or a view of its block of rows."""
+        return self.parameter if self.rows is None else self.parameter[self.rows[0] : self.rows[1]]
+
+
+def sparse_matrices(found: Sequence[tuple[str, nn.Module, str]]) -> list[SparseMatrix]:
+    """The matrices the parameters of :func:`find_sparse_parameters` hold, one sparse layer each.
+
+    ``nn.MultiheadAttention.in_proj_weight`` stacks the query, key and value projections along its rows
+    ((3·E, E)); it is split into those three (E, E) matrices, so each has its own budget, its own random
+    row cover and fan-in, and its own row in the per-layer report, as separate projections would.
+    Every other parameter is one matrix.
+    """
+    matrices: list[SparseMatrix] = []
+    for name, module, attr in found:
+        if isinstance(module, nn.MultiheadAttention) and attr == "in_proj_weight":
+            width = getattr(module, attr).shape[0] // len(PACKED_PROJECTIONS)
+            matrices.extend(
+                SparseMatrix(f"{name}[{part}]", module, attr, (index * width, (index + 1) * width))
+                for index, part in enumerate(PACKED_PROJECTIONS)
+            )
+        else:
+            matrices.append(SparseMatrix(name, module, attr))
+    return matrices
 
 
 def random_mask(
@@ -153,7 +216,10 @@ def largest_mask(weight: torch.Tensor, count: int, *, output_axis: int = 0) -> t
 
 class MaskedLayer(SparseLayer):
     """A parameter of ``module`` (attribute ``attr``) kept sparse by a boolean ``mask`` of its shape;
-    ``output_axis`` is the axis indexing its output units (1 for a weight stored (in, out)).
+    ``output_axis`` is the axis indexing its output units (1 for a weight stored (in, out)). With ``rows =
+    (start, stop)`` the layer is that block of the parameter's rows (one matrix of a packed parameter, see
+    :func:`sparse_matrices`): its weight, gradient and optimizer state are the block's views, and its
+    positions are numbered within the block.
 
     ``optimizer`` (if any) trains the parameter; its state is reset where connections change. The
     gradient hook that masks gradients is installed by :meth:`install_hooks` once the layer is in use.
@@ -168,11 +234,14 @@ class MaskedLayer(SparseLayer):
         budget: int,
         optimizer: torch.optim.Optimizer | None = None,
         output_axis: int = 0,
+        *,
+        rows: tuple[int, int] | None = None,
     ) -> None:
         self.name = name
         self.output_axis = output_axis
         self._module = module
         self.attr = attr
+        self.rows = rows
         self._mask = mask
         self.budget = budget
         self.optimizer = optimizer
@@ -184,8 +253,26 @@ class MaskedLayer(SparseLayer):
     # -- what it is -------------------------------------------------------------------------------
 
     @property
-    def weight(self) -> nn.Parameter:
+    def parameter(self) -> nn.Parameter:
+        """The model's parameter this layer's weight is, or is a block of."""
         return getattr(self._module, self.attr)
+
+    @property
+    def weight(self) -> Tensor:
+        """The sparse weight: the parameter, or (``rows``) a view of its block."""
+        return self._block(self.parameter)
+
+    def _block(self, tensor: Tensor) -> Tensor:
+        """This layer's part of a tensor shaped like the parameter (its gradient, an optimizer slot)."""
+        return tensor if self.rows is None else tensor[self.rows[0] : self.rows[1]]
+
+    @property
+    def parameter_name(self) -> str:
+        return self.name if self.rows is None else self.name.partition("[")[0]
+
+    @property
+    def parameter_offset(self) -> int:
+        return 0 if self.rows is None else self.rows[0] * (self.numel // self.shape[0])
 
     @property
     def mask(self) -> Tensor:
@@ -263,10 +350,10 @@ class MaskedLayer(SparseLayer):
         """Zero, at ``positions``, every optimizer-state tensor shaped like the parameter."""
         if self.optimizer is None or positions.numel() == 0:
             return
-        weight = self.weight
-        for value in self.optimizer.state.get(weight, {}).values():
-            if torch.is_tensor(value) and value.shape == weight.shape:
-                value.view(-1)[positions.to(value.device)] = 0
+        parameter = self.parameter
+        for value in self.optimizer.state.get(parameter, {}).values():
+            if torch.is_tensor(value) and value.shape == parameter.shape:
+                self._block(value).reshape(-1)[positions.to(value.device)] = 0
 
     def load_positions(self, positions: Tensor) -> None:
         mask = torch.zeros(self.numel, dtype=torch.bool, device=self.mask.device)
@@ -279,8 +366,10 @@ class MaskedLayer(SparseLayer):
 
     @torch.no_grad()
     def initialise(self, scheme: str, generator: torch.Generator) -> None:
+        """See :meth:`SparseLayer.initialise`; an embedding keeps its own values under ``sparse_kaiming``:
+        its input is one-hot, so an output feature sees one weight per token, not a fan-in to scale by."""
         check_init_scheme(scheme)
-        if scheme == "sparse_kaiming":
+        if scheme == "sparse_kaiming" and not isinstance(self._module, EMBEDDING_TYPES):
             self.weight.copy_(sparse_kaiming_draws(self, generator).to(self.device, self.dtype))
         self.apply_mask()
 
@@ -289,7 +378,7 @@ class MaskedLayer(SparseLayer):
     def install_hooks(self) -> None:
         """Mask the gradient as it is accumulated, after recording it and showing it to the hooks."""
         if self._mask_handle is None:
-            self._mask_handle = self.weight.register_post_accumulate_grad_hook(self._on_gradient)
+            self._mask_handle = self.parameter.register_post_accumulate_grad_hook(self._on_gradient)
 
     def remove_hooks(self) -> None:
         if self._mask_handle is not None:
@@ -297,9 +386,9 @@ class MaskedLayer(SparseLayer):
             self._mask_handle = None
 
     def _on_gradient(self, param: Tensor) -> None:
-        grad = param.grad
-        if grad is None:
+        if param.grad is None:
             return
+        grad = self._block(param.grad)
         if self._recording:
             self._recorded = grad.detach().clone()
         if self._active_hooks:
@@ -336,26 +425,29 @@ class MaskedLayer(SparseLayer):
 
 
 def build_masked_topology(
-    found: Sequence[tuple[str, nn.Module, str]],
+    matrices: Sequence[SparseMatrix],
     budgets: Sequence[int],
     generator: torch.Generator,
     optimizer: torch.optim.Optimizer | None = None,
     *,
     by_magnitude: bool = False,
 ) -> Topology:
-    """Masks with the given per-layer budgets over parameters from :func:`find_sparse_parameters`:
-    random, or each weight's largest magnitudes (``by_magnitude``, :func:`largest_mask`).
+    """Masks with the given per-layer budgets over the matrices of :func:`sparse_matrices`: random, or
+    each weight's largest magnitudes (``by_magnitude``, :func:`largest_mask`).
 
     The weights are not touched: initialise and mask them once the masks are accepted.
     """
-    if len(budgets) != len(found):
-        raise UsageError(f"got {len(budgets)} budgets for {len(found)} sparse layers")
+    if len(budgets) != len(matrices):
+        raise UsageError(f"got {len(budgets)} budgets for {len(matrices)} sparse layers")
     layers = []
-    for (name, module, attr), count in zip(found, budgets):
-        weight, axis = getattr(module, attr), output_axis(module, attr)
+    for matrix, count in zip(matrices, budgets):
+        weight, axis = matrix.weight, output_axis(matrix.module, matrix.attr)
         if by_magnitude:
             chosen = largest_mask(weight, count, output_axis=axis)
         else:
             chosen = random_mask(weight.shape, count, generator, output_axis=axis)
-        layers.append(MaskedLayer(name, module, attr, chosen.to(weight.device), count, optimizer, axis))
+        layer = MaskedLayer(
+            matrix.name, matrix.module, matrix.attr, chosen.to(weight.device), count, optimizer, axis, rows=matrix.rows
+        )
+        layers.append(layer)
     return Topology(layers)
