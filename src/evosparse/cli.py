@@ -97,6 +97,19 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
     "model": (Annotated[Optional[str], typer.Option(help=one_of(MODELS))], None),
     "hidden": (Annotated[Optional[str], typer.Option(help="hidden sizes, e.g. 300,100")], None),
     "dropout": (Annotated[Optional[float], typer.Option(help="dropout between hidden layers")], None),
+    "heads": (
+        Annotated[
+            Optional[int], typer.Option(help="attention heads per block of --model gpt (a divisor of its width)")
+        ],
+        None,
+    ),
+    "context": (
+        Annotated[
+            Optional[int],
+            typer.Option(help="characters per window of a text:PATH dataset (the gpt's positions, the lstm's unroll)"),
+        ],
+        None,
+    ),
     "density": (
         Annotated[Optional[float], typer.Option(help="global fraction of active weights, in (0, 1]")],
         None,
@@ -259,6 +272,8 @@ SETUP_OPTIONS = (
     "model",
     "hidden",
     "dropout",
+    "heads",
+    "context",
     "density",
     "epsilon",
     "distribution",
@@ -298,9 +313,11 @@ def default_texts() -> dict[str, str]:
     """Each option's default in words, for ``--help`` (the configuration's defaults are ``None`` on the
     command line, so that a TOML file can set them; the real default is shown from here)."""
     from evosparse.data.download import DATA_DIR_ENV
+    from evosparse.data.text import SEQ_LEN
     from evosparse.engine.config import DEFAULT_SEEDS, TrainConfig
     from evosparse.engine.lr_schedule import DEFAULT_GAMMA
     from evosparse.models import CONV_MODELS, DEFAULT_HIDDEN, TRAINING_DEFAULTS, default_distribution
+    from evosparse.models.gpt import HEAD_WIDTH
 
     def words(value: Any) -> str:
         if isinstance(value, bool):
@@ -316,6 +333,8 @@ def default_texts() -> dict[str, str]:
         "density": f"{TrainConfig.DEFAULT_DENSITY} for methods that need a budget",
         "hidden": "; ".join(f"{model}: {words(sizes)}" for model, sizes in DEFAULT_HIDDEN.items()),
         "distribution": f"{default_distribution('mlp')}; {conv} for {', '.join(sorted(CONV_MODELS))}",
+        "heads": f"width // {HEAD_WIDTH}, at least 1, lowered to a divisor of the width",
+        "context": str(SEQ_LEN),
         "lr_gamma": str(DEFAULT_GAMMA),
         "data_dir": f"${DATA_DIR_ENV} or ~/.cache/evosparse",
         "out": "runs/METHOD-DATASET-seedS-TIME (train)",
@@ -403,9 +422,10 @@ def train(**options: Any) -> None:
         if result["selected_epoch"] is None
         else f", {result['test_acc_at_selected']:.4f} at val-selected epoch {result['selected_epoch']}"
     )
+    bits = result.get("final_test_bits_per_char")
     typer.echo(
         f"{result['method']} on {result['dataset']}: test {result_metric(result).label} {result['final_test_acc']:.4f}"
-        f"{selected} "
+        f"{'' if bits is None else f', {bits:.4f} bits per character'}{selected} "
         f"(best {result['best_test_acc']:.4f}, ARA {result['ara']:.4f}) at density {result['density_final']:.4g} "
         f"({result['params_active']:,}/{result['params_dense']:,} weights), {len(result['epochs'])} epochs "
         f"in {result['wall_time_s']:.1f} s -> {settings.out}"

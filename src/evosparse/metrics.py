@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,12 @@ def ara(accuracies: Sequence[float], b: float = 0.5) -> float:
     c2 = n - n * c1
     weighted = sum(a * (i * c1 + c2) for i, a in enumerate(accuracies, start=1))
     return float(weighted / (n * n * (b + 1) / 2))
+
+
+def bits_per_char(nats: float) -> float:
+    """A cross-entropy in nats per character as bits per character (÷ ln 2), the unit character-level
+    language models are compared in (e.g. Graves 2013)."""
+    return nats / math.log(2)
 
 
 def epoch_reaching(accuracies: Sequence[float], target: float) -> int | None:

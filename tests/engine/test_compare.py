@@ -127,6 +127,7 @@ def test_markdown_and_curves(finished):
     assert "epoch to 0.5" in text and "epoch to 0.99" in text and "mean validation accuracy curve" in text
     header = next(line for line in text.splitlines() if line.startswith("| method"))
     assert "| acc at val-selected epoch |" in header and "| best test acc (info) |" in header
+    assert "bits/char" not in text and summary["methods"]["set"]["final_bits_per_char"] is None  # not text
     assert (finished / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

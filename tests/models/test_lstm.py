@@ -1,3 +1,5 @@
+import math
+
 import pytest
 
 from evosparse.engine.config import build_config
@@ -43,6 +45,8 @@ def test_lstm_learns_next_characters(text_file, tmp_path, method):
     result = train(lstm_config(text_file, tmp_path / method, method=method), progress=False)
     losses = [e["test_loss"] for e in result["epochs"]]
     assert losses[-1] < losses[0] and result["final_test_acc"] > 0.3  # 24 distinct characters: chance ≈ 0.04
+    assert result["final_test_bits_per_char"] == pytest.approx(losses[-1] / math.log(2), rel=1e-12)
+    assert result["context"] == 100 and result["heads"] is None  # the default window; no attention
 
 
 def test_models_refuse_the_other_kind_of_data(text_file, tmp_path):

@@ -24,16 +24,30 @@ DATASETS: dict[str, str] = {
 FILE_DATASETS = ("csv:PATH", "text:PATH")
 
 
-def load_dataset(spec: str, *, data_dir: Path | None = None, target: str | None = None) -> Dataset:
-    """Load a dataset by id, or a user's table with ``csv:PATH`` (label column: last, or ``target``)."""
+def check_context(spec: str, context: int | None) -> None:
+    """Refuse in one line a window length for a dataset that is not ``text:PATH``, or one below 1."""
+    if context is None:
+        return
+    if not spec.startswith("text:"):
+        raise UsageError(f"--context sets the window length of text:PATH datasets; {spec} is not one")
+    if context < 1:
+        raise UsageError(f"--context must be at least 1 character, got {context}")
+
+
+def load_dataset(
+    spec: str, *, data_dir: Path | None = None, target: str | None = None, context: int | None = None
+) -> Dataset:
+    """Load a dataset by id, a user's table with ``csv:PATH`` (label column: last, or ``target``), or a
+    user's text with ``text:PATH`` (windows of ``context`` characters, default ``SEQ_LEN``)."""
+    check_context(spec, context)
     if spec.startswith("csv:"):
         from evosparse.data.table import load_csv
 
         return load_csv(Path(spec[4:]), target=target)
     if spec.startswith("text:"):
-        from evosparse.data.text import load_text
+        from evosparse.data.text import SEQ_LEN, load_text
 
-        return load_text(Path(spec[5:]))
+        return load_text(Path(spec[5:]), SEQ_LEN if context is None else context)
     if target is not None:
         raise UsageError("--target applies only to csv:PATH datasets")
     if spec not in DATASETS:
@@ -44,4 +58,4 @@ def load_dataset(spec: str, *, data_dir: Path | None = None, target: str | None 
     return loader(data_dir=data_dir)
 
 
-__all__ = ["DATASETS", "FILE_DATASETS", "Dataset", "load_dataset"]
+__all__ = ["DATASETS", "FILE_DATASETS", "Dataset", "check_context", "load_dataset"]

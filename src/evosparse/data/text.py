@@ -1,8 +1,9 @@
 """``text:PATH``: a UTF-8 text file as next-character prediction sequences (character-level LSTM).
 
 The vocabulary is the sorted set of characters of the whole file; the first 90% of the text trains, the
-last 10% tests. Each sample is a window of ``seq_len`` characters and its target the same window shifted
-by one character (Karpathy et al. 2016's char-rnn setup, used by the Adaptive Weight Sparsity paper).
+last 10% tests. Each sample is a window of ``seq_len`` characters (``--context``, default :data:`SEQ_LEN`)
+and its target the same window shifted by one character (Karpathy et al. 2016's char-rnn setup, used by
+the Adaptive Weight Sparsity paper). The window is the LSTM's unroll length and the gpt's context.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from evosparse.data.base import Dataset
 from evosparse.errors import DataError
 
+#: Characters per window unless ``--context`` says otherwise.
 SEQ_LEN = 100
 TEST_FRACTION = 0.1
 
@@ -44,5 +46,8 @@ def load_text(path: Path, seq_len: int = SEQ_LEN, test_fraction: float = TEST_FR
     test_x, test_y = _windows(codes[split:], seq_len)
     if len(vocabulary) < 2 or train_x.shape[0] < 1 or test_x.shape[0] < 1:
         needed = int((seq_len + 1) / test_fraction) + 1
-        raise DataError(f"text file {path} is too short: need at least {needed} characters and 2 distinct ones")
+        raise DataError(
+            f"text file {path} is too short for windows of {seq_len} characters (--context): "
+            f"need at least {needed} characters and 2 distinct ones"
+        )
     return Dataset(f"text:{path}", train_x, train_y, test_x, test_y, num_classes=len(vocabulary))

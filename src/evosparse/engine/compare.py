@@ -381,6 +381,8 @@ def method_summary(
     "Epoch to target" is read off the ``split`` (``"val"`` or ``"test"``) accuracy curves;
     ``selected_acc`` is the test accuracy at each run's validation-selected epoch (None when a run has
     no validation split); ``best_acc`` (the best test epoch) is for information only.
+    ``final_bits_per_char`` and ``selected_bits_per_char`` are the test loss of a character model in bits
+    per character after the last and at the selected epoch (None for other runs, and when a run lacks it).
     """
     curves = [[e["test_acc"] for e in result["epochs"]] for result in results]
     if len({len(curve) for curve in curves}) != 1:
@@ -398,6 +400,8 @@ def method_summary(
         "selected_acc": spread(selected) if every_selected else None,
         "selected_epoch": [r["selected_epoch"] for r in results] if every_selected else None,
         "best_acc": spread([r["best_test_acc"] for r in results]),
+        "final_bits_per_char": spread_of_all([r.get("final_test_bits_per_char") for r in results]),
+        "selected_bits_per_char": spread_of_all([r.get("test_bits_per_char_at_selected") for r in results]),
         "ara": spread([r["ara"] for r in results]),
         "epoch_to_target": {
             target_key(target): {
@@ -495,15 +499,30 @@ def reached_text(entry: Mapping[str, Any]) -> str:
     return f"{'never' if epoch is None else epoch} ({sum(e is not None for e in runs)}/{len(runs)})"
 
 
+#: summary.json's bits-per-character entries of a method and their column headers in summary.md.
+BITS_COLUMNS = {
+    "final_bits_per_char": "final test bits/char",
+    "selected_bits_per_char": "test bits/char at val-selected epoch",
+}
+
+
+def bits_columns(summary: Mapping[str, Any]) -> list[str]:
+    """The :data:`BITS_COLUMNS` some method of the comparison has numbers for (none unless it ran on text)."""
+    return [name for name in BITS_COLUMNS if any(entry.get(name) for entry in summary["methods"].values())]
+
+
 def markdown_table(summary: Mapping[str, Any]) -> str:
-    """The comparison as a Markdown table, one row per method."""
+    """The comparison as a Markdown table, one row per method; character models on text add their test
+    loss in bits per character, final and at the val-selected epoch."""
     targets = [target_key(t) for t in summary["targets"]]
     metric = result_metric(summary)
+    bits = bits_columns(summary)
     header = [
         "method",
         f"final {metric.short}",
         f"{metric.short} at val-selected epoch",
         f"best test {metric.short} (info)",
+        *(BITS_COLUMNS[name] for name in bits),
         "ARA",
         *(f"epoch to {t}" for t in targets),
         "active params",
@@ -519,6 +538,7 @@ def markdown_table(summary: Mapping[str, Any]) -> str:
             plus_minus(entry["final_acc"]),
             plus_minus(entry.get("selected_acc")),
             plus_minus(entry["best_acc"]),
+            *(plus_minus(entry.get(name)) for name in bits),
             plus_minus(entry["ara"]),
             *(reached_text(entry["epoch_to_target"][t]) for t in targets),
             f"{round(entry['params_active']['mean']):,}",
@@ -607,6 +627,10 @@ SELECTION_NOTE = (
     "of best validation {label} (— for runs without a validation split); *best test (info)* picks the epoch "
     "on the test set itself, an optimistic bound rather than a result. "
 )
+BITS_NOTE = (
+    "*Bits/char*: the test loss (cross-entropy of the next character) in bits per character, nats / ln 2; "
+    "lower is better. "
+)
 
 
 def render_markdown(summary: Mapping[str, Any]) -> str:
@@ -619,6 +643,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         + markdown_table(summary)
         + f"\nMean ± sample standard deviation over {len(seeds)} seed(s). "
         + SELECTION_NOTE.format(label=result_metric(summary).label)
+        + (BITS_NOTE if bits_columns(summary) else "")
         + (TARGETS_NOTE.format(split=summary.get("selection", "test")) if summary["targets"] else "")
         + "*FLOPs ×dense*: training multiply-adds over the whole run (RigL's count: forward, input and weight "
         "gradients, dense weight gradients where a method records them) and inference multiply-adds per sample "

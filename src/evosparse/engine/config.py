@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from evosparse.backends.csr_model import BACKENDS
+from evosparse.data import check_context
 from evosparse.data.subset import check_fraction
 from evosparse.data.validation import DEFAULT_VAL_FRACTION, check_val_fraction
 from evosparse.engine.lr_schedule import check_schedule
@@ -24,7 +25,7 @@ from evosparse.engine.precision import PRECISIONS
 from evosparse.engine.width_scaling import AUTO_MODES, parse_width_scale
 from evosparse.errors import UsageError
 from evosparse.methods import get_method, resolve_params
-from evosparse.models import MODELS, TRAINING_DEFAULTS, default_distribution
+from evosparse.models import MODELS, TRAINING_DEFAULTS, check_heads, default_distribution
 from evosparse.sparsifier import check_backend
 from evosparse.topology.distributions import DISTRIBUTIONS
 from evosparse.topology.init import INIT_SCHEMES
@@ -57,6 +58,10 @@ class TrainConfig:
     #: ``auto-wide``, ``auto-small`` or a factor (as text) for the hidden widths; see ``width_scaling``.
     width_scale: str | None = None
     dropout: float = 0.0
+    #: Attention heads of ``--model gpt`` (None: one per 32 channels; see ``models.gpt.default_heads``).
+    heads: int | None = None
+    #: Characters per window of a ``text:PATH`` dataset (None: ``data.text.SEQ_LEN``).
+    context: int | None = None
     density: float | None = None
     epsilon: float | None = None
     distribution: str | None = None
@@ -257,6 +262,8 @@ def validate(config: TrainConfig) -> None:
     config.params = resolve_params(method_cls, config.params)
     if config.model not in MODELS:
         raise UsageError(f"unknown model {config.model!r}; choose one of {', '.join(sorted(MODELS))}")
+    check_heads(config.model, config.heads)
+    check_context(config.dataset, config.context)
     if config.density is not None and config.epsilon is not None:
         raise UsageError("give either --density or --epsilon, not both")
     if config.density is not None and not (0.0 < config.density <= 1.0):

@@ -135,7 +135,10 @@ class Trainer:
         initialise(self.context, self.device)
         loaded, self.validation = split_validation(
             load_dataset(
-                config.dataset, data_dir=Path(config.data_dir) if config.data_dir else None, target=config.target
+                config.dataset,
+                data_dir=Path(config.data_dir) if config.data_dir else None,
+                target=config.target,
+                context=config.context,
             ),
             config.val_fraction,
         )
@@ -150,6 +153,7 @@ class Trainer:
             sequence=self.data.y_train.dim() == 2,
             hidden=tuple(config.hidden) if config.hidden else None,
             dropout=config.dropout,
+            heads=config.heads,
         )
         self.spec, self.width_scaling = scale_widths(
             spec,
@@ -442,6 +446,7 @@ class Trainer:
             density_final=self.sparsifier.density(),
             wall_time_s=self._wall(started),
             metric=self.objective.metric,
+            per_character=self.spec.sequence,
         )
         if self.context.is_leader:
             write_result(self.out / RESULT_NAME, result)
@@ -486,6 +491,8 @@ class Trainer:
             "dataset": config.dataset,
             "model": config.model,
             "architecture": architecture_of(self.model),
+            "heads": getattr(self.model, "heads", None),
+            "context": self.data.input_shape[0] if self.spec.sequence else None,
             "backend": config.backend,
             "device": self.device.type,
             "precision": config.precision,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from evosparse.files import atomic_write_text
-from evosparse.metrics import Metric, ara, select_epoch
+from evosparse.metrics import Metric, ara, bits_per_char, select_epoch
 
 #: A run folder's record of a finished run (its presence means the run finished).
 RESULT_NAME = "result.json"
@@ -101,6 +101,7 @@ def build_result(
     density_final: float,
     wall_time_s: float,
     metric: Metric,
+    per_character: bool = False,
 ) -> dict[str, Any]:
     """Assemble result.json: the run's identity (``header``), per-epoch records and summary numbers.
 
@@ -108,6 +109,9 @@ def build_result(
     the validation numbers alone (:func:`select_epoch`; null without a validation split) and
     ``test_acc_at_selected`` is the test value there; ``best_test_acc`` is for information only.
     ``training_macs`` sums the epochs' counts (null when an epoch of a resumed older run has none).
+    ``per_character``: the losses are cross-entropies in nats per character (a character model on text),
+    so each epoch also gets them in bits per character, and the run its final and selected test value
+    (null for other runs).
     """
     accuracies = [record.test_acc for record in epochs]
     counted = [record for record in epochs if record.train_macs is not None and record.train_macs_dense is not None]
@@ -118,16 +122,25 @@ def build_result(
     if len(values) not in (0, len(epochs)) or len(losses) != len(values):
         raise ValueError("some epochs of the run have validation numbers and others have none")
     selected = select_epoch(values, losses, metric.higher_is_better)
+    entries = [asdict(record) for record in epochs]
+    if per_character:
+        for entry in entries:
+            entry["test_bits_per_char"] = bits_per_char(entry["test_loss"])
+            entry["val_bits_per_char"] = None if entry["val_loss"] is None else bits_per_char(entry["val_loss"])
     return {
         "schema": SCHEMA_VERSION,
         **header,
         "density_final": density_final,
         "params_active": params_active,
-        "epochs": [asdict(record) for record in epochs],
+        "epochs": entries,
         "final_test_acc": accuracies[-1],
         "best_test_acc": metric.best(accuracies),
         "selected_epoch": selected,
         "test_acc_at_selected": None if selected is None else accuracies[selected - 1],
+        "final_test_bits_per_char": entries[-1]["test_bits_per_char"] if per_character else None,
+        "test_bits_per_char_at_selected": None
+        if selected is None or not per_character
+        else entries[selected - 1]["test_bits_per_char"],
         "metric": metric.name,
         "ara": ara(accuracies),
         "training_macs": None

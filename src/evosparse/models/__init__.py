@@ -23,7 +23,8 @@ from evosparse.models.vae import VAE
 class ModelSpec:
     """What a model builder needs: sample shape, classes, whether targets are sequences, user options.
 
-    ``hidden`` is ``None`` when the user gave no sizes: each model then uses its paper default.
+    ``hidden`` is ``None`` when the user gave no sizes: each model then uses its paper default;
+    ``heads`` (the gpt's attention heads) is ``None`` for its default, one head per 32 channels.
     """
 
     input_shape: tuple[int, ...]
@@ -31,6 +32,7 @@ class ModelSpec:
     sequence: bool = False
     hidden: tuple[int, ...] | None = None
     dropout: float = 0.0
+    heads: int | None = None
 
 
 #: Hidden widths of the models that take a width list, used when ``--hidden`` is not given (the vae's
@@ -69,7 +71,9 @@ def _build_lstm(spec: ModelSpec) -> nn.Module:
 
 def _build_gpt(spec: ModelSpec) -> nn.Module:
     width, blocks = _character_widths("gpt", spec, "blocks")
-    return CharGPT(spec.num_classes, spec.input_shape[0], width, blocks, spec.dropout)
+    if spec.heads is not None and width % spec.heads:
+        raise UsageError(f"gpt: width {width} is not divisible into {spec.heads} heads; choose --heads dividing it")
+    return CharGPT(spec.num_classes, spec.input_shape[0], width, blocks, spec.dropout, spec.heads)
 
 
 def _build_vae(spec: ModelSpec) -> nn.Module:
@@ -136,7 +140,19 @@ def build_model(name: str, spec: ModelSpec) -> nn.Module:
         raise UsageError(f"hidden sizes must be positive, got {list(spec.hidden)}")
     if not 0.0 <= spec.dropout < 1.0:
         raise UsageError(f"dropout must be in [0, 1), got {spec.dropout}")
+    check_heads(name, spec.heads)
     return MODELS[name](spec)
+
+
+def check_heads(model: str, heads: int | None) -> None:
+    """Refuse in one line a head count for a model without attention, or one below 1 (whether it divides
+    the width is checked when the widths are known, by the gpt's builder)."""
+    if heads is None:
+        return
+    if model != "gpt":
+        raise UsageError(f"--heads sets the attention heads of --model gpt; model {model} has none")
+    if heads < 1:
+        raise UsageError(f"--heads must be at least 1, got {heads}")
 
 
 def architecture_of(model: nn.Module) -> list[int]:

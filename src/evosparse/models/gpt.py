@@ -5,8 +5,9 @@ Every projection is its own ``nn.Linear`` — query, key, value and output of ea
 two layers of each MLP and the output head — so each is a sparse layer with its own budget and its own
 row in the per-layer report, and every method that works on linear layers runs on it. The token and
 position embeddings and the LayerNorms stay dense (they are not ``nn.Linear``). Attention is causal
-(``scaled_dot_product_attention`` with ``is_causal``) over the dataset's windows, whose length fixes
-the number of learned positions.
+(``scaled_dot_product_attention`` with ``is_causal``) over the dataset's windows, whose length
+(``--context``) fixes the number of learned positions; ``heads`` (``--heads``) splits each block's width
+into that many heads.
 """
 
 from __future__ import annotations
@@ -17,8 +18,18 @@ from torch.nn import functional as F
 
 from evosparse.topology.groups import ConnectionGroup, LayerPart
 
-#: Width of one attention head: a block of width w has w // HEAD_WIDTH heads.
+#: Width of one attention head when no head count is given: a block of width w has w // HEAD_WIDTH heads.
 HEAD_WIDTH = 32
+
+
+def default_heads(width: int) -> int:
+    """The head count of a block of ``width`` channels when none is given: one head per
+    :data:`HEAD_WIDTH` channels, at least 1, lowered to the nearest count that divides the width (so that
+    every width builds — widths from ``--width-scale`` are arbitrary — and multiples of 32 keep w // 32)."""
+    heads = max(1, width // HEAD_WIDTH)
+    while width % heads:
+        heads -= 1
+    return heads
 
 
 class CausalSelfAttention(nn.Module):
@@ -70,9 +81,17 @@ class CharGPT(nn.Module):
     #: residual connections skip blocks), whatever their shapes: path-based methods must refuse it.
     chain_of_sparse_layers = False
 
-    def __init__(self, vocabulary: int, context: int, width: int = 128, layers: int = 2, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        vocabulary: int,
+        context: int,
+        width: int = 128,
+        layers: int = 2,
+        dropout: float = 0.0,
+        heads: int | None = None,
+    ) -> None:
         super().__init__()
-        heads = max(1, width // HEAD_WIDTH)
+        heads = default_heads(width) if heads is None else heads
         self.width, self.heads = width, heads
         self.token = nn.Embedding(vocabulary, width)
         self.position = nn.Embedding(context, width)
