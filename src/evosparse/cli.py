@@ -103,6 +103,16 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
         ],
         None,
     ),
+    "sparse_embeddings": (
+        Annotated[
+            Optional[bool],
+            typer.Option(
+                "--sparse-embeddings/--dense-embeddings",
+                help="--model gpt: the token and position embeddings are sparse layers too",
+            ),
+        ],
+        None,
+    ),
     "context": (
         Annotated[
             Optional[int],
@@ -273,6 +283,7 @@ SETUP_OPTIONS = (
     "hidden",
     "dropout",
     "heads",
+    "sparse_embeddings",
     "context",
     "density",
     "epsilon",

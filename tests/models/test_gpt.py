@@ -51,6 +51,23 @@ def test_every_projection_is_its_own_sparse_layer_and_embeddings_and_norms_stay_
     ] + ["norm.weight"]
 
 
+def test_sparse_embeddings_join_the_sparse_layers_with_their_own_values_kept():
+    torch.manual_seed(0)
+    model = CharGPT(vocabulary=11, context=16, width=32, layers=1, sparse_embeddings=True)
+    token, position = model.token.weight.detach().clone(), model.position.weight.detach().clone()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    s = evosparse.sparsify(model, optimizer, "set", density=0.2, include=model.sparse_include)
+    layers = {layer.name: layer for layer in s.topology.layers}
+    assert list(layers)[:2] == ["token.weight", "position.weight"]
+    assert s.density() == pytest.approx(0.2, abs=1e-3)
+    for layer, before in ((layers["token.weight"], token), (layers["position.weight"], position)):
+        assert 0 < layer.active < layer.numel
+        assert torch.equal(layer.weight.detach()[layer.mask], before[layer.mask])  # GPT-2's N(0, 0.02²) kept
+        assert not layer.weight.detach()[~layer.mask].any()
+    with pytest.raises(UsageError, match="--sparse-embeddings sparsifies the embeddings of --model gpt"):
+        build_model("mlp", ModelSpec((8,), 3, sparse_embeddings=True))
+
+
 def test_path_based_methods_refuse_it_in_one_line_though_its_shapes_chain():
     model = CharGPT(vocabulary=11, context=16, width=32, layers=1)
     with pytest.raises(UsageError, match="CharGPT's sparse layers are not one"):
@@ -71,14 +88,17 @@ def test_rigl_trains_it_from_the_command_line_at_density_0_1(tmp_path, text_file
     out = tmp_path / "run"
     args = ["train", "--model", "gpt", "--dataset", f"text:{text_file}", "--method", "rigl", "--density", "0.1"]
     args += ["--hidden", "64,64", "--epochs", "3", "--lr", "0.003", "--optimizer", "adam", "--batch-size", "16"]
+    args += ["--sparse-embeddings"]
     assert main([*args, "--out", str(out), "--no-progress", "--param", "update_interval=10"]) == 0
     result = json.loads((out / "result.json").read_text())
+    assert result["sparse_embeddings"] is True
     losses = [epoch["train_loss"] for epoch in result["epochs"]]
     chance = math.log(20)  # 20 distinct characters: the loss of a uniform guess
     assert losses[-1] < losses[0] and losses[-1] < 0.8 * chance, losses  # it learns the words' spelling
     assert result["density_final"] == pytest.approx(0.1, abs=1e-3)
     assert sum(e["connections_changed"] for e in result["epochs"]) > 0
-    assert len(result["layers"]) == 13 and result["architecture"][1:3] == [64, 64]
+    assert len(result["layers"]) == 15 and result["architecture"][1:3] == [64, 64]
+    assert [layer["name"] for layer in result["layers"][:2]] == ["token.weight", "position.weight"]
 
 
 @pytest.mark.parametrize("method", sorted(set(METHODS) - {"path_weight"}))
@@ -242,7 +262,7 @@ def test_resume_refuses_a_changed_head_count(tiny_run, capsys):
 def test_a_run_on_other_data_has_no_bits_per_character(tmp_path):
     result = train(build_config(None, {"epochs": 1, "hidden": "16", "out": str(tmp_path / "digits")}), progress=False)
     assert result["final_test_bits_per_char"] is None and result["test_bits_per_char_at_selected"] is None
-    assert result["heads"] is None and result["context"] is None
+    assert result["heads"] is None and result["context"] is None and result["sparse_embeddings"] is False
     assert "test_bits_per_char" not in result["epochs"][0]
 
 

@@ -25,7 +25,7 @@ from evosparse.engine.precision import PRECISIONS
 from evosparse.engine.width_scaling import AUTO_MODES, parse_width_scale
 from evosparse.errors import UsageError
 from evosparse.methods import get_method, resolve_params
-from evosparse.models import MODELS, TRAINING_DEFAULTS, check_heads, default_distribution
+from evosparse.models import MODELS, TRAINING_DEFAULTS, check_heads, check_sparse_embeddings, default_distribution
 from evosparse.sparsifier import check_backend
 from evosparse.topology.distributions import DISTRIBUTIONS
 from evosparse.topology.init import INIT_SCHEMES
@@ -62,6 +62,8 @@ class TrainConfig:
     heads: int | None = None
     #: Characters per window of a ``text:PATH`` dataset (None: ``data.text.SEQ_LEN``).
     context: int | None = None
+    #: The gpt's token and position embeddings are sparse layers too.
+    sparse_embeddings: bool = False
     density: float | None = None
     epsilon: float | None = None
     distribution: str | None = None
@@ -263,6 +265,7 @@ def validate(config: TrainConfig) -> None:
     if config.model not in MODELS:
         raise UsageError(f"unknown model {config.model!r}; choose one of {', '.join(sorted(MODELS))}")
     check_heads(config.model, config.heads)
+    check_sparse_embeddings(config.model, config.sparse_embeddings)
     check_context(config.dataset, config.context)
     if config.density is not None and config.epsilon is not None:
         raise UsageError("give either --density or --epsilon, not both")

@@ -154,6 +154,7 @@ class Trainer:
             hidden=tuple(config.hidden) if config.hidden else None,
             dropout=config.dropout,
             heads=config.heads,
+            sparse_embeddings=config.sparse_embeddings,
         )
         self.spec, self.width_scaling = scale_widths(
             spec,
@@ -493,6 +494,7 @@ class Trainer:
             "architecture": architecture_of(self.model),
             "heads": getattr(self.model, "heads", None),
             "context": self.data.input_shape[0] if self.spec.sequence else None,
+            "sparse_embeddings": config.sparse_embeddings,
             "backend": config.backend,
             "device": self.device.type,
             "precision": config.precision,

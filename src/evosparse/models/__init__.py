@@ -33,6 +33,8 @@ class ModelSpec:
     hidden: tuple[int, ...] | None = None
     dropout: float = 0.0
     heads: int | None = None
+    #: The gpt's token and position embeddings are sparse layers too.
+    sparse_embeddings: bool = False
 
 
 #: Hidden widths of the models that take a width list, used when ``--hidden`` is not given (the vae's
@@ -73,7 +75,9 @@ def _build_gpt(spec: ModelSpec) -> nn.Module:
     width, blocks = _character_widths("gpt", spec, "blocks")
     if spec.heads is not None and width % spec.heads:
         raise UsageError(f"gpt: width {width} is not divisible into {spec.heads} heads; choose --heads dividing it")
-    return CharGPT(spec.num_classes, spec.input_shape[0], width, blocks, spec.dropout, spec.heads)
+    return CharGPT(
+        spec.num_classes, spec.input_shape[0], width, blocks, spec.dropout, spec.heads, spec.sparse_embeddings
+    )
 
 
 def _build_vae(spec: ModelSpec) -> nn.Module:
@@ -141,6 +145,7 @@ def build_model(name: str, spec: ModelSpec) -> nn.Module:
     if not 0.0 <= spec.dropout < 1.0:
         raise UsageError(f"dropout must be in [0, 1), got {spec.dropout}")
     check_heads(name, spec.heads)
+    check_sparse_embeddings(name, spec.sparse_embeddings)
     return MODELS[name](spec)
 
 
@@ -153,6 +158,12 @@ def check_heads(model: str, heads: int | None) -> None:
         raise UsageError(f"--heads sets the attention heads of --model gpt; model {model} has none")
     if heads < 1:
         raise UsageError(f"--heads must be at least 1, got {heads}")
+
+
+def check_sparse_embeddings(model: str, sparse_embeddings: bool) -> None:
+    """Refuse in one line ``--sparse-embeddings`` for a model without embedding tables."""
+    if sparse_embeddings and model != "gpt":
+        raise UsageError(f"--sparse-embeddings sparsifies the embeddings of --model gpt; model {model} has none")
 
 
 def architecture_of(model: nn.Module) -> list[int]:

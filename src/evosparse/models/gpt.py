@@ -3,8 +3,9 @@ the scale of the character LSTM, for dynamic sparse training of attention and ML
 
 Every projection is its own ``nn.Linear`` — query, key, value and output of each attention layer, the
 two layers of each MLP and the output head — so each is a sparse layer with its own budget and its own
-row in the per-layer report, and every method that works on linear layers runs on it. The token and
-position embeddings and the LayerNorms stay dense (they are not ``nn.Linear``). Attention is causal
+row in the per-layer report, and every method that works on linear layers runs on it. The LayerNorms
+stay dense; so do the token and position embeddings, unless ``sparse_embeddings``
+(``--sparse-embeddings``) makes them sparse layers too (their own initialisation kept). Attention is causal
 (``scaled_dot_product_attention`` with ``is_causal``) over the dataset's windows, whose length
 (``--context``) fixes the number of learned positions; ``heads`` (``--heads``) splits each block's width
 into that many heads.
@@ -89,10 +90,13 @@ class CharGPT(nn.Module):
         layers: int = 2,
         dropout: float = 0.0,
         heads: int | None = None,
+        sparse_embeddings: bool = False,
     ) -> None:
         super().__init__()
         heads = default_heads(width) if heads is None else heads
         self.width, self.heads = width, heads
+        if sparse_embeddings:  # the token and position tables join the sparse layers (see find_sparse_parameters)
+            self.sparse_include = ("token.weight", "position.weight")
         self.token = nn.Embedding(vocabulary, width)
         self.position = nn.Embedding(context, width)
         self.blocks = nn.ModuleList(Block(width, heads, dropout) for _ in range(layers))
