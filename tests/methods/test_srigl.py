@@ -1,6 +1,7 @@
 """SRigL (Lasby et al. 2023): constant fan-in topology, per-neuron regrowth and neuron ablation, against
 brute force on small layers, on the masked and csr backends, linear and convolution layers."""
 
+import functools
 import json
 import math
 
@@ -87,9 +88,9 @@ def test_first_per_unit_and_per_unit_top_gradients_equal_brute_force_with_ties()
         numel = units * fan_in
         positions = torch.randperm(numel, generator=generator)[: int(torch.randint(1, numel + 1, (1,)))]
         gradients = torch.randint(-2, 3, (positions.numel(),), generator=generator).to(F64)
-        unit_of = positions // fan_in
+        unit_of = functools.partial(torch.floor_divide, other=fan_in)
         limits = torch.randint(0, fan_in + 1, (units,), generator=generator)
-        available = torch.bincount(unit_of, minlength=units)
+        available = torch.bincount(unit_of(positions), minlength=units)
         need = torch.minimum(limits, available)
         listed = sorted(zip(positions.tolist(), gradients.abs().tolist()), key=lambda pair: (-pair[1], pair[0]))
         expected = [p for u in range(units) for p in [p for p, _ in listed if p // fan_in == u][: int(need[u])]]
@@ -98,11 +99,11 @@ def test_first_per_unit_and_per_unit_top_gradients_equal_brute_force_with_ties()
         assert sorted(chosen.tolist()) == sorted(expected)
         for size in (1, 3, numel):  # any cut into blocks gives the same answer
             blocks = [(positions[i : i + size], gradients[i : i + size]) for i in range(0, positions.numel(), size)]
-            grown = top_gradient_per_unit(blocks, lambda p: p // fan_in, need)
+            grown = top_gradient_per_unit(blocks, unit_of, need)
             assert sorted(grown.tolist()) == sorted(expected)
         if bool((limits > available).any()):
             with pytest.raises(UsageError, match="only"):
-                top_gradient_per_unit([(positions, gradients)], lambda p: p // fan_in, limits)
+                top_gradient_per_unit([(positions, gradients)], unit_of, limits)
 
 
 # -- one update against brute force -----------------------------------------------------------------------
@@ -273,7 +274,8 @@ def test_each_update_swaps_at_most_the_cosine_decayed_fraction_until_t_end():
     )
     update_steps = []
     for step, batch in enumerate(batches(40, (30,)), 1):
-        bound = sum(2 * math.floor(cosine_update_fraction(step, 0.3, 30) * layer.active) for layer in sparsifier.topology.layers)
+        fraction = cosine_update_fraction(step, 0.3, 30)
+        bound = sum(2 * math.floor(fraction * layer.active) for layer in sparsifier.topology.layers)
         train_steps(model, sparsifier, [batch])
         stats = sparsifier.take_stats()
         if stats.updates:
