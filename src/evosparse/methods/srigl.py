@@ -50,7 +50,9 @@ class SRigL(Method):
     So the drop is RigL's layer-wide magnitude criterion and the constant fan-in is restored by the
     per-unit growth: a unit with many weak weights changes more inputs than a unit with strong ones.
     As in ``rigl``, the update follows the optimizer step of its step (the authors update instead of
-    stepping), and the dense gradient is that step's backward pass, recorded only before updates.
+    stepping), and the dense gradient is that step's backward pass, recorded only before updates. Every
+    inactive position is scored, block by block (bounded memory); a layer that may ablate reads the
+    blocks twice (salience, then growth), which on the csr backend doubles RigL's O(out·in·batch) cost.
     """
 
     name = "srigl"
