@@ -146,7 +146,7 @@ class Sparsifier:
         self.topology_version = 0
         self.released = self.squashed = False
         built_directly = any(getattr(module, attr).is_meta for _, module, attr in found)
-        self.topology = self._draw_topology(found, matrices, init, built_directly)
+        self.topology = self._draw_topology(found, matrices, init, built_directly, method_cls)
         context = MethodContext(
             layers=self.topology.layers,
             hparams=self.hparams,
@@ -170,20 +170,32 @@ class Sparsifier:
         matrices: Sequence[SparseMatrix],
         init: str,
         built_directly: bool,
+        method_cls: type[Method],
     ) -> Topology:
         """Step 2 of the lifecycle: every layer's random topology, on the run's backend, the model untouched.
 
         ``found`` are the sparse parameters, ``matrices`` the matrices they hold (a layer each; csr converts
         whole ``nn.Linear`` weights, so for it the two are the same). ``built_directly``: the weights are on
-        the meta device, so csr layers are drawn sparse directly."""
+        the meta device, so csr layers are drawn sparse directly; ``method_cls.constant_fan_in``: the budgets
+        are spread evenly over each layer's output units."""
         if self.backend == "csr":
             check_replaceable(self.model, found)
         if built_directly:
             if self.backend != "csr":
                 raise UsageError("the model's weights are on the meta device; only --backend csr can build them")
+            if method_cls.constant_fan_in:
+                raise UsageError(
+                    f"method {method_cls.name} starts from a constant fan-in topology, which a model on the "
+                    "meta device cannot be drawn with yet; build the model on the CPU"
+                )
             return build_csr_direct(self.model, found, self.plan.initial, init, self.generator, self.optimizer)
         masked = build_masked_topology(
-            matrices, self.plan.initial, self.generator, self.optimizer, by_magnitude=init == "keep_largest"
+            matrices,
+            self.plan.initial,
+            self.generator,
+            self.optimizer,
+            by_magnitude=init == "keep_largest",
+            constant_fan_in=method_cls.constant_fan_in,
         )
         return csr_twins(masked, self.optimizer) if self.backend == "csr" else masked
 

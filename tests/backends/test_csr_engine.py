@@ -141,10 +141,12 @@ def test_cli_config_refuses_csr_for_methods_without_it(method):
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("candidates", [0, 40])
-def test_masked_and_csr_rigl_train_identically(tmp_path, candidates):
-    pairs = ("update_interval=5", "update_until=1.0", f"candidates={candidates}")
-    masked = run(tmp_path / "masked", "masked", "rigl", epochs=3, pairs=pairs)
-    csr = run(tmp_path / "csr", "csr", "rigl", epochs=3, pairs=pairs)
+@pytest.mark.parametrize(
+    "method, pairs", [("rigl", ("candidates=0",)), ("rigl", ("candidates=40",)), ("srigl", ("gamma_sal=0.9",))]
+)
+def test_masked_and_csr_rigl_and_srigl_train_identically(tmp_path, method, pairs):
+    pairs = ("update_interval=5", "update_until=1.0", *pairs)
+    masked = run(tmp_path / "masked", "masked", method, epochs=3, pairs=pairs)
+    csr = run(tmp_path / "csr", "csr", method, epochs=3, pairs=pairs)
     assert_same_run(masked, csr, tmp_path / "masked", tmp_path / "csr")
     assert sum(record["connections_changed"] for record in csr["epochs"]) > 0

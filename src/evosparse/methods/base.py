@@ -143,6 +143,9 @@ class Method:
     #: Dense-to-sparse methods (GMP, pruning) start with every connection active and reach the
     #: requested density themselves; ``context.plan.budgets`` holds the per-layer goal.
     starts_dense: ClassVar[bool] = False
+    #: ``True`` for methods that keep every output unit's fan-in constant (SRigL): the initial topology
+    #: then gives each unit k or k + 1 inputs (:func:`~evosparse.topology.masks.fan_in_mask`).
+    constant_fan_in: ClassVar[bool] = False
     #: ``False`` for methods that find their own density (the switcher): ``density`` is then optional and,
     #: when given, the method's budget.
     needs_budget: ClassVar[bool] = True

@@ -12,6 +12,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
+
 from evosparse.errors import UsageError
 from evosparse.topology.distributions import Shape, layer_budgets, layer_densities
 
@@ -82,3 +84,20 @@ def plan_budget(shapes: Sequence[Shape], distribution: str, request: BudgetReque
     initial = sizes if request.starts_dense else budgets
     target = density if density is not None else sum(budgets) / sum(sizes)
     return BudgetPlan(densities, budgets, initial, target)
+
+
+def fan_in_split(budget: int, units: int) -> torch.Tensor:
+    """The most even split of a layer's ``budget`` over ``units`` output units (int64, one count per unit).
+
+    A constant fan-in (SRigL, Lasby et al. 2023) gives every unit the same number k of inputs, which holds
+    a budget exactly only when it is a multiple of the number of units. The budget is kept exact instead:
+    with q, r = divmod(budget, units), the first r units get q + 1 inputs and the others q, so fan-ins
+    differ by at most one and the global budget stays what the distribution planned. (The authors' code
+    gives every unit ⌊budget/units⌋ and leaves the remainder unused.)
+    """
+    if units < 1 or budget < 0:
+        raise UsageError(f"cannot split {budget} connections over {units} units")
+    quotient, remainder = divmod(budget, units)
+    counts = torch.full((units,), quotient, dtype=torch.int64)
+    counts[:remainder] += 1
+    return counts

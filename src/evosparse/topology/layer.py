@@ -117,6 +117,16 @@ class SparseLayer(ABC):
         """Number of output units (rows of a linear weight, output channels of a convolution)."""
         return self.shape[self.output_axis]
 
+    @property
+    def fan_in(self) -> int:
+        """Number of positions per output unit: inputs of a linear unit, in_channels·kh·kw of a conv channel."""
+        return self.numel // self.fan_out_axis_size
+
+    def unit_of(self, positions: Tensor) -> Tensor:
+        """The output unit (index along :attr:`output_axis`) of each flat position."""
+        stride = math.prod(self.shape[self.output_axis + 1 :])
+        return positions // stride % self.fan_out_axis_size
+
     # -- topology ---------------------------------------------------------------------------------
 
     @abstractmethod

@@ -18,6 +18,7 @@ splits packed parameters into the matrices they hold (:func:`sparse_matrices`) a
 from __future__ import annotations
 
 import fnmatch
+import math
 import sys
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from evosparse.errors import InvariantError, UsageError
+from evosparse.topology.budget import fan_in_split
 from evosparse.topology.init import check_init_scheme, sparse_kaiming_draws
 from evosparse.topology.layer import ActiveGradientHook, SparseLayer, Topology, no_gradient_message
 
@@ -212,6 +214,41 @@ def largest_mask(weight: torch.Tensor, count: int, *, output_axis: int = 0) -> t
     order = torch.argsort(remaining, descending=True, stable=True)
     flat[order[: count - placed]] = True
     return flat.view(weight.shape)
+
+
+def fan_in_mask(
+    shape: Sequence[int],
+    count: int,
+    generator: torch.Generator,
+    *,
+    weight: torch.Tensor | None = None,
+    output_axis: int = 0,
+) -> torch.Tensor:
+    """A boolean mask of ``count`` connections with a constant fan-in (SRigL's topology).
+
+    Output unit u (index along ``output_axis``) gets ``fan_in_split(count, units)[u]`` inputs
+    (:func:`~evosparse.topology.budget.fan_in_split`: k or k + 1): drawn uniformly at random, or, when
+    ``weight`` is given, its largest ``|weight|`` entries (ties: the lower position first, as
+    :func:`largest_mask`).
+    """
+    shape = tuple(int(s) for s in shape)
+    if output_axis:
+        units_first = (shape[output_axis], *shape[:output_axis], *shape[output_axis + 1 :])
+        moved = None if weight is None else weight.movedim(output_axis, 0)
+        return fan_in_mask(units_first, count, generator, weight=moved).movedim(0, output_axis).contiguous()
+    total = math.prod(shape)
+    if not 0 <= count <= total:
+        raise UsageError(f"cannot place {count} connections in a {shape} weight")
+    units = shape[0]
+    if weight is None:
+        scores = torch.rand(units, total // units, generator=generator)
+    else:
+        scores = weight.detach().abs().reshape(units, -1).cpu()
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+    chosen = torch.arange(total // units).expand(units, -1) < fan_in_split(count, units).unsqueeze(1)
+    mask = torch.zeros(units, total // units, dtype=torch.bool)
+    mask.scatter_(1, order, chosen)
+    return mask.view(shape)
 
 
 class MaskedLayer(SparseLayer):
@@ -431,9 +468,11 @@ def build_masked_topology(
     optimizer: torch.optim.Optimizer | None = None,
     *,
     by_magnitude: bool = False,
+    constant_fan_in: bool = False,
 ) -> Topology:
     """Masks with the given per-layer budgets over the matrices of :func:`sparse_matrices`: random, or
-    each weight's largest magnitudes (``by_magnitude``, :func:`largest_mask`).
+    each weight's largest magnitudes (``by_magnitude``, :func:`largest_mask`); with ``constant_fan_in``
+    spread evenly over the output units (:func:`fan_in_mask`), as SRigL starts.
 
     The weights are not touched: initialise and mask them once the masks are accepted.
     """
@@ -442,7 +481,11 @@ def build_masked_topology(
     layers = []
     for matrix, count in zip(matrices, budgets):
         weight, axis = matrix.weight, output_axis(matrix.module, matrix.attr)
-        if by_magnitude:
+        if constant_fan_in:
+            chosen = fan_in_mask(
+                weight.shape, count, generator, weight=weight if by_magnitude else None, output_axis=axis
+            )
+        elif by_magnitude:
             chosen = largest_mask(weight, count, output_axis=axis)
         else:
             chosen = random_mask(weight.shape, count, generator, output_axis=axis)
