@@ -88,14 +88,21 @@ def layer_on(
 
 
 def twin_layers(
-    in_features: int, out_features: int, density: float, seed: int, optimizer_factory=None, device="cpu"
-) -> tuple[MaskedLayer, CsrLayer]:
-    """A masked layer and a csr layer of the same random linear layer (each with its own optimizer if asked)."""
+    in_features: int,
+    out_features: int,
+    density: float,
+    seed: int,
+    optimizer_factory=None,
+    device="cpu",
+    backend: str = "csr",
+) -> tuple[MaskedLayer, CsrLayer | CondensedLayer]:
+    """A masked layer and a layer of ``backend`` (csr or condensed) of the same random linear layer (each with
+    its own optimizer if asked)."""
     linear, mask = masked_linear(in_features, out_features, density, seed, device=device)
-    csr = layer_on("csr", linear, mask, optimizer_factory)
+    sparse = layer_on(backend, linear, mask, optimizer_factory)
     masked = layer_on("masked", linear, mask, optimizer_factory)
-    assert isinstance(masked, MaskedLayer) and isinstance(csr, CsrLayer)
-    return masked, csr
+    assert isinstance(masked, MaskedLayer) and isinstance(sparse, CsrLayer | CondensedLayer)
+    return masked, sparse
 
 
 def dense_weight(layer: SparseLayer) -> torch.Tensor:
