@@ -62,8 +62,8 @@ def padded_layout(positions: Tensor, shape: tuple[int, int]) -> PaddedLayout:
 
     k_max is the largest row count (at least 1). A row with c < k_max connections is padded with its
     k_max − c smallest unused inputs: the j-th unused input of a row is j plus the number of its active
-    inputs c_i with c_i − i ≤ j (i the rank of c_i in the row), one binary search over all rows at once.
-    O(slots · log slots).
+    inputs c_i with c_i − i ≤ j (i the rank of c_i in the row), one binary search over all rows at once;
+    the padding is then merged into the sorted positions. O(slots · log slots).
     """
     out_features, in_features = shape
     device = positions.device
@@ -79,12 +79,17 @@ def padded_layout(positions: Tensor, shape: tuple[int, int]) -> PaddedLayout:
     pad_rank = torch.arange(pad_rows.numel(), device=device) - (torch.cumsum(padding, 0) - padding)[pad_rows]
     earlier = torch.searchsorted(free_before, pad_rows * (in_features + 1) + pad_rank, right=True)
     pad_cols = pad_rank + earlier - row_starts[pad_rows]
-    order = torch.argsort(torch.cat([positions, pad_rows * in_features + pad_cols]))
-    slot_of = torch.empty_like(order)
-    slot_of[order] = torch.arange(order.numel(), device=device)
-    indices = torch.cat([cols, pad_cols])[order].view(out_features, k_max)
-    valid = (order < positions.numel()).view(out_features, k_max)
-    return PaddedLayout(CondensedStructure.from_indices(indices, in_features), valid, slot_of[: positions.numel()])
+    # Both lists are sorted: merge them (each padding entry lands after the positions below it).
+    pad_slots = torch.searchsorted(positions, pad_rows * in_features + pad_cols) + torch.arange(
+        pad_rows.numel(), device=device
+    )
+    valid = torch.ones(out_features * k_max, dtype=torch.bool, device=device)
+    valid[pad_slots] = False
+    slots = valid.nonzero().squeeze(1)
+    indices = torch.empty(out_features * k_max, dtype=torch.int64, device=device)
+    indices[slots], indices[pad_slots] = cols, pad_cols
+    structure = CondensedStructure.from_indices(indices.view(out_features, k_max), in_features)
+    return PaddedLayout(structure, valid.view(out_features, k_max), slots)
 
 
 class _ZeroPaddingGradient(torch.autograd.Function):
