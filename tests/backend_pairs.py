@@ -1,4 +1,4 @@
-"""Test helpers: the same sparse linear layer on the masked backend and on the csr backend."""
+"""Test helpers: the same sparse linear layer on the masked backend and on the csr and condensed backends."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from evosparse.backends.condensed_layer import CondensedLinear
+from evosparse.backends.condensed_model import CondensedLayer
 from evosparse.backends.csr_layer import CsrLinear
 from evosparse.backends.csr_model import CsrLayer
 from evosparse.topology.layer import SparseLayer, Topology
@@ -15,7 +17,7 @@ from evosparse.topology.masks import MaskedLayer
 F64 = torch.float64
 
 #: The storage backends every protocol test runs on.
-BACKEND_NAMES = ("masked", "csr")
+BACKEND_NAMES = ("masked", "csr", "condensed")
 
 
 def random_mask(out_features: int, in_features: int, density: float, generator: torch.Generator) -> torch.Tensor:
@@ -66,30 +68,41 @@ def layer_on(
 ) -> SparseLayer:
     """``linear`` (zero off ``mask``) as a :class:`SparseLayer` of ``backend``, with its own optimizer if asked.
 
-    The masked layer works on ``linear`` itself; the csr layer on a :class:`CsrLinear` copy of it.
+    The masked layer works on ``linear`` itself; the csr and condensed layers on a copy of it.
     ``optimizer_factory(parameters)`` builds the optimizer over the layer's trainable parameters.
     """
     if backend == "masked":
         optimizer = optimizer_factory(linear.parameters()) if optimizer_factory else None
         layer: SparseLayer = MaskedLayer(name, linear, "weight", mask.clone(), int(mask.sum()), optimizer)
-    else:
+    elif backend == "csr":
         csr = CsrLinear.from_linear(linear, mask)
         optimizer = optimizer_factory(csr.parameters()) if optimizer_factory else None
         layer = CsrLayer(name, csr, int(mask.sum()), optimizer)
+    else:
+        condensed = CondensedLinear.from_dense(linear.weight, mask, linear.bias)
+        optimizer = optimizer_factory(condensed.parameters()) if optimizer_factory else None
+        layer = CondensedLayer(name, condensed, int(mask.sum()), optimizer)
     layer.install_hooks()
     layer.apply_mask()
     return layer
 
 
 def twin_layers(
-    in_features: int, out_features: int, density: float, seed: int, optimizer_factory=None, device="cpu"
-) -> tuple[MaskedLayer, CsrLayer]:
-    """A masked layer and a csr layer of the same random linear layer (each with its own optimizer if asked)."""
+    in_features: int,
+    out_features: int,
+    density: float,
+    seed: int,
+    optimizer_factory=None,
+    device="cpu",
+    backend: str = "csr",
+) -> tuple[MaskedLayer, CsrLayer | CondensedLayer]:
+    """A masked layer and a layer of ``backend`` (csr or condensed) of the same random linear layer (each with
+    its own optimizer if asked)."""
     linear, mask = masked_linear(in_features, out_features, density, seed, device=device)
-    csr = layer_on("csr", linear, mask, optimizer_factory)
+    sparse = layer_on(backend, linear, mask, optimizer_factory)
     masked = layer_on("masked", linear, mask, optimizer_factory)
-    assert isinstance(masked, MaskedLayer) and isinstance(csr, CsrLayer)
-    return masked, csr
+    assert isinstance(masked, MaskedLayer) and isinstance(sparse, CsrLayer | CondensedLayer)
+    return masked, sparse
 
 
 def dense_weight(layer: SparseLayer) -> torch.Tensor:

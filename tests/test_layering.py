@@ -27,7 +27,7 @@ FORBIDDEN = [
 ]
 
 #: Names of backend types that no method, engine or export code may test with isinstance.
-BACKEND_TYPES = {"MaskedLayer", "CsrLayer", "CsrLinear"}
+BACKEND_TYPES = {"MaskedLayer", "CsrLayer", "CsrLinear", "CondensedLayer", "CondensedLinear", "SparseLinear"}
 
 
 def module_name(path: Path) -> str:

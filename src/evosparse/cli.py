@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from evosparse.backends.csr_model import BACKENDS
+from evosparse.backends.registry import BACKENDS
 from evosparse.data import DATASETS, FILE_DATASETS
 from evosparse.engine.config import DEVICES, OPTIMIZERS
 from evosparse.engine.lr_schedule import LR_SCHEDULES

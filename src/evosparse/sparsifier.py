@@ -28,13 +28,13 @@ import torch
 from torch import nn
 
 from evosparse.backends.csr_model import (
-    BACKENDS,
     build_csr_direct,
     check_replaceable,
-    csr_twins,
-    install_csr,
-    squash_csr,
+    install_linears,
+    linear_twins,
+    squash_linears,
 )
+from evosparse.backends.registry import BACKENDS, CONSTANT_FAN_IN_BACKENDS, LINEAR_BACKENDS
 from evosparse.criteria.schedules import update_due
 from evosparse.distributed import TopologySync, current_context
 from evosparse.errors import UsageError
@@ -96,10 +96,13 @@ class Sparsifier:
         total_steps: training length, needed when the method's ``update_until`` < 1 and by methods with
             schedules over training (RigL, GMP, pruning).
         seed: seeds the generator used for masks, initialisation and every random choice of the method.
-        backend: ``masked`` (dense weights times boolean masks) or ``csr`` (every sparse ``nn.Linear``
+        backend: ``masked`` (dense weights times boolean masks), ``csr`` (every sparse ``nn.Linear``
             becomes a :class:`~evosparse.backends.csr_layer.CsrLinear`, and the optimizer trains its
-            ``values``). Linear layers whose weights are on the ``meta`` device (a model built under
-            ``torch.device("meta")``) are then drawn sparse directly, never dense.
+            ``values``; linear layers whose weights are on the ``meta`` device (a model built under
+            ``torch.device("meta")``) are then drawn sparse directly, never dense) or ``condensed``
+            (every sparse ``nn.Linear`` becomes a
+            :class:`~evosparse.backends.condensed_layer.CondensedLinear`, its values (out, k_max) per-unit
+            slots; the topology starts from a constant fan-in, and only methods that keep fan-ins run).
         params: method parameters (see :func:`evosparse.methods.resolve_params`).
     """
 
@@ -122,9 +125,9 @@ class Sparsifier:
     ) -> None:
         _check_arguments(model, optimizer, method, density, epsilon, distribution, init, total_steps, seed, backend)
         method_cls = get_method(method)
-        check_backend(method_cls, backend)
         self.backend = backend
         self.hparams = resolve_params(method_cls, params)
+        check_backend(method_cls, backend, self.hparams)
         if method_cls.evolves and self.hparams["update_until"] < 1.0 and total_steps is None:
             raise UsageError("update_until < 1 needs total_steps, the length of training")
         found = find_sparse_parameters(model, include, exclude)
@@ -174,12 +177,13 @@ class Sparsifier:
     ) -> Topology:
         """Step 2 of the lifecycle: every layer's random topology, on the run's backend, the model untouched.
 
-        ``found`` are the sparse parameters, ``matrices`` the matrices they hold (a layer each; csr converts
-        whole ``nn.Linear`` weights, so for it the two are the same). ``built_directly``: the weights are on
-        the meta device, so csr layers are drawn sparse directly; ``method_cls.constant_fan_in``: the budgets
-        are spread evenly over each layer's output units."""
-        if self.backend == "csr":
-            check_replaceable(self.model, found)
+        ``found`` are the sparse parameters, ``matrices`` the matrices they hold (a layer each; the sparse
+        linear backends convert whole ``nn.Linear`` weights, so for them the two are the same).
+        ``built_directly``: the weights are on the meta device, so csr layers are drawn sparse directly;
+        ``method_cls.constant_fan_in`` or a backend of :data:`CONSTANT_FAN_IN_BACKENDS`: the budgets are
+        spread evenly over each layer's output units."""
+        if self.backend in LINEAR_BACKENDS:
+            check_replaceable(self.model, found, self.backend)
         if built_directly:
             if self.backend != "csr":
                 raise UsageError("the model's weights are on the meta device; only --backend csr can build them")
@@ -195,9 +199,10 @@ class Sparsifier:
             self.generator,
             self.optimizer,
             by_magnitude=init == "keep_largest",
-            constant_fan_in=method_cls.constant_fan_in,
+            constant_fan_in=method_cls.constant_fan_in or self.backend in CONSTANT_FAN_IN_BACKENDS,
         )
-        return csr_twins(masked, self.optimizer) if self.backend == "csr" else masked
+        make = LINEAR_BACKENDS.get(self.backend)
+        return masked if make is None else linear_twins(masked, self.optimizer, self.backend, make)
 
     def _install(self, found: Sequence[tuple[str, nn.Module, str]], init: str, built_directly: bool) -> None:
         """Step 4: initialise the weights over the topology (drawn already when built directly) and put the
@@ -205,8 +210,8 @@ class Sparsifier:
         if self.method.sparse and not built_directly:
             for layer in self.topology.layers:
                 layer.initialise(init, self.generator)
-        if self.backend == "csr":
-            install_csr(self.model, found, self.topology, self.optimizer)
+        if self.backend in LINEAR_BACKENDS:
+            install_linears(self.model, found, self.topology, self.optimizer)
         if self.method.sparse:
             for layer in self.topology.layers:
                 layer.install_hooks()
@@ -463,17 +468,17 @@ class Sparsifier:
         """Make the model a plain ``nn.Module`` computing what the sparse model computed, and :meth:`remove`.
 
         Like ``torch.ao.pruning``'s ``squash_mask``: masked layers already hold their zeros; a method that
-        gates its weights (the switcher) folds its gates into them; csr layers are replaced by ``nn.Linear``
-        layers (in the model and in the optimizer's param groups). Returns the model; only the first call
-        changes it.
+        gates its weights (the switcher) folds its gates into them; csr and condensed layers are replaced by
+        ``nn.Linear`` layers (in the model and in the optimizer's param groups). Returns the model; only the
+        first call changes it.
         """
         if self.squashed:
             return self.model
         if not self.released:  # once removed, the model computes with its own weights already
             self.method.fold_into_weights()
         self.remove()
-        if self.backend == "csr":
-            squash_csr(self.model, self.topology, self.optimizer)
+        if self.backend in LINEAR_BACKENDS:
+            squash_linears(self.model, self.topology, self.optimizer)
         self.squashed = True
         return self.model
 
@@ -528,14 +533,22 @@ def _check_arguments(
         )
 
 
-def check_backend(method_cls: type[Method], backend: str) -> None:
-    """Refuse csr for a method that trains dense weights or reads them, in one line."""
-    if backend == "csr" and not method_cls.sparse:
-        raise UsageError(f"method {method_cls.name} trains dense weights; --backend csr needs a sparse method")
-    if backend == "csr" and not method_cls.supports_csr:
+def check_backend(method_cls: type[Method], backend: str, hparams: Mapping[str, Any]) -> None:
+    """Refuse, in one line, a sparse-linear backend for a method that trains dense weights or reads them, and
+    the condensed backend for a method (with ``hparams``) that moves connections between output units."""
+    if backend not in LINEAR_BACKENDS:
+        return
+    if not method_cls.sparse:
+        raise UsageError(f"method {method_cls.name} trains dense weights; --backend {backend} needs a sparse method")
+    if not method_cls.supports_csr:
         raise UsageError(
-            f"method {method_cls.name} has no csr implementation (it reads the dense weights of the masked "
+            f"method {method_cls.name} has no {backend} implementation (it reads the dense weights of the masked "
             "backend); use --backend masked"
+        )
+    if backend in CONSTANT_FAN_IN_BACKENDS and not method_cls.keeps_fan_ins(hparams):
+        raise UsageError(
+            f"method {method_cls.name} changes fan-ins per layer, not per neuron; --backend {backend} needs static, "
+            "srigl or set with per_neuron=true"
         )
 
 
@@ -550,8 +563,8 @@ def _distributed_sync(method_cls: type[Method], backend: str) -> TopologySync | 
     context = current_context()
     if not context.active:
         return None
-    if backend == "csr":
-        raise UsageError("--backend csr runs in one process; distributed training needs --backend masked")
+    if backend in LINEAR_BACKENDS:
+        raise UsageError(f"--backend {backend} runs in one process; distributed training needs --backend masked")
     if not method_cls.supports_distributed:
         raise UsageError(
             f"method {method_cls.name} trains modules of its own that DDP does not synchronise; run it in one process"

@@ -1,7 +1,8 @@
-"""The SparseLayer protocol on both backends: the same answers, the same draws, the same rewiring, the same gradients.
+"""The SparseLayer protocol on every backend: the same answers, the same draws, the same rewiring, the same gradients.
 
-Every test runs through :class:`~evosparse.topology.layer.SparseLayer` alone (a masked layer and a csr layer
-of the same weights), so a method written once against the protocol makes the same choices on both.
+Every test runs through :class:`~evosparse.topology.layer.SparseLayer` alone (a masked layer and a csr or
+condensed layer of the same weights), so a method written once against the protocol makes the same choices
+on all of them. The masks here are uneven; a condensed layer pads its rows to the fullest one.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ def sgd(parameters):
     return torch.optim.SGD(parameters, lr=0.1, momentum=0.9)
 
 
+#: The backends storing sparse linear modules, each tested against a masked twin.
+SPARSE_LINEAR = ("csr", "condensed")
+
+
 def assert_same_topology(masked: MaskedLayer, csr: CsrLayer) -> None:
     """Same active positions and the same weights (zeros elsewhere)."""
     assert torch.equal(masked.active_positions(), csr.active_positions())
@@ -45,7 +50,7 @@ def set_same_weights(masked: MaskedLayer, csr: CsrLayer, generator: torch.Genera
     draws = torch.round(torch.randn(masked.shape, generator=generator, dtype=F64) * 4) / 4
     with torch.no_grad():
         masked.weight.copy_(draws * masked.mask)
-        csr.module.values.copy_(draws.reshape(-1)[csr.active_positions()])
+        csr.module.set_active_values(draws.reshape(-1)[csr.active_positions()])
 
 
 def brute_force_set_prune(weight: torch.Tensor, mask: torch.Tensor, zeta: float) -> list[int]:
@@ -67,8 +72,9 @@ def brute_force_set_prune(weight: torch.Tensor, mask: torch.Tensor, zeta: float)
 # -- queries ----------------------------------------------------------------------------------------
 
 
-def test_both_backends_answer_queries_alike():
-    masked, csr = twin_layers(11, 7, 0.3, seed=1)
+@pytest.mark.parametrize("backend", SPARSE_LINEAR)
+def test_both_backends_answer_queries_alike(backend):
+    masked, csr = twin_layers(11, 7, 0.3, seed=1, backend=backend)
     for layer in (masked, csr):
         assert layer.shape == (7, 11) and layer.numel == 77 and layer.fan_out_axis_size == 7
         assert layer.is_linear and layer.dtype == F64 and layer.device == torch.device("cpu")
@@ -86,8 +92,9 @@ def test_both_backends_answer_queries_alike():
 
 
 @pytest.mark.parametrize("density", [0.1, 0.8])  # rejection sampling / exact enumeration
-def test_both_backends_draw_the_same_inactive_positions(density):
-    masked, csr = twin_layers(20, 15, density, seed=2)
+@pytest.mark.parametrize("backend", SPARSE_LINEAR)
+def test_both_backends_draw_the_same_inactive_positions(density, backend):
+    masked, csr = twin_layers(20, 15, density, seed=2, backend=backend)
     exclude = torch.tensor([0, 7, 299])
     count = 40 if density < 0.5 else 20
     drawn_masked = masked.sample_inactive(count, torch.Generator().manual_seed(5), exclude)
@@ -101,8 +108,9 @@ def test_both_backends_draw_the_same_inactive_positions(density):
     assert torch.equal(by_source_masked, by_source_csr) and not masked.contains(by_source_masked).any()
 
 
-def test_both_backends_initialise_the_same_values_from_the_same_generator():
-    masked, csr = twin_layers(14, 9, 0.3, seed=10)
+@pytest.mark.parametrize("backend", SPARSE_LINEAR)
+def test_both_backends_initialise_the_same_values_from_the_same_generator(backend):
+    masked, csr = twin_layers(14, 9, 0.3, seed=10, backend=backend)
     kept = masked.active_values().clone()
     for layer in (masked, csr):
         layer.initialise("keep", torch.Generator().manual_seed(7))
@@ -122,8 +130,9 @@ def test_both_backends_initialise_the_same_values_from_the_same_generator():
 
 
 @pytest.mark.parametrize(("density", "zeta"), [(0.2, 0.3), (0.9, 0.5)])  # the second is capped by free positions
-def test_set_prunes_the_brute_force_positions_on_both_backends(density, zeta):
-    masked, csr = twin_layers(16, 12, density, seed=3)
+@pytest.mark.parametrize("backend", SPARSE_LINEAR)
+def test_set_prunes_the_brute_force_positions_on_both_backends(density, zeta, backend):
+    masked, csr = twin_layers(16, 12, density, seed=3, backend=backend)
     set_same_weights(masked, csr, torch.Generator().manual_seed(3))
     reference = brute_force_set_prune(masked.weight.detach(), masked.mask, zeta)
     assert len(reference) > 0
@@ -138,8 +147,9 @@ def test_set_prunes_the_brute_force_positions_on_both_backends(density, zeta):
 
 
 @pytest.mark.parametrize("grow_init", ["zero", "normal", "kaiming"])
-def test_set_evolve_on_both_backends_gives_identical_topologies(grow_init):
-    masked, csr = twin_layers(30, 20, 0.15, seed=4, optimizer_factory=sgd)
+@pytest.mark.parametrize("backend", SPARSE_LINEAR)
+def test_set_evolve_on_both_backends_gives_identical_topologies(grow_init, backend):
+    masked, csr = twin_layers(30, 20, 0.15, seed=4, optimizer_factory=sgd, backend=backend)
     weights = torch.Generator().manual_seed(4)
     on_masked = method_on(
         "set", [masked], torch.Generator().manual_seed(9), zeta=0.3, grow_init=grow_init, grow_std=0.05
@@ -423,8 +433,9 @@ def test_load_positions_restores_the_saved_positions_and_keeps_the_weights(backe
         assert torch.equal(layer.active_positions(), positions)
 
 
-def test_adopt_positions_rewires_both_backends_alike_and_resets_the_optimizer_state():
-    masked, csr = twin_layers(8, 6, 0.5, seed=9, optimizer_factory=sgd)
+@pytest.mark.parametrize("backend", SPARSE_LINEAR)
+def test_adopt_positions_rewires_both_backends_alike_and_resets_the_optimizer_state(backend):
+    masked, csr = twin_layers(8, 6, 0.5, seed=9, optimizer_factory=sgd, backend=backend)
     x = torch.randn(4, 8, generator=torch.Generator().manual_seed(9), dtype=F64)
     for layer in (masked, csr):  # one step, so that both optimizers hold momentum
         layer.optimizer.zero_grad()
@@ -447,7 +458,7 @@ def test_adopt_positions_rewires_both_backends_alike_and_resets_the_optimizer_st
         assert not flat[grown].any()  # new connections start at 0
     torch.testing.assert_close(masked.weight.detach(), csr.module.to_dense_weight(), rtol=1e-12, atol=1e-14)
     masked_momentum = masked.optimizer.state[masked.weight]["momentum_buffer"].reshape(-1)
-    csr_momentum = csr.optimizer.state[csr.module.values]["momentum_buffer"]
+    csr_momentum = csr.module.active_gradient(csr.optimizer.state[csr.module.values]["momentum_buffer"])
     assert not masked_momentum[grown].any() and masked_momentum[kept].any()
     assert not masked_momentum[~torch.isin(torch.arange(48), kept)].any()  # pruned and never-active: zero
     torch.testing.assert_close(csr_momentum, masked_momentum[target], rtol=1e-12, atol=1e-14)

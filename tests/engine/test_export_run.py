@@ -38,10 +38,12 @@ def exported_and_trained_outputs(tmp_path, settings, params=()):
         return report, exported(raw_digits_test()[0]), trained.model(x)
 
 
-@pytest.mark.parametrize("backend", ["masked", "csr"])
-def test_an_exported_run_predicts_like_the_trained_model(tmp_path, backend):
+@pytest.mark.parametrize(
+    "backend, params", [("masked", ()), ("csr", ()), ("condensed", ("per_neuron=true",))]
+)  # the condensed file is the same CSR export
+def test_an_exported_run_predicts_like_the_trained_model(tmp_path, backend, params):
     settings = {"epochs": 2, "hidden": "32,16", "density": 0.2, "backend": backend}
-    report, mine, reference = exported_and_trained_outputs(tmp_path, settings)
+    report, mine, reference = exported_and_trained_outputs(tmp_path, settings, params)
     assert report.file_bytes < report.dense_bytes
     # sparse sums accumulate in another order than dense ones: equal up to float32 rounding
     torch.testing.assert_close(mine, reference, rtol=1e-5, atol=1e-5)

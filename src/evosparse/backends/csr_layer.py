@@ -9,6 +9,7 @@ state aligned with the structure.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import fields, replace
 from typing import Any
@@ -20,7 +21,61 @@ from evosparse.backends.csr_ops import CsrStructure, GradientTap, csr_linear
 from evosparse.errors import UsageError
 
 
-class CsrLinear(nn.Module):
+class SparseLinear(nn.Module):
+    """What every sparse linear module stores and answers, whatever its layout (csr, condensed).
+
+    The trained ``values`` Parameter, an optional ``bias``, the logical (out_features, in_features) shape,
+    the active positions in evosparse's flat row-major numbering and the weights there, and a
+    :class:`GradientTap` slot; the backend-independent parts of a sparse layer
+    (:class:`~evosparse.backends.csr_model.SparseLinearLayer`), installing and squashing and the export
+    are written once against it.
+    """
+
+    values: nn.Parameter
+    bias: nn.Parameter | None
+    in_features: int
+    out_features: int
+    tap: GradientTap | None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Logical weight shape (out_features, in_features)."""
+        return (self.out_features, self.in_features)
+
+    @property
+    @abstractmethod
+    def nnz(self) -> int:
+        """Number of active connections."""
+
+    @abstractmethod
+    def positions(self) -> Tensor:
+        """Sorted flat int64 positions ``row · in_features + col`` of the active connections."""
+
+    @abstractmethod
+    def active_values(self) -> Tensor:
+        """The active weights (detached), aligned with :meth:`positions`."""
+
+    @abstractmethod
+    def active_gradient(self, gradient: Tensor) -> Tensor:
+        """The entries of a tensor shaped like ``values`` (its gradient) at the active connections, in order."""
+
+    @abstractmethod
+    def set_active_values(self, values: Tensor) -> None:
+        """Overwrite the active weights with ``values`` (aligned with :meth:`positions`)."""
+
+    @abstractmethod
+    def to_dense_weight(self) -> Tensor:
+        """The dense (out, in) weight with zeros at inactive positions — for tests, squashing and export only."""
+
+    def csr_form(self) -> tuple[CsrStructure, Tensor]:
+        """The weight as a CSR structure and its values in CSR order (what an export stores)."""
+        positions = self.positions()
+        rows = torch.div(positions, self.in_features, rounding_mode="floor")
+        structure, order = CsrStructure.from_indices(rows, positions - rows * self.in_features, self.shape)
+        return structure, self.active_values()[order.to(positions.device)]
+
+
+class CsrLinear(SparseLinear):
     """y = x Wᵀ + b with W kept as ``values`` (an ``nn.Parameter`` of nnz entries) in a :class:`CsrStructure`.
 
     The structure's index tensors follow the module through ``.to(device)``/``.cuda()`` like buffers
@@ -79,17 +134,26 @@ class CsrLinear(nn.Module):
         return csr_linear(x, self.values, self.structure, self.bias, self.tap)
 
     @property
-    def shape(self) -> tuple[int, int]:
-        """Logical weight shape (out_features, in_features)."""
-        return self.structure.shape
-
-    @property
     def nnz(self) -> int:
-        """Number of active connections."""
         return self.structure.nnz
 
+    def positions(self) -> Tensor:
+        """O(nnz): CSR order is row-major, so the positions come sorted."""
+        return self.structure.row_indices * self.in_features + self.structure.col_indices
+
+    def active_values(self) -> Tensor:
+        return self.values.detach()
+
+    def active_gradient(self, gradient: Tensor) -> Tensor:
+        return gradient
+
+    def set_active_values(self, values: Tensor) -> None:
+        set_parameter_data(self.values, values.to(self.values.device, self.values.dtype))
+
+    def csr_form(self) -> tuple[CsrStructure, Tensor]:
+        return self.structure, self.values.detach()
+
     def to_dense_weight(self) -> Tensor:
-        """The dense (out, in) weight with zeros at inactive positions — for tests and export only."""
         dense = self.values.new_zeros(self.shape)
         return dense.index_put_((self.structure.row_indices, self.structure.col_indices), self.values.detach())
 

@@ -1,20 +1,22 @@
-"""The csr backend: a model's sparse ``nn.Linear`` layers become :class:`CsrLinear`, seen as :class:`CsrLayer`.
+"""The csr backend, and what every sparse-linear backend shares: a model's sparse ``nn.Linear`` layers become
+:class:`~evosparse.backends.csr_layer.SparseLinear` modules (:class:`CsrLinear` here), seen as sparse layers.
 
-:func:`csr_twins` turns the masked :class:`~evosparse.topology.layer.Topology` the
-:class:`~evosparse.Sparsifier` has just drawn into :class:`CsrLinear` layers holding the same active
-positions and values (and the very same bias Parameter), without touching the model;
-:func:`install_csr` then swaps them into the model and puts each layer's ``values`` in the optimizer's
-param groups in place of the dense weight; :func:`squash_csr` turns them back into ``nn.Linear``.
+:func:`linear_twins` turns the masked :class:`~evosparse.topology.layer.Topology` the
+:class:`~evosparse.Sparsifier` has just drawn into sparse linear layers of a backend holding the same
+active positions and values (and the very same bias Parameter), without touching the model;
+:func:`install_linears` then swaps them into the model and puts each layer's ``values`` in the optimizer's
+param groups in place of the dense weight; :func:`squash_linears` turns them back into ``nn.Linear``.
 
-:class:`CsrLayer` implements the :class:`~evosparse.topology.layer.SparseLayer` protocol over a
-:class:`CsrLinear` without any dense out x in tensor: gradients at inactive positions come from the
-layer's :class:`~evosparse.backends.csr_ops.GradientTap` (an SDDMM of the recorded input and output
-gradient).
+:class:`SparseLinearLayer` implements the :class:`~evosparse.topology.layer.SparseLayer` protocol over any
+:class:`SparseLinear` without a dense out x in tensor, but for the rewiring and the storage check that
+each layout has: :class:`CsrLayer` here, :class:`~evosparse.backends.condensed_model.CondensedLayer` for the
+condensed layout.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -22,27 +24,34 @@ from torch.utils.hooks import RemovableHandle
 
 from evosparse.backends import csr_topology
 from evosparse.backends.csr_build import build_csr_layer
-from evosparse.backends.csr_layer import CsrLinear, set_parameter_data
+from evosparse.backends.csr_layer import CsrLinear, SparseLinear
 from evosparse.backends.csr_ops import GradientTap
 from evosparse.errors import UsageError
 from evosparse.topology.init import check_init_scheme, sparse_kaiming_draws
 from evosparse.topology.layer import ActiveGradientHook, SparseLayer, Topology, no_gradient_message
 from evosparse.topology.masks import MaskedLayer
+from evosparse.topology.positions import is_member
 
-#: The storage backends of sparse layers.
-BACKENDS = ("masked", "csr")
+ModuleT = TypeVar("ModuleT", bound=SparseLinear)
+
+#: Makes a backend's sparse layer (name, module, budget, optimizer) from a masked layer's weight and mask.
+LinearFactory = Callable[[MaskedLayer, torch.optim.Optimizer | None], SparseLayer]
 
 
-class CsrLayer(SparseLayer):
-    """A :class:`CsrLinear` as a sparse layer; ``optimizer`` (if any) is kept aligned with its values on rewiring.
+class SparseLinearLayer(SparseLayer, Generic[ModuleT]):
+    """A :class:`SparseLinear` module as a sparse layer: everything but the rewiring and the storage check,
+    which each layout implements (:class:`CsrLayer`, :class:`~evosparse.backends.condensed_model.CondensedLayer`).
 
-    ``name`` is the qualified name of the dense weight the layer replaced (``"0.weight"``), so names
-    and positions are those of the masked backend.
+    ``optimizer`` (if any) is kept aligned with the module's values on rewiring; ``name`` is the qualified
+    name of the dense weight the layer replaced (``"0.weight"``), so names and positions are those of the
+    masked backend. Gradients at inactive positions come from the module's
+    :class:`~evosparse.backends.csr_ops.GradientTap` (an SDDMM of the recorded input and output gradient).
     """
 
-    def __init__(
-        self, name: str, module: CsrLinear, budget: int, optimizer: torch.optim.Optimizer | None = None
-    ) -> None:
+    #: How the backend is called in messages ("csr", "condensed").
+    backend: str
+
+    def __init__(self, name: str, module: ModuleT, budget: int, optimizer: torch.optim.Optimizer | None = None) -> None:
         self.name = name
         self._module = module
         self.budget = budget
@@ -51,7 +60,7 @@ class CsrLayer(SparseLayer):
     # -- what it is -------------------------------------------------------------------------------
 
     @property
-    def module(self) -> CsrLinear:
+    def module(self) -> ModuleT:
         return self._module
 
     @property
@@ -77,28 +86,24 @@ class CsrLayer(SparseLayer):
     # -- topology ---------------------------------------------------------------------------------
 
     def active_positions(self) -> Tensor:
-        return csr_topology.active_positions(self._module)
+        return self._module.positions()
 
     def active_values(self) -> Tensor:
-        return csr_topology.active_values(self._module)
+        return self._module.active_values()
 
     def contains(self, positions: Tensor) -> Tensor:
-        return csr_topology.contains(self._module, positions)
-
-    def rewire(self, prune: Tensor, grow: Tensor, grow_values: Tensor | float = 0.0) -> int:
-        return csr_topology.rewire(self._module, prune, grow, grow_values, self.optimizer)
+        """Binary search in the sorted active positions."""
+        keys = self._module.positions()
+        return is_member(keys, positions.to(keys.device, torch.int64))
 
     def load_positions(self, positions: Tensor) -> None:
-        """Check that the restored structure holds ``positions``: a csr layer carries its topology in the
+        """Check that the restored structure holds ``positions``: the layer carries its topology in the
         model's ``state_dict``, which must be loaded first."""
         if not torch.equal(self.active_positions().cpu(), positions.cpu().to(torch.int64)):
             raise UsageError(
-                f"the saved topology of {self.name} differs from its csr layer's structure: load the model's "
-                "state_dict before the sparsifier's"
+                f"the saved topology of {self.name} differs from its {self.backend} layer's structure: load the "
+                "model's state_dict before the sparsifier's"
             )
-
-    def apply_mask(self) -> None:
-        """Nothing to do: inactive connections are not stored."""
 
     @torch.no_grad()
     def initialise(self, scheme: str, generator: torch.Generator) -> None:
@@ -106,12 +111,12 @@ class CsrLayer(SparseLayer):
         check_init_scheme(scheme)
         if scheme == "sparse_kaiming":
             draws = sparse_kaiming_draws(self, generator).reshape(-1)[self.active_positions().cpu()]
-            set_parameter_data(self._module.values, draws.to(self.device, self.dtype))
+            self._module.set_active_values(draws)
 
     # -- gradients --------------------------------------------------------------------------------
 
     def install_hooks(self) -> None:
-        """Nothing to install: gradients exist only at active connections."""
+        """Nothing to install: gradients exist only where the module stores values."""
 
     def remove_hooks(self) -> None:
         """Nothing to remove."""
@@ -135,41 +140,57 @@ class CsrLayer(SparseLayer):
             self._module.tap.clear()
 
     def register_gradient_hook(self, hook: ActiveGradientHook) -> RemovableHandle:
-        """The gradient of ``values`` is exactly ∂L/∂w at the active connections, in their order."""
+        """The gradient of ``values`` at the active connections is exactly ∂L/∂w there, in their order."""
+        module = self._module
 
         def observe(values: Tensor) -> None:
             if values.grad is not None:
-                hook(values.grad.detach())
+                hook(module.active_gradient(values.grad.detach()))
 
-        return self._module.values.register_post_accumulate_grad_hook(observe)
+        return module.values.register_post_accumulate_grad_hook(observe)
 
-    # -- invariants -------------------------------------------------------------------------------
+
+class CsrLayer(SparseLinearLayer[CsrLinear]):
+    """A :class:`CsrLinear` as a sparse layer, without any dense out x in tensor."""
+
+    backend = "csr"
+
+    def rewire(self, prune: Tensor, grow: Tensor, grow_values: Tensor | float = 0.0) -> int:
+        return csr_topology.rewire(self.module, prune, grow, grow_values, self.optimizer)
+
+    def apply_mask(self) -> None:
+        """Nothing to do: inactive connections are not stored."""
 
     def check_storage(self) -> None:
-        csr_topology.check(self._module)
+        csr_topology.check(self.module)
 
 
-def csr_twins(topology: Topology, optimizer: torch.optim.Optimizer | None) -> Topology:
-    """A :class:`CsrLayer` for every masked layer of ``topology``: same active positions, values copied.
+def csr_layer_of(layer: MaskedLayer, optimizer: torch.optim.Optimizer | None) -> SparseLayer:
+    """The :class:`CsrLayer` of a masked ``nn.Linear`` layer (values copied; the bias Parameter shared)."""
+    linear = layer.module
+    assert isinstance(linear, nn.Linear)  # checked by linear_twins
+    csr = CsrLinear.from_dense(linear.weight, layer.mask)
+    csr.bias = linear.bias
+    return CsrLayer(layer.name, csr, layer.budget, optimizer)
 
-    Nothing is put in place yet (see :func:`install_csr`): the model and the optimizer are untouched.
+
+def linear_twins(
+    topology: Topology, optimizer: torch.optim.Optimizer | None, backend: str, make: LinearFactory
+) -> Topology:
+    """A sparse layer of ``backend``, made by ``make``, for every masked layer of ``topology``: same active
+    positions, values copied.
+
+    Nothing is put in place yet (see :func:`install_linears`): the model and the optimizer are untouched.
     Each twin shares the dense layer's bias Parameter.
     """
     masked = [layer for layer in topology.layers if isinstance(layer, MaskedLayer)]
     if len(masked) != len(topology.layers):
-        raise UsageError("csr twins are made from the masked layers the Sparsifier has just drawn")
-    check_convertible([(layer.name, layer.module, layer.attr) for layer in masked])
+        raise UsageError(f"{backend} twins are made from the masked layers the Sparsifier has just drawn")
+    check_convertible([(layer.name, layer.module, layer.attr) for layer in masked], backend)
     if optimizer is not None and any(layer.weight in optimizer.state for layer in masked):
-        raise UsageError("convert to csr before the first optimizer step (the optimizer already holds state)")
-    _check_trained(optimizer, [(layer.name, layer.weight) for layer in masked])
-    twins: list[SparseLayer] = []
-    for layer in masked:
-        linear = layer.module
-        assert isinstance(linear, nn.Linear)  # checked just above
-        csr = CsrLinear.from_dense(linear.weight, layer.mask)
-        csr.bias = linear.bias
-        twins.append(CsrLayer(layer.name, csr, layer.budget, optimizer))
-    return Topology(twins)
+        raise UsageError(f"convert to {backend} before the first optimizer step (the optimizer already holds state)")
+    _check_trained(optimizer, [(layer.name, layer.weight) for layer in masked], backend)
+    return Topology([make(layer, optimizer) for layer in masked])
 
 
 def build_csr_direct(
@@ -182,12 +203,13 @@ def build_csr_direct(
 ) -> Topology:
     """A :class:`CsrLayer` drawn sparse directly for each (meta-device) linear layer of ``found``.
 
-    See :mod:`evosparse.backends.csr_build`. Nothing is put in place yet (see :func:`install_csr`), but
+    See :mod:`evosparse.backends.csr_build`. Nothing is put in place yet (see :func:`install_linears`), but
     every other parameter of ``model`` must be real (a meta parameter outside the sparse layers is
     refused in one line).
     """
-    check_convertible(found)
-    _check_trained(optimizer, [(f"{name} or its bias", p) for name, linear, _ in found for p in linear.parameters()])
+    check_convertible(found, "csr")
+    parameters = [(f"{name} or its bias", p) for name, linear, _ in found for p in linear.parameters()]
+    _check_trained(optimizer, parameters, "csr")
     replaced = {id(param) for _, linear, _ in found for param in linear.parameters()}
     leftover = next((n for n, p in model.named_parameters() if p.is_meta and id(p) not in replaced), None)
     if leftover is not None:
@@ -199,63 +221,64 @@ def build_csr_direct(
     return Topology(layers)
 
 
-def install_csr(
+def install_linears(
     model: nn.Module,
     found: Sequence[tuple[str, nn.Module, str]],
     topology: Topology,
     optimizer: torch.optim.Optimizer | None,
 ) -> None:
-    """Put each csr layer of ``topology`` in place of the ``nn.Linear`` it was made for (``found``, in order).
+    """Put each sparse linear layer of ``topology`` in place of the ``nn.Linear`` it was made for (``found``,
+    in order).
 
     In ``model`` the module is replaced; in ``optimizer`` the dense weight is replaced by the new
     ``values`` in its param group (so learning rates, weight decay and other groups stay as the caller
-    configured them), and so is the bias when the csr layer has a new one.
+    configured them), and so is the bias when the sparse layer has a new one.
     """
     for (name, linear, _), layer in zip(found, topology.layers, strict=True):
-        csr = layer.module
-        if not isinstance(csr, CsrLinear) or not isinstance(linear, nn.Linear):
-            raise UsageError(f"{name}: only csr layers made for an nn.Linear can be installed")
-        replace_submodule(model, _module_name(name), csr)
+        sparse = layer.module
+        if not isinstance(sparse, SparseLinear) or not isinstance(linear, nn.Linear):
+            raise UsageError(f"{name}: only sparse linear layers made for an nn.Linear can be installed")
+        replace_submodule(model, _module_name(name), sparse)
         if optimizer is None:
             continue
-        _replace_in_param_groups(optimizer, linear.weight, csr.values)
-        if linear.bias is not None and csr.bias is not None and csr.bias is not linear.bias:
-            _replace_in_param_groups(optimizer, linear.bias, csr.bias)
+        _replace_in_param_groups(optimizer, linear.weight, sparse.values)
+        if linear.bias is not None and sparse.bias is not None and sparse.bias is not linear.bias:
+            _replace_in_param_groups(optimizer, linear.bias, sparse.bias)
 
 
 @torch.no_grad()
-def squash_csr(model: nn.Module, topology: Topology, optimizer: torch.optim.Optimizer | None) -> None:
-    """Replace every csr layer of ``topology`` in ``model`` by an ``nn.Linear`` holding its dense weight.
+def squash_linears(model: nn.Module, topology: Topology, optimizer: torch.optim.Optimizer | None) -> None:
+    """Replace every sparse linear layer of ``topology`` in ``model`` by an ``nn.Linear`` holding its dense weight.
 
     The bias Parameter is carried over as is; in ``optimizer`` the ``values`` are replaced by the new
-    dense weight (its optimizer state is dropped: it had one entry per connection).
+    dense weight (its optimizer state is dropped: it was laid out like the values).
     """
     for layer in topology.layers:
-        csr = layer.module
-        if not isinstance(csr, CsrLinear):
-            raise UsageError(f"{layer.name} is not a csr layer")
+        sparse = layer.module
+        if not isinstance(sparse, SparseLinear):
+            raise UsageError(f"{layer.name} is not a sparse linear layer")
         linear = nn.Linear(
-            csr.in_features, csr.out_features, bias=False, device=csr.values.device, dtype=csr.values.dtype
+            sparse.in_features, sparse.out_features, bias=False, device=sparse.values.device, dtype=sparse.values.dtype
         )
-        linear.weight.copy_(csr.to_dense_weight())
-        if csr.bias is not None:
-            linear.bias = csr.bias
+        linear.weight.copy_(sparse.to_dense_weight())
+        if sparse.bias is not None:
+            linear.bias = sparse.bias
         replace_submodule(model, _module_name(layer.name), linear)
         if optimizer is not None:
-            optimizer.state.pop(csr.values, None)
-            _replace_in_param_groups(optimizer, csr.values, linear.weight)
+            optimizer.state.pop(sparse.values, None)
+            _replace_in_param_groups(optimizer, sparse.values, linear.weight)
 
 
-def check_convertible(found: Sequence[tuple[str, nn.Module, str]]) -> None:
+def check_convertible(found: Sequence[tuple[str, nn.Module, str]], backend: str) -> None:
     """Raise a one-line UsageError unless every sparse parameter is the weight of an ``nn.Linear``."""
     for name, module, attr in found:
         if not isinstance(module, nn.Linear) or attr != "weight":
             kind = type(module).__name__
-            raise UsageError(f"--backend csr supports nn.Linear weights only; {name} belongs to a {kind}")
+            raise UsageError(f"--backend {backend} supports nn.Linear weights only; {name} belongs to a {kind}")
 
 
 #: Modules that read a child linear layer's weight instead of calling the layer: ``nn.MultiheadAttention``
-#: hands ``out_proj.weight`` to a functional kernel. Such a child cannot become a :class:`CsrLinear`.
+#: hands ``out_proj.weight`` to a functional kernel. Such a child cannot become a sparse linear module.
 WEIGHT_READING_PARENTS: tuple[type[nn.Module], ...] = (nn.MultiheadAttention,)
 
 
@@ -266,14 +289,14 @@ def weight_read_by_parent(model: nn.Module, module_name: str) -> bool:
     return isinstance(model.get_submodule(module_name.rpartition(".")[0]), WEIGHT_READING_PARENTS)
 
 
-def check_replaceable(model: nn.Module, found: Sequence[tuple[str, nn.Module, str]]) -> None:
+def check_replaceable(model: nn.Module, found: Sequence[tuple[str, nn.Module, str]], backend: str) -> None:
     """Raise a one-line UsageError for a sparse linear layer whose parent reads its weight (see
-    :data:`WEIGHT_READING_PARENTS`): replaced by a csr layer, it would break its parent."""
+    :data:`WEIGHT_READING_PARENTS`): replaced by a sparse linear module, it would break its parent."""
     for name, _, _ in found:
         module_name = _module_name(name)
         if weight_read_by_parent(model, module_name):
             parent = type(model.get_submodule(module_name.rpartition(".")[0])).__name__
-            raise UsageError(f"--backend csr cannot replace {name}: its {parent} reads the weight directly")
+            raise UsageError(f"--backend {backend} cannot replace {name}: its {parent} reads the weight directly")
 
 
 def _module_name(parameter_name: str) -> str:
@@ -284,19 +307,23 @@ def _module_name(parameter_name: str) -> str:
 def replace_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     """Set the submodule called ``name`` (dotted, inside ``nn.Sequential`` too) of ``model`` to ``new``."""
     if not name:
-        raise UsageError("--backend csr cannot replace the model itself; wrap the nn.Linear in a container")
+        raise UsageError("a sparse backend cannot replace the model itself; wrap the nn.Linear in a container")
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name), child, new)
 
 
-def _check_trained(optimizer: torch.optim.Optimizer | None, parameters: Sequence[tuple[str, torch.Tensor]]) -> None:
-    """Refuse, before anything is replaced, a parameter the csr backend swaps but the optimizer does not train."""
+def _check_trained(
+    optimizer: torch.optim.Optimizer | None, parameters: Sequence[tuple[str, torch.Tensor]], backend: str
+) -> None:
+    """Refuse, before anything is replaced, a parameter the backend swaps but the optimizer does not train."""
     if optimizer is None:
         return
     trained = {id(param) for group in optimizer.param_groups for param in group["params"]}
     missing = next((name for name, param in parameters if id(param) not in trained), None)
     if missing is not None:
-        raise UsageError(f"the optimizer does not train {missing}, which --backend csr replaces; give it every weight")
+        raise UsageError(
+            f"the optimizer does not train {missing}, which --backend {backend} replaces; give it every weight"
+        )
 
 
 def _replace_in_param_groups(optimizer: torch.optim.Optimizer, old: torch.Tensor, new: torch.Tensor) -> None:
@@ -306,4 +333,4 @@ def _replace_in_param_groups(optimizer: torch.optim.Optimizer, old: torch.Tensor
             if param is old:
                 group["params"][index] = new
                 return
-    raise UsageError("the optimizer does not train a weight that --backend csr converts")
+    raise UsageError("the optimizer does not train a weight that a sparse backend converts")

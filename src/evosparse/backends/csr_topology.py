@@ -24,13 +24,12 @@ from evosparse.topology.positions import is_member, locate
 
 def active_positions(layer: CsrLinear) -> Tensor:
     """Sorted flat positions (row · in_features + col, int64) of the active connections: O(nnz)."""
-    structure = layer.structure
-    return structure.row_indices * structure.shape[1] + structure.col_indices
+    return layer.positions()
 
 
 def active_values(layer: CsrLinear) -> Tensor:
     """The active weights (detached), aligned with :func:`active_positions`."""
-    return layer.values.detach()
+    return layer.active_values()
 
 
 def contains(layer: CsrLinear, positions: Tensor) -> Tensor:
@@ -60,7 +59,7 @@ def rewire(
     keys = active_positions(layer)
     prune = prune.to(keys.device, torch.int64).reshape(-1)
     grow = grow.to(keys.device, torch.int64).reshape(-1)
-    merge = _Merge.plan(layer, keys, prune, grow)
+    merge = Merge.plan(f"csr layer {layer.shape}", layer.shape[0] * layer.shape[1], keys, prune, grow)
     values = layer.values
     new_values = torch.as_tensor(grow_values, dtype=values.dtype, device=keys.device).reshape(-1)
     if new_values.numel() not in (1, grow.numel()):
@@ -70,20 +69,20 @@ def rewire(
     rows = torch.div(merge.new_keys, layer.in_features, rounding_mode="floor")
     # The new positions are sorted and distinct by construction, so the structure is built directly.
     structure = CsrStructure._from_sorted(rows, merge.new_keys - rows * layer.in_features, layer.shape)
-    set_parameter_data(values, _replaced(values.data, merge.realign(values.detach(), new_values)))
+    set_parameter_data(values, replaced(values.data, merge.realign(values.detach(), new_values)))
     if values.grad is not None:
-        values.grad = _replaced(values.grad, merge.realign(values.grad))
+        values.grad = replaced(values.grad, merge.realign(values.grad))
     if optimizer is not None:
         state = optimizer.state.get(values, {})
         for name, tensor in list(state.items()):
             if torch.is_tensor(tensor) and tensor.shape == merge.keep.shape:
-                state[name] = _replaced(tensor, merge.realign(tensor))
+                state[name] = replaced(tensor, merge.realign(tensor))
     layer.structure = structure
     return int(prune.numel() + grow.numel())
 
 
 @dataclass(frozen=True)
-class _Merge:
+class Merge:
     """Where each connection goes when a sorted list of positions loses ``prune`` and gains ``grow``.
 
     ``keep`` marks the old entries that stay; they land at ``kept_slots`` of the new list, the grown
@@ -97,9 +96,9 @@ class _Merge:
     new_keys: Tensor
 
     @classmethod
-    def plan(cls, layer: CsrLinear, keys: Tensor, prune: Tensor, grow: Tensor) -> _Merge:
-        """Check the rewiring's preconditions (InvariantError) and plan the merge: O(nnz + changes · log nnz)."""
-        name = f"csr layer {layer.shape}"
+    def plan(cls, name: str, numel: int, keys: Tensor, prune: Tensor, grow: Tensor) -> Merge:
+        """Check the rewiring's preconditions (InvariantError, naming the layer ``name``) on a weight of
+        ``numel`` positions whose active ones are ``keys``, and plan the merge: O(nnz + changes · log nnz)."""
         prune_slots, found = locate(keys, torch.sort(prune).values)
         if not bool(found.all()):
             raise InvariantError(f"{name}: pruning an inactive connection")
@@ -108,7 +107,7 @@ class _Merge:
         grow_sorted, grow_order = torch.sort(grow)
         if int(keep.sum()) != keys.numel() - prune.numel() or bool((grow_sorted[1:] == grow_sorted[:-1]).any()):
             raise InvariantError(f"{name}: duplicate positions in a rewiring")
-        if grow.numel() and (int(grow_sorted[0]) < 0 or int(grow_sorted[-1]) >= layer.shape[0] * layer.shape[1]):
+        if grow.numel() and (int(grow_sorted[0]) < 0 or int(grow_sorted[-1]) >= numel):
             raise InvariantError(f"{name}: growing a position outside the weight")
         if grow.numel() and bool(is_member(keys, grow_sorted).any()):
             raise InvariantError(f"{name}: growing an active connection")
@@ -154,7 +153,7 @@ def dense_mask_for_tests(layer: CsrLinear) -> Tensor:
     return mask
 
 
-def _replaced(old: Tensor, new: Tensor) -> Tensor:
+def replaced(old: Tensor, new: Tensor) -> Tensor:
     """``old`` overwritten with ``new`` when the shapes agree (keeping its storage), else ``new`` itself."""
     if old.shape == new.shape:
         return old.copy_(new)

@@ -15,10 +15,11 @@ File layout (no pickle anywhere):
   ``evosparse:input_std``, so that the loaded model takes raw inputs, as they were before the run's
   preprocessing (:class:`RawInputModel`).
 
-Sparse weights come from :class:`CsrLinear` modules (stored sparse in the model) or, for weights stored
-dense, from ``positions`` (parameter name -> flat active positions, as every sparse layer lists them).
-On loading, each sparse linear layer
-becomes a :class:`CsrLinear`; other sparse weights (convolutions, LSTM matrices) are restored dense.
+Sparse weights come from :class:`~evosparse.backends.csr_layer.SparseLinear` modules (stored sparse in the
+model: csr or condensed, both written as CSR) or, for weights stored dense, from ``positions``
+(parameter name -> flat active positions, as every sparse layer lists them). On loading, each sparse
+linear layer becomes a :class:`CsrLinear`; other sparse weights (convolutions, LSTM matrices) are
+restored dense.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 import evosparse
-from evosparse.backends.csr_layer import CsrLinear, structure_from_csr_arrays
+from evosparse.backends.csr_layer import CsrLinear, SparseLinear, structure_from_csr_arrays
 from evosparse.backends.csr_model import replace_submodule, weight_read_by_parent
 from evosparse.backends.csr_ops import CsrStructure
 from evosparse.data.base import Standardisation
@@ -111,7 +112,8 @@ def export_model(
 
     ``positions`` names the sparse weights and their active flat positions (inactive entries are not
     stored, whatever their value); a name whose weight the model already stores sparse (a
-    :class:`CsrLinear`) is written from that layer's own structure. ``model_name`` and ``spec`` (the
+    :class:`~evosparse.backends.csr_layer.SparseLinear`: csr or condensed) is written from that layer's own
+    structure, in CSR form. ``model_name`` and ``spec`` (the
     registry entry that built the model) let :func:`load_exported` rebuild it without being given a
     skeleton; ``standardisation`` and ``class_names`` (the data's) let it take raw inputs and name
     its outputs.
@@ -120,10 +122,10 @@ def export_model(
     entries: list[SparseEntry] = []
     skip: set[str] = set()
     for module_name, module in model.named_modules():
-        if isinstance(module, CsrLinear):
+        if isinstance(module, SparseLinear):
             prefix = f"{module_name}." if module_name else ""
             entry = SparseEntry(f"{prefix}weight", module_name, module.shape, module.nnz, True)
-            _put_csr(tensors, entry, module.structure, module.values.detach())
+            _put_csr(tensors, entry, *module.csr_form())
             entries.append(entry)
             skip |= {f"{prefix}values", f"{prefix}_extra_state"}
     stored_sparse = {entry.name for entry in entries}

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from evosparse.backends.csr_model import BACKENDS
+from evosparse.backends.registry import BACKENDS
 from evosparse.data import check_context
 from evosparse.data.subset import check_fraction
 from evosparse.data.validation import DEFAULT_VAL_FRACTION, check_val_fraction
@@ -279,7 +279,7 @@ def validate(config: TrainConfig) -> None:
     _check_choice("init", config.init, INIT_SCHEMES)
     _check_choice("optimizer", config.optimizer, OPTIMIZERS)
     _check_choice("backend", config.backend, BACKENDS)
-    check_backend(method_cls, config.backend)
+    check_backend(method_cls, config.backend, config.params)
     _check_choice("device", config.device, DEVICES)
     _check_choice("precision", config.precision, PRECISIONS)
     check_fraction(config.train_fraction)

@@ -9,7 +9,9 @@ scaling is needed (unlike float16).
 
 The csr backend computes in bfloat16 only where torch's sparse kernels have it on the device
 (:func:`~evosparse.backends.csr_ops.kernels_support`); elsewhere ``bf16`` with ``--backend csr`` is refused,
-since it would silently train in float32.
+since it would silently train in float32. The condensed backend's kernels compute in the values' dtype
+under autocast (:func:`~evosparse.backends.condensed_ops.condensed_linear`), so ``bf16`` with
+``--backend condensed`` is refused for the same reason.
 """
 
 from __future__ import annotations
@@ -38,4 +40,9 @@ def check_precision(precision: str, backend: str, device: torch.device) -> None:
         raise UsageError(
             f"--precision bf16 with --backend csr needs torch's sparse CSR kernels in bfloat16, which torch "
             f"{torch.__version__} lacks on {device.type}: use --backend masked or --precision fp32"
+        )
+    if precision == "bf16" and backend == "condensed":
+        raise UsageError(
+            "--precision bf16 with --backend condensed would train in float32 (its kernels compute in the "
+            "weights' dtype): use --backend masked or --precision fp32"
         )

@@ -176,6 +176,13 @@ class Method:
             cls.name, density, epsilon, sparse=cls.sparse, required=cls.needs_budget, starts_dense=cls.starts_dense
         )
 
+    @classmethod
+    def keeps_fan_ins(cls, hparams: Mapping[str, Any]) -> bool:
+        """Whether, with ``hparams``, every update keeps each output unit's number of inputs (or changes the
+        fan-ins of a whole layer at once, as SRigL's ablation does), never moving connections between units
+        at random: what a backend storing a fixed number of slots per unit needs (``--backend condensed``)."""
+        return False
+
     def add_hook(self, handle: torch.utils.hooks.RemovableHandle) -> None:
         """Keep a hook the method registered (on the model, a layer or a tensor) so ``remove_hooks`` can undo it."""
         self._hooks.append(handle)

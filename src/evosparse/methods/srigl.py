@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -86,6 +88,11 @@ class SRigL(Method):
         super().__init__(context)
         total_steps = context.require_total_steps(self.name, "for its cosine decay")
         self.end_step: float = self.hparams["update_until"] * total_steps
+
+    @classmethod
+    def keeps_fan_ins(cls, hparams: Mapping[str, Any]) -> bool:
+        """Every unit keeps k or k + 1 inputs; ablation changes a layer's fan-ins as a whole."""
+        return True
 
     def gradient_recording(self) -> GradientRecording:
         return "before_update"

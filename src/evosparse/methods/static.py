@@ -1,5 +1,8 @@
 """Static random sparsity: a random mask drawn once and never changed."""
 
+from collections.abc import Mapping
+from typing import Any
+
 from evosparse.methods.base import Method, register
 
 
@@ -9,3 +12,8 @@ class Static(Method):
 
     name = "static"
     summary = "random sparse topology, fixed for the whole run"
+
+    @classmethod
+    def keeps_fan_ins(cls, hparams: Mapping[str, Any]) -> bool:
+        """The topology never changes."""
+        return True

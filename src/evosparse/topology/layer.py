@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from evosparse.errors import InvariantError, UsageError
-from evosparse.topology.positions import complement, sample_absent
+from evosparse.topology.positions import complement, sample_absent, sample_absent_per_row
 from evosparse.topology.source_sampling import free_per_source, source_weighted_sample
 
 #: Called after every backward pass with ∂L/∂w at the active connections (aligned with ``active_positions``).
@@ -158,6 +158,37 @@ class SparseLayer(ABC):
         present = self.active_positions().cpu()
         excluded = None if exclude is None else exclude.cpu()
         return sample_absent(present, self.numel, count, generator, excluded).to(self.device)
+
+    def sample_inactive_per_unit(self, counts: Tensor, generator: torch.Generator) -> Tensor:
+        """``counts[u]`` distinct inactive positions of each output unit u, uniform without replacement within
+        the unit; sorted.
+
+        Drawn on the CPU from the active positions alone
+        (:func:`~evosparse.topology.positions.sample_absent_per_row` over the units' inputs), so every backend
+        draws the same positions from the same generator state; O(drawing units · fan-in) time, O(block)
+        memory. Raises a one-line UsageError when a unit has fewer inactive inputs than it should draw.
+        """
+        units, inputs = self.unit_input(self.active_positions().cpu())
+        drawn = sample_absent_per_row(
+            units * self.fan_in + inputs, self.fan_in, counts.cpu().to(torch.int64), generator, BLOCK_POSITIONS
+        )
+        units = torch.div(drawn, self.fan_in, rounding_mode="floor")
+        return torch.sort(self.position_of(units, drawn - units * self.fan_in)).values.to(self.device)
+
+    def unit_input(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """(output unit, index among the unit's :attr:`fan_in` inputs) of each flat position.
+
+        The inputs of a unit are numbered in increasing position order, so a weight stored (in, out)
+        (``output_axis`` 1) numbers them like one stored (out, in)."""
+        stride = math.prod(self.shape[self.output_axis + 1 :])
+        outer = torch.div(positions, stride * self.fan_out_axis_size, rounding_mode="floor")
+        return self.unit_of(positions), outer * stride + positions % stride
+
+    def position_of(self, units: Tensor, inputs: Tensor) -> Tensor:
+        """The flat position of input ``inputs`` of output unit ``units`` (the inverse of :meth:`unit_input`)."""
+        stride = math.prod(self.shape[self.output_axis + 1 :])
+        outer = torch.div(inputs, stride, rounding_mode="floor")
+        return (outer * self.fan_out_axis_size + units) * stride + inputs % stride
 
     def sample_inactive_by_source(self, count: int, source_weights: Tensor, generator: torch.Generator) -> Tensor:
         """``count`` distinct inactive positions whose source (input unit or channel) is drawn ∝ ``source_weights``.

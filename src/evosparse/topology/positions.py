@@ -55,6 +55,38 @@ def sample_absent(
     return _sample_by_rejection(blocked, total, count, generator)
 
 
+def sample_absent_per_row(
+    present: Tensor, row_size: int, counts: Tensor, generator: torch.Generator, block_entries: int
+) -> Tensor:
+    """``counts[r]`` distinct entries of each row r of a (rows, ``row_size``) grid, uniform without replacement
+    among the row's absent ones; returns their sorted flat indices ``r · row_size + j``.
+
+    ``present`` holds distinct flat indices into the grid (any order). Every row that draws gets one uniform
+    key per entry (``torch.rand``, a block of about ``block_entries`` entries at a time, rows in increasing
+    order), present entries are ruled out and a row keeps its ``counts[r]`` smallest keys: O(rows drawing ·
+    row_size) time, O(block) memory, the same draws for the same present entries and generator state.
+    """
+    rows = torch.nonzero(counts).squeeze(1)
+    present_rows = torch.div(present, row_size, rounding_mode="floor")
+    free = row_size - torch.bincount(present_rows, minlength=counts.numel())
+    if bool((counts < 0).any()) or bool((counts > free).any()):
+        row = int(torch.nonzero((counts < 0) | (counts > free))[0])
+        raise UsageError(f"cannot draw {int(counts[row])} absent entries from row {row}: {int(free[row])} are absent")
+    chosen = []
+    step = max(1, block_entries // max(1, row_size))
+    for start in range(0, rows.numel(), step):
+        block = rows[start : start + step]
+        keys = torch.rand(block.numel(), row_size, generator=generator)
+        slot = torch.searchsorted(block, present_rows)
+        inside = (slot < block.numel()) & (block[slot.clamp_max(block.numel() - 1)] == present_rows)
+        keys[slot[inside], present[inside] - present_rows[inside] * row_size] = 2.0  # above every uniform key
+        wanted = counts[block]
+        smallest = torch.topk(keys, int(wanted.max()), dim=1, largest=False).indices
+        taken = torch.arange(smallest.shape[1]) < wanted.unsqueeze(1)
+        chosen.append((block.unsqueeze(1) * row_size + smallest)[taken])
+    return torch.sort(torch.cat(chosen)).values if chosen else present.new_zeros(0)
+
+
 def is_member(sorted_values: Tensor, queries: Tensor) -> Tensor:
     """Boolean tensor: whether each query occurs in ``sorted_values`` (binary search, O(q log n))."""
     return locate(sorted_values, queries)[1]
