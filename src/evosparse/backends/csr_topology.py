@@ -24,8 +24,7 @@ from evosparse.topology.positions import is_member, locate
 
 def active_positions(layer: CsrLinear) -> Tensor:
     """Sorted flat positions (row · in_features + col, int64) of the active connections: O(nnz)."""
-    structure = layer.structure
-    return structure.row_indices * structure.shape[1] + structure.col_indices
+    return layer.structure.positions()
 
 
 def active_values(layer: CsrLinear) -> Tensor:
