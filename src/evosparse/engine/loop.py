@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from evosparse.analysis.plots import plot_run_curves
 from evosparse.analysis.snapshots import SNAPSHOT_DIR, save_snapshot
-from evosparse.backends.csr_build import build_for_backend
+from evosparse.backends.csr_build import build_for_backend, direct_draw_applies
 from evosparse.data import Dataset, load_dataset
 from evosparse.data.augment import random_crop_flip
 from evosparse.data.subset import subset_training
@@ -56,6 +56,7 @@ from evosparse.engine.update_schedule import check_updates, idle_reason
 from evosparse.engine.width_scaling import scale_widths
 from evosparse.errors import EvosparseError, UsageError
 from evosparse.files import check_writable
+from evosparse.methods import get_method
 from evosparse.models import ModelSpec, architecture_of, build_model
 from evosparse.models.parts import excluded_layers
 from evosparse.sparsifier import Sparsifier
@@ -165,7 +166,19 @@ class Trainer:
             density=config.effective_density,
             epsilon=config.epsilon,
         )
-        self.model = build_for_backend(config.backend, lambda: build_model(config.model, self.spec), self.device)
+        constant_fan_in = get_method(config.method).constant_fan_in
+        self.model = build_for_backend(
+            config.backend,
+            lambda: build_model(config.model, self.spec),
+            self.device,
+            direct=lambda skeleton: direct_draw_applies(
+                skeleton,
+                config.init,
+                constant_fan_in,
+                getattr(skeleton, "sparse_include", None),
+                excluded_layers(skeleton, config.sparsify),
+            ),
+        )
         self.optimizer = make_optimizer(config, self.model)
         full, rest = divmod(self.data.x_train.shape[0], config.batch_size)
         self.steps_per_epoch = full + (rest >= self.context.world_size)
