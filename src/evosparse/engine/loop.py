@@ -53,6 +53,7 @@ from evosparse.engine.run_folder import locked_folder
 from evosparse.engine.run_logging import EpochLogger, RunLogging, epoch_scalars
 from evosparse.engine.training_cost import TrainingCost, TrainingCostMeter
 from evosparse.engine.update_schedule import check_updates, idle_reason
+from evosparse.engine.wide_layers import apply_wide_layer_rules
 from evosparse.engine.width_scaling import scale_widths
 from evosparse.errors import EvosparseError, UsageError
 from evosparse.files import check_writable
@@ -197,6 +198,11 @@ class Trainer:
             exclude=excluded_layers(self.model, config.sparsify),
             **config.params,
         )
+        if config.fixed_topology_from is not None and not self.checkpoint_path.exists():
+            # A checkpoint, once restored, holds these masks already: the source need not exist any more.
+            hold_fixed_topology(self.sparsifier, config)
+        # Once the weights are initialised over their final topology: wide layers' rates and readout scale.
+        self.wide_layers = apply_wide_layer_rules(self.model, self.optimizer, self.sparsifier)
         # After the Sparsifier, which may add parameter groups (LiSET's skip layers) that must be scheduled too.
         self.lr_scheduler = build_scheduler(
             self.optimizer,
@@ -207,9 +213,6 @@ class Trainer:
             milestones=config.lr_milestones,
             gamma=config.lr_gamma,
         )
-        if config.fixed_topology_from is not None and not self.checkpoint_path.exists():
-            # A checkpoint, once restored, holds these masks already: the source need not exist any more.
-            hold_fixed_topology(self.sparsifier, config)
         self.objective = objective_for(self.model, self.data)
         self.model.to(self.device)  # a csr model is made sparse on the CPU (see build_for_backend)
         self.x_train, self.y_train = self.data.x_train.to(self.device), self.data.y_train.to(self.device)
