@@ -11,7 +11,8 @@ an evaluation of the test set (in passes of bounded activation memory):
   memory does not depend on them), batch 40, one epoch;
 - ``wide30000``: 3312-30000³-5, 200 samples (and 200 test), batch 2, one epoch;
 - ``huge``: 784-2500000⁴-10 at ε 1 (10 M hidden neurons, 22.5 M connections), MNIST-shaped data, batch 8,
-  ``--steps`` steps (default 20; a full epoch is 6250 steps), then the update and the evaluation.
+  ``--steps`` steps (default 20; a full epoch is 6250 steps), then the update and an evaluation of 1000
+  test samples.
 
 ``--mnist`` trains the MNIST-shaped workloads on MNIST itself (then the accuracy means something).
 ``--quick`` shrinks every width 100-fold and the data to 1000 samples (a smoke test). Printed: the peak RSS
@@ -69,7 +70,7 @@ class Workload:
 WORKLOADS = {
     "mnist4000": Workload(784, (4000,) * 3, 10, 20.0, 40, 50_000, 10_000),
     "wide30000": Workload(3312, (30_000,) * 3, 5, 20.0, 2, 200, 200),
-    "huge": Workload(784, (2_500_000,) * 4, 10, 1.0, 8, 50_000, 10_000, steps=20),
+    "huge": Workload(784, (2_500_000,) * 4, 10, 1.0, 8, 50_000, 1000, steps=20),
 }
 
 
@@ -109,7 +110,10 @@ def run(name: str, work: Workload, mnist: bool) -> None:
         return MLP(work.inputs, list(work.hidden), work.classes)
 
     model = build_for_backend(
-        "csr", build, torch.device("cpu"), direct=lambda skeleton: direct_draw_applies(skeleton, "sparse_kaiming", False)
+        "csr",
+        build,
+        torch.device("cpu"),
+        direct=lambda skeleton: direct_draw_applies(skeleton, "sparse_kaiming", False),
     )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     steps_per_epoch = -(-work.train // work.batch)

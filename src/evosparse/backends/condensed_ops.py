@@ -68,6 +68,7 @@ from evosparse.backends.condensed_layout import CondensedStructure
 from evosparse.backends.csr_ops import GradientTap, _describe, _sampled_products
 from evosparse.errors import UsageError
 
+
 def condensed_linear(
     x: Tensor,
     values: Tensor,
