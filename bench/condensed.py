@@ -41,13 +41,12 @@ from csr_ops import CLOCKS, interleaved_times, parse_list
 
 from evosparse.backends.condensed_layout import CondensedStructure, expand
 from evosparse.backends.condensed_ops import (
-    SDDMM_BATCH_BLOCK,
     _forward,
     _input_gradient_t,
     _value_gradient,
     condensed_linear,
 )
-from evosparse.backends.csr_ops import CsrStructure, _sampled_products, csr_linear
+from evosparse.backends.csr_ops import SDDMM_BATCH_BLOCK, CsrStructure, _sddmm, csr_linear
 
 IMPLEMENTATIONS = ("dense", "condensed", "csr")
 QUICK = {"widths": "256,1024", "densities": "0.1", "batches": "1,32", "repeats": 3}
@@ -212,11 +211,11 @@ def print_alternatives(case: Case, repeats: int, clock: str, chunk: int) -> None
         "gx CSR(WT) @ gyT": lambda: torch.mm(csr_structure.sparse_weight_t(flat_values), grad_y_t),
         "gx dense gy @ W": lambda: grad_y @ case.weight.detach(),
         "gW condensed_ops (chosen)": lambda: _value_gradient(x_t, grad_y_t, structure),
-        "gW SDDMM": lambda: _sampled_products(structure.crow_indices, flat_indices, structure.shape, grad_y_t, x_t),
-        "gW SDDMM, int64 indices": lambda: _sampled_products(
+        "gW SDDMM": lambda: _sddmm(structure.crow_indices, flat_indices, structure.shape, grad_y_t, x_t),
+        "gW SDDMM, int64 indices": lambda: _sddmm(
             structure.crow_indices.long(), long_flat_indices, structure.shape, grad_y_t, x_t
         ),
-        "gW SDDMM, batch padded to 8k": lambda: _sampled_products(
+        "gW SDDMM, batch padded to 8k": lambda: _sddmm(
             structure.crow_indices,
             flat_indices,
             structure.shape,

@@ -31,7 +31,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from evosparse.backends.csr_ops import CsrStructure, _sampled_products, csr_linear
+from evosparse.backends.csr_ops import CsrStructure, _sampled_products, _sddmm, csr_linear
 
 
 def parse_list(text: str, kind: type) -> list:
@@ -163,8 +163,11 @@ def print_alternatives(case: Case, repeats: int, clock: str) -> None:
     weight = structure.sparse_weight(values)
     weight_t = structure.sparse_weight_t(values)
     weight_coo = weight.to_sparse_coo()
+    crow64, col64 = structure.crow_indices.long(), structure.col_indices.long()
+    weight64 = torch.sparse_csr_tensor(crow64, col64, values, structure.shape, check_invariants=False)
     variants = {
         "fwd CSR W @ xT (chosen)": lambda: torch.mm(weight, x_t),
+        "fwd CSR W @ xT, int64 indices": lambda: torch.mm(weight64, x_t),
         "fwd COO W @ xT": lambda: torch.sparse.mm(weight_coo, x_t),
         "fwd x @ CSR(WT)": lambda: x @ weight_t,
         "gx CSR(WT) @ gyT (chosen)": lambda: torch.mm(structure.sparse_weight_t(values), grad_y_t),
@@ -173,6 +176,10 @@ def print_alternatives(case: Case, repeats: int, clock: str) -> None:
         "gW sampled_addmm gyT, (xT).t (chosen)": lambda: _sampled_products(
             structure.crow_indices, structure.col_indices, structure.shape, grad_y_t, x_t
         ),
+        "gW the same, batch not padded to 8k": lambda: _sddmm(
+            structure.crow_indices, structure.col_indices, structure.shape, grad_y_t, x_t
+        ),
+        "gW the same, int64 indices": lambda: _sampled_products(crow64, col64, structure.shape, grad_y_t, x_t),
         "gW sampled_addmm gyT, x": lambda: torch.sparse.sampled_addmm(weight, grad_y_t, x, beta=0.0),
         "gW chunked gather": lambda: chunked_gather_products(structure, grad_y_t, x_t),
     }

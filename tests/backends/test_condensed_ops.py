@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from evosparse.backends.condensed_layout import CondensedStructure, condense, expand
-from evosparse.backends.condensed_ops import SDDMM_BATCH_BLOCK, condensed_linear
-from evosparse.backends.csr_ops import GradientTap
+from evosparse.backends.condensed_ops import condensed_linear
+from evosparse.backends.csr_ops import SDDMM_BATCH_BLOCK, GradientTap
 from evosparse.errors import UsageError
 
 F64 = torch.float64

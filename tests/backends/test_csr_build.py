@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from evosparse import sparsify
-from evosparse.backends import csr_build
-from evosparse.backends.csr_build import build_csr_layer, random_positions
+from evosparse.backends import csr_build, csr_model
+from evosparse.backends.csr_build import build_csr_layer, direct_draw_applies, random_positions
 from evosparse.backends.csr_layer import CsrLinear
 from evosparse.engine import loop
 from evosparse.engine.config import build_config
@@ -104,3 +104,51 @@ def test_a_csr_model_is_never_built_dense_on_the_target_device(monkeypatch, huge
         again = csr_build.build_for_backend("csr", build, target)
         for one, other in zip(reference.parameters(), again.parameters(), strict=True):
             assert torch.equal(one, other)
+
+
+def small_relu_mlp() -> nn.Sequential:
+    return nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+
+
+def test_a_direct_draw_needs_fresh_values_a_random_topology_and_only_sparse_linear_parameters():
+    with torch.device("meta"):
+        mlp = small_relu_mlp()
+        normed = nn.Sequential(nn.Linear(6, 5), nn.LayerNorm(5), nn.Linear(5, 3))
+    assert direct_draw_applies(mlp, "sparse_kaiming", constant_fan_in=False)
+    assert not direct_draw_applies(mlp, "keep", constant_fan_in=False)  # needs the model's own values
+    assert not direct_draw_applies(mlp, "sparse_kaiming", constant_fan_in=True)  # SRigL's start
+    assert not direct_draw_applies(mlp, "sparse_kaiming", False, exclude=["2.weight"])  # a dense linear layer
+    assert not direct_draw_applies(normed, "sparse_kaiming", False)  # a norm's parameters
+
+
+def test_above_the_conversion_size_a_csr_model_is_drawn_directly_when_it_can_be(monkeypatch):
+    monkeypatch.setattr(csr_build, "CONVERSION_ENTRIES", 40)  # the MLP has 45 weight entries
+    cpu = torch.device("cpu")
+    drawable = csr_build.build_for_backend("csr", small_relu_mlp, cpu, direct=lambda s: True)
+    assert all(p.is_meta for p in drawable.parameters())
+    refused = csr_build.build_for_backend("csr", small_relu_mlp, cpu, direct=lambda s: False)
+    assert not any(p.is_meta for p in refused.parameters())
+    monkeypatch.setattr(csr_build, "CONVERSION_ENTRIES", 45)
+    at_the_limit = csr_build.build_for_backend("csr", small_relu_mlp, cpu, direct=lambda s: True)
+    assert not any(p.is_meta for p in at_the_limit.parameters())
+
+
+@pytest.mark.parametrize(
+    "settings, direct",
+    [({}, True), ({"init": "keep"}, False), ({"method": "srigl"}, False)],
+)
+def test_the_engine_draws_csr_models_directly_where_it_can_and_converts_otherwise(
+    tmp_path, monkeypatch, settings, direct
+):
+    """Above the conversion size: drawn directly for SET from scratch; converted (as the masked backend
+    draws) for kept values or a constant fan-in start."""
+    monkeypatch.setattr(csr_build, "CONVERSION_ENTRIES", 1000)
+    drawn: list[int] = []
+    real = csr_model.build_csr_layer
+    monkeypatch.setattr(
+        csr_model, "build_csr_layer", lambda linear, count, *rest: drawn.append(count) or real(linear, count, *rest)
+    )
+    config = {"epochs": 1, "hidden": "48,24", "density": 0.2, "batch_size": 64, "backend": "csr", "out": str(tmp_path)}
+    result = loop.train(build_config(None, config | settings), progress=False)
+    assert bool(drawn) == direct
+    assert result["backend"] == "csr" and result["epochs"][0]["train_loss"] < 10

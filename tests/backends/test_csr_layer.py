@@ -94,7 +94,7 @@ def test_module_moves_and_casts_carry_the_structure():
     linear, mask = masked_linear(6, 5, 0.5, seed=4, dtype=torch.float32)
     layer = CsrLinear.from_linear(linear, mask)
     layer.double()
-    assert layer.values.dtype == F64 and layer.structure.col_indices.dtype == torch.int64
+    assert layer.values.dtype == F64 and layer.structure.col_indices.dtype == torch.int32
     x = torch.randn(3, 6, dtype=F64)
     torch.testing.assert_close(layer(x), F.linear(x, (linear.weight * mask).double(), linear.bias.double()))
     layer.to("meta")

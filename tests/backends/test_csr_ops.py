@@ -8,7 +8,15 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from evosparse.backends.csr_ops import CsrStructure, GradientTap, csr_linear, sampled_gradient
+from evosparse.backends.csr_ops import (
+    SDDMM_BATCH_BLOCK,
+    CsrStructure,
+    GradientTap,
+    _sampled_products,
+    csr_linear,
+    index_dtype,
+    sampled_gradient,
+)
 from evosparse.errors import UsageError
 
 F64 = torch.float64
@@ -168,9 +176,49 @@ def test_from_indices_sorts_and_returns_the_value_order():
     reference = CsrStructure.from_dense_mask(mask)
     for name in ("crow_indices", "col_indices", "row_indices", "t_crow_indices", "t_col_indices", "t_permutation"):
         assert torch.equal(getattr(structure, name), getattr(reference, name)), name
-        assert getattr(structure, name).dtype == torch.int64
+        assert getattr(structure, name).dtype == torch.int32
     expected = torch.zeros(6, 8, dtype=F64).index_put((rows.long(), cols.long()), values)
     assert torch.equal(dense_weight(structure, values[order]), expected)
+
+
+def test_structure_indices_are_int32_sixteen_bytes_per_connection():
+    """Four int32 entries per connection (column, row, transposed column, permutation) plus two offset arrays."""
+    structure = CsrStructure.from_dense_mask(random_mask(300, 200, 0.05, seed=12))
+    fields = ("crow_indices", "col_indices", "row_indices", "t_crow_indices", "t_col_indices", "t_permutation")
+    assert {getattr(structure, name).dtype for name in fields} == {torch.int32}
+    assert structure.nbytes == 4 * (4 * structure.nnz + (300 + 1) + (200 + 1))
+    positions = structure.positions()
+    assert positions.dtype == torch.int64
+    assert torch.equal(positions, structure.row_indices.long() * 200 + structure.col_indices.long())
+
+
+def test_positions_are_computed_in_int64_beyond_int32():
+    """A flat position row · in + col overflows int32 long before the indices do; the positions never do."""
+    shape = (70_000, 70_000)
+    rows, cols = torch.tensor([0, 69_999]), torch.tensor([5, 69_998])
+    structure, _ = CsrStructure.from_indices(rows, cols, shape)
+    assert structure.col_indices.dtype == torch.int32
+    assert structure.positions().tolist() == [5, 69_999 * 70_000 + 69_998]
+
+
+def test_index_dtype_is_int64_where_int32_overflows():
+    limit = torch.iinfo(torch.int32).max
+    assert index_dtype(limit, limit, 3) == torch.int32
+    assert index_dtype(limit + 1, 3, 3) == torch.int64
+    assert index_dtype(5, 3, limit + 1) == torch.int64
+
+
+@pytest.mark.parametrize("batch", [1, 2, 5, SDDMM_BATCH_BLOCK - 1, SDDMM_BATCH_BLOCK, SDDMM_BATCH_BLOCK + 3, 37])
+def test_sampled_products_with_padded_batches_match_dense_products(batch):
+    """Zero samples appended to reach a multiple of the SDDMM's batch block change no product."""
+    mask = random_mask(30, 20, 0.3, seed=13)
+    structure = CsrStructure.from_dense_mask(mask)
+    generator = torch.Generator().manual_seed(batch)
+    grad_y_t = torch.randn(30, batch, generator=generator, dtype=F64)
+    x_t = torch.randn(20, batch, generator=generator, dtype=F64)
+    products = _sampled_products(structure.crow_indices, structure.col_indices, structure.shape, grad_y_t, x_t)
+    expected = (grad_y_t @ x_t.t())[structure.row_indices, structure.col_indices]
+    torch.testing.assert_close(products, expected)
 
 
 def test_structure_moves_every_index_tensor():

@@ -25,7 +25,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch import Tensor
 
-from evosparse.backends.csr_ops import _check_shape, _compressed_offsets, _describe
+from evosparse.backends.csr_ops import _check_shape, _compressed_offsets, _describe, index_dtype
 from evosparse.errors import UsageError
 
 
@@ -162,8 +162,3 @@ def expand(values: Tensor, structure: CondensedStructure) -> Tensor:
     if not isinstance(values, Tensor) or values.shape != structure.indices.shape:
         raise UsageError(f"values must have shape {tuple(structure.indices.shape)}, got {_describe(values)}")
     return values.new_zeros(structure.shape).scatter(1, structure.indices.to(torch.int64), values)
-
-
-def index_dtype(nnz: int, in_features: int) -> torch.dtype:
-    """int32 when every index and offset of a structure with ``nnz`` connections fits in it, else int64."""
-    return torch.int32 if max(nnz, in_features) <= torch.iinfo(torch.int32).max else torch.int64

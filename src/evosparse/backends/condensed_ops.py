@@ -68,9 +68,6 @@ from evosparse.backends.condensed_layout import CondensedStructure
 from evosparse.backends.csr_ops import GradientTap, _describe, _sampled_products
 from evosparse.errors import UsageError
 
-#: ``sampled_addmm`` on CPU handles the batch in blocks of this many samples (a smaller batch, above 1, is padded).
-SDDMM_BATCH_BLOCK = 8
-
 
 def condensed_linear(
     x: Tensor,
@@ -124,19 +121,6 @@ def _weighted_bag_sums(indices: Tensor, table: Tensor, offsets: Tensor | None, w
     if table.shape[1] == 1:
         return _weighted_bag_sums(indices, F.pad(table, (0, 1)), offsets, weights)[:, :1]
     return F.embedding_bag(indices, table, offsets, mode="sum", per_sample_weights=weights)
-
-
-def _padded_batch(*tensors_t: Tensor) -> tuple[Tensor, ...]:
-    """(features, batch) tensors with zero samples appended up to a multiple of :data:`SDDMM_BATCH_BLOCK` (batch > 1).
-
-    Below 8 the padding saves up to 10x; above, a few percent (4096 / 0.1: the SDDMM takes 20 ms at batch
-    100 and 17.5 at batch 104), against copies of (in + out) x batch elements.
-    """
-    batch = tensors_t[0].shape[1]
-    missing = -batch % SDDMM_BATCH_BLOCK
-    if batch <= 1 or missing == 0:
-        return tensors_t
-    return tuple(F.pad(t, (0, missing)) for t in tensors_t)
 
 
 class _CondensedLinear(torch.autograd.Function):
@@ -194,8 +178,7 @@ def _value_gradient(x_t: Tensor, grad_y_t: Tensor, structure: CondensedStructure
     if x_t.shape[1] == 1:
         gathered = x_t.view(-1).index_select(0, flat_indices).view(structure.indices.shape)
         return gathered.mul_(grad_y_t)
-    padded_grad_y_t, padded_x_t = _padded_batch(grad_y_t, x_t)
-    products = _sampled_products(structure.crow_indices, flat_indices, structure.shape, padded_grad_y_t, padded_x_t)
+    products = _sampled_products(structure.crow_indices, flat_indices, structure.shape, grad_y_t, x_t)
     return products.view(structure.indices.shape)
 
 

@@ -1,4 +1,4 @@
-"""Building csr layers directly from a sparse random draw, for models too large to exist densely.
+"""Building csr layers directly from a sparse random draw, so that a large model never exists densely.
 
 A model whose sparse ``nn.Linear`` weights live on the ``meta`` device (built under
 ``torch.device("meta")``: shapes without storage) never has a dense weight. :func:`build_csr_layer`
@@ -12,20 +12,30 @@ stream, since the masked draw enumerates all out x in positions.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
 from evosparse.backends.csr_layer import CsrLinear
 from evosparse.errors import UsageError
+from evosparse.topology.masks import find_sparse_parameters
 from evosparse.topology.positions import sample_absent
 
-#: Above this many dense weight entries in its sparse layers, ``evosparse train --backend csr``
-#: builds the model on the meta device and its layers with :func:`build_csr_layer` (2²⁸ entries:
-#: 1 GiB of float32 weights). Below it, the model is built densely on the CPU and converted, exactly as
-#: the masked backend would build it.
+#: Above this many dense weight entries in its linear layers, ``evosparse train --backend csr`` always builds
+#: the model on the meta device and its layers with :func:`build_csr_layer` (2²⁸ entries: 1 GiB of float32
+#: weights), and refuses in one line a run that cannot be drawn that way.
 DIRECT_BUILD_ENTRIES = 1 << 28
+
+#: Up to this many dense weight entries, a csr model is built densely on the CPU and converted, drawing
+#: exactly what the masked backend draws: a masked and a csr run of one seed start from the same topology
+#: and values. The direct draw cannot reproduce those draws (the masked one permutes all out x in
+#: positions and draws a value for each), so above this size the model is drawn directly whenever it can be
+#: (:func:`direct_draw_applies`). The conversion's transient is about 4 bytes per dense entry (the
+#: weights) plus 25 per entry of the largest layer (the masked draw's position permutation and free list,
+#: int64, and its dense value draw), at most about 120 MiB at 2²² entries; measured, 40 MiB of peak RSS
+#: above the direct draw's for 784-1500-1500-10 (3.4 M entries, ε 20), where the sparse model takes 5 MiB.
+CONVERSION_ENTRIES = 1 << 22
 
 
 def random_positions(shape: tuple[int, int], count: int, generator: torch.Generator) -> torch.Tensor:
@@ -66,23 +76,49 @@ def build_csr_layer(linear: nn.Linear, count: int, init: str, generator: torch.G
     return CsrLinear.from_positions(shape, positions, values, bias)
 
 
-def build_for_backend(backend: str, build: Callable[[], nn.Module], device: torch.device) -> nn.Module:
+def direct_draw_applies(
+    skeleton: nn.Module,
+    init: str,
+    constant_fan_in: bool,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+) -> bool:
+    """Whether the Sparsifier can draw ``skeleton`` (a model on the meta device) directly: random topology
+    (no constant fan-in), fresh values (``init="sparse_kaiming"``), and every parameter belonging to a
+    sparsified ``nn.Linear`` (``include``/``exclude`` as the Sparsifier gets them), since nothing else
+    can be built from the meta device."""
+    if init != "sparse_kaiming" or constant_fan_in:
+        return False
+    found = find_sparse_parameters(skeleton, include, exclude)
+    if not found or any(not isinstance(module, nn.Linear) or attr != "weight" for _, module, attr in found):
+        return False
+    covered = {id(param) for _, module, _ in found for param in module.parameters()}
+    return all(id(param) in covered for param in skeleton.parameters())
+
+
+def build_for_backend(
+    backend: str,
+    build: Callable[[], nn.Module],
+    device: torch.device,
+    direct: Callable[[nn.Module], bool] = lambda skeleton: False,
+) -> nn.Module:
     """The model ``build()`` makes: on ``device`` for the masked backend; for csr, never dense on ``device``.
 
-    A csr model above :data:`DIRECT_BUILD_ENTRIES` dense weight entries in its linear layers is left on the
-    meta device (no storage) and the Sparsifier builds its sparse layers directly. A smaller one is built
-    on the CPU exactly as the masked backend builds it (the same random draws: the skeleton, built first,
-    draws nothing, and the global generator is restored after it), so both backends start identical; the
-    Sparsifier converts it there and the caller moves the sparse model to ``device``. So the device never
-    holds a csr model's dense weights (peak device memory: the sparse model), and the host holds them at
-    most once, below the threshold (1 GiB of float32).
+    A csr model is left on the meta device (no storage), for the Sparsifier to build its sparse layers
+    directly, when its linear layers hold more than :data:`DIRECT_BUILD_ENTRIES` dense weight entries, or
+    more than :data:`CONVERSION_ENTRIES` and ``direct(skeleton)`` says it can be drawn so (see
+    :func:`direct_draw_applies`). A smaller one is built on the CPU exactly as the masked backend builds it
+    (the same random draws: the skeleton, built first, draws nothing, and the global generator is restored
+    after it), so both backends start identical; the Sparsifier converts it there and the caller moves the
+    sparse model to ``device``. So the device never holds a csr model's dense weights (peak device memory:
+    the sparse model), and the host holds them at most once, below the thresholds.
     """
     if backend == "csr":
         state = torch.get_rng_state()
         with torch.device("meta"):
             skeleton = build()
         linear_entries = sum(m.weight.numel() for m in skeleton.modules() if isinstance(m, nn.Linear))
-        if linear_entries > DIRECT_BUILD_ENTRIES:
+        if linear_entries > DIRECT_BUILD_ENTRIES or (linear_entries > CONVERSION_ENTRIES and direct(skeleton)):
             return skeleton
         torch.set_rng_state(state)
         return build()

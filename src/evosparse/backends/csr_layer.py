@@ -139,7 +139,7 @@ class CsrLinear(SparseLinear):
 
     def positions(self) -> Tensor:
         """O(nnz): CSR order is row-major, so the positions come sorted."""
-        return self.structure.row_indices * self.in_features + self.structure.col_indices
+        return self.structure.positions()
 
     def active_values(self) -> Tensor:
         return self.values.detach()

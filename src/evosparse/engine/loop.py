@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from evosparse.analysis.plots import plot_run_curves
 from evosparse.analysis.snapshots import SNAPSHOT_DIR, save_snapshot
-from evosparse.backends.csr_build import build_for_backend
+from evosparse.backends.csr_build import build_for_backend, direct_draw_applies
 from evosparse.data import Dataset, load_dataset
 from evosparse.data.augment import random_crop_flip
 from evosparse.data.subset import subset_training
@@ -53,9 +53,11 @@ from evosparse.engine.run_folder import locked_folder
 from evosparse.engine.run_logging import EpochLogger, RunLogging, epoch_scalars
 from evosparse.engine.training_cost import TrainingCost, TrainingCostMeter
 from evosparse.engine.update_schedule import check_updates, idle_reason
+from evosparse.engine.wide_layers import apply_wide_layer_rules
 from evosparse.engine.width_scaling import scale_widths
 from evosparse.errors import EvosparseError, UsageError
 from evosparse.files import check_writable
+from evosparse.methods import get_method
 from evosparse.models import ModelSpec, architecture_of, build_model
 from evosparse.models.parts import excluded_layers
 from evosparse.sparsifier import Sparsifier
@@ -165,7 +167,19 @@ class Trainer:
             density=config.effective_density,
             epsilon=config.epsilon,
         )
-        self.model = build_for_backend(config.backend, lambda: build_model(config.model, self.spec), self.device)
+        constant_fan_in = get_method(config.method).constant_fan_in
+        self.model = build_for_backend(
+            config.backend,
+            lambda: build_model(config.model, self.spec),
+            self.device,
+            direct=lambda skeleton: direct_draw_applies(
+                skeleton,
+                config.init,
+                constant_fan_in,
+                getattr(skeleton, "sparse_include", None),
+                excluded_layers(skeleton, config.sparsify),
+            ),
+        )
         self.optimizer = make_optimizer(config, self.model)
         full, rest = divmod(self.data.x_train.shape[0], config.batch_size)
         self.steps_per_epoch = full + (rest >= self.context.world_size)
@@ -184,6 +198,11 @@ class Trainer:
             exclude=excluded_layers(self.model, config.sparsify),
             **config.params,
         )
+        if config.fixed_topology_from is not None and not self.checkpoint_path.exists():
+            # A checkpoint, once restored, holds these masks already: the source need not exist any more.
+            hold_fixed_topology(self.sparsifier, config)
+        # Once the weights are initialised over their final topology: wide layers' rates and readout scale.
+        self.wide_layers = apply_wide_layer_rules(self.model, self.optimizer, self.sparsifier)
         # After the Sparsifier, which may add parameter groups (LiSET's skip layers) that must be scheduled too.
         self.lr_scheduler = build_scheduler(
             self.optimizer,
@@ -194,9 +213,6 @@ class Trainer:
             milestones=config.lr_milestones,
             gamma=config.lr_gamma,
         )
-        if config.fixed_topology_from is not None and not self.checkpoint_path.exists():
-            # A checkpoint, once restored, holds these masks already: the source need not exist any more.
-            hold_fixed_topology(self.sparsifier, config)
         self.objective = objective_for(self.model, self.data)
         self.model.to(self.device)  # a csr model is made sparse on the CPU (see build_for_backend)
         self.x_train, self.y_train = self.data.x_train.to(self.device), self.data.y_train.to(self.device)

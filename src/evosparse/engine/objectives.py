@@ -9,6 +9,8 @@ objective's :class:`Metric`, named in the top-level key ``metric``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -18,8 +20,12 @@ from evosparse.errors import UsageError
 from evosparse.metrics import ACCURACY, NEGATIVE_ELBO, Metric
 from evosparse.models.vae import VAE
 
-#: Test samples evaluated per forward pass.
+#: Most test samples evaluated per forward pass.
 EVAL_BATCH = 2048
+#: Bytes that the widest activation of one evaluation pass may take: a wide model is evaluated in smaller
+#: passes (:func:`evaluation_chunk`), so evaluation memory does not grow with width × test-set size (a
+#: layer of 10⁶ float32 units: 16 samples a pass, 64 MiB, where 2048 would take 8 GiB).
+EVAL_ACTIVATION_BYTES = 64 * 2**20
 #: Seed of the latent noise drawn when the ELBO is evaluated, so that evaluation is deterministic.
 EVAL_NOISE_SEED = 0
 
@@ -37,9 +43,35 @@ class Objective:
         """(mean loss, metric) of ``model`` over (x, y); the caller sets eval mode and disables gradients.
 
         Sums are kept on x's device (float64, so they equal the same sums taken in Python floats) and read
-        once at the end: one host synchronisation per evaluation, not one per batch of :data:`EVAL_BATCH`.
+        once at the end: one host synchronisation per evaluation, not one per pass of
+        :func:`evaluation_chunk` samples.
         """
         raise NotImplementedError
+
+
+def evaluation_chunk(model: nn.Module, forward_one: Callable[[], object]) -> int:
+    """Samples per evaluation pass: :data:`EVAL_BATCH`, or fewer so that the widest module output of one pass
+    stays within :data:`EVAL_ACTIVATION_BYTES` (at least one sample).
+
+    ``forward_one`` runs ``model`` on one sample; hooks on every module measure the largest output it
+    makes (in bytes, tensors inside tuple outputs included). Intermediates inside a module (attention
+    scores, say) are not seen; module outputs are what grows with a wide layer.
+    """
+    widest = 0
+
+    def record(module: nn.Module, inputs: object, output: object) -> None:
+        nonlocal widest
+        for tensor in output if isinstance(output, tuple | list) else (output,):
+            if isinstance(tensor, Tensor):
+                widest = max(widest, tensor.numel() * tensor.element_size())
+
+    handles = [module.register_forward_hook(record) for module in model.modules()]
+    try:
+        forward_one()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return max(1, min(EVAL_BATCH, EVAL_ACTIVATION_BYTES // max(1, widest)))
 
 
 def flat_predictions(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
@@ -58,8 +90,9 @@ class Classification(Objective):
     def evaluate(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, float]:
         loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
         correct = torch.zeros((), dtype=torch.int64, device=x.device)
-        for start in range(0, x.shape[0], EVAL_BATCH):
-            logits, target = flat_predictions(model(x[start : start + EVAL_BATCH]), y[start : start + EVAL_BATCH])
+        chunk = evaluation_chunk(model, lambda: model(x[:1]))
+        for start in range(0, x.shape[0], chunk):
+            logits, target = flat_predictions(model(x[start : start + chunk]), y[start : start + chunk])
             loss_sum += F.cross_entropy(logits, target, reduction="sum").double()
             correct += (logits.argmax(dim=1) == target).sum()
         return float(loss_sum) / y.numel(), int(correct) / y.numel()
@@ -89,8 +122,8 @@ class Elbo(Objective):
     split's minimum to 0 and maximum to 1 undoes that exactly (an affine map), so the VAE models pixel
     intensities. Test values outside the training range are clipped. Training draws one latent
     sample per input from the global generator (seeded and checkpointed by the loop); evaluation
-    draws its samples from a generator seeded with :data:`EVAL_NOISE_SEED`, so the same model always
-    gets the same test −ELBO.
+    draws its samples from a generator seeded with :data:`EVAL_NOISE_SEED`, all in one draw before the
+    passes, so the same model always gets the same test −ELBO whatever the passes' size.
     """
 
     metric = NEGATIVE_ELBO
@@ -112,14 +145,15 @@ class Elbo(Objective):
         return negative_elbo(logits, pixels, mu, logvar)
 
     def evaluate(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, float]:
+        if not isinstance(model, VAE):
+            raise UsageError(f"the ELBO objective needs the vae model, got {type(model).__name__}")
         generator = torch.Generator(x.device).manual_seed(EVAL_NOISE_SEED)
+        noise = torch.randn(x.shape[0], model.latent, generator=generator, device=x.device)
         total = torch.zeros((), dtype=torch.float64, device=x.device)
-        for start in range(0, x.shape[0], EVAL_BATCH):
-            pixels = self.pixels(x[start : start + EVAL_BATCH])
-            if not isinstance(model, VAE):
-                raise UsageError(f"the ELBO objective needs the vae model, got {type(model).__name__}")
-            noise = torch.randn(pixels.shape[0], model.latent, generator=generator, device=x.device)
-            total += self._batch(model, pixels, noise).sum().double()
+        chunk = evaluation_chunk(model, lambda: model(self.pixels(x[:1]), noise[:1]))
+        for start in range(0, x.shape[0], chunk):
+            pixels = self.pixels(x[start : start + chunk])
+            total += self._batch(model, pixels, noise[start : start + chunk]).sum().double()
         mean = float(total) / x.shape[0]
         return mean, mean
 

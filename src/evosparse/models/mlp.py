@@ -22,6 +22,9 @@ class MLP(nn.Module):
                     blocks.append(nn.Dropout(dropout))
         self.layers = nn.Sequential(*blocks)
         self.architecture = sizes
+        #: The output layer, which the training loop scales as a readout when it is wide
+        #: (:mod:`evosparse.engine.wide_layers`).
+        self.readout = f"layers.{len(blocks) - 1}"
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layers(x.flatten(1))

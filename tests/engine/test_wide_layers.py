@@ -1,0 +1,97 @@
+"""Wide linear layers: rates scaled by base / fan-in, the readout scaled at initialisation, sane at any width."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from evosparse import sparsify
+from evosparse.engine.wide_layers import BASE_FAN_IN, apply_wide_layer_rules
+from evosparse.models.mlp import MLP
+
+
+def group_of(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> dict:
+    return next(g for g in optimizer.param_groups if any(p is param for p in g["params"]))
+
+
+def test_layers_above_the_base_fan_in_get_scaled_rates_and_the_readout_a_scaled_start():
+    torch.manual_seed(0)
+    model = MLP(20, [3000], 5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    sparsifier = sparsify(model, optimizer, "static", density=0.9, seed=0)
+    hidden, readout = model.layers[0], model.layers[2]
+    before = readout.weight.detach().clone()
+    changed = apply_wide_layer_rules(model, optimizer, sparsifier)
+    fan_in = sparsifier.topology.layers[1].active / 5
+    assert [(w.name, w.fan_in) for w in changed] == [("layers.2", fan_in)]
+    assert group_of(optimizer, readout.weight)["lr"] == pytest.approx(0.1 * BASE_FAN_IN / fan_in)
+    assert group_of(optimizer, readout.weight)["momentum"] == 0.9
+    assert group_of(optimizer, readout.weight)["weight_decay"] == 1e-4
+    for unchanged in (hidden.weight, hidden.bias, readout.bias):
+        assert group_of(optimizer, unchanged)["lr"] == 0.1
+    torch.testing.assert_close(readout.weight, before * math.sqrt(BASE_FAN_IN / fan_in))
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == 4
+
+
+def test_a_step_moves_the_logits_alike_at_any_width():
+    """One SGD step changes the logits of its batch no more at width 16 000 than at 2000 (without the rule,
+    over four times more: the readout's step grows with its fan-in)."""
+    x, y = torch.randn(64, 100), torch.randint(0, 10, (64,))
+
+    def logit_change(width: int, rules: bool) -> float:
+        torch.manual_seed(1)
+        model = MLP(100, [width], 10)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+        sparsifier = sparsify(model, optimizer, "static", epsilon=20, seed=1, backend="csr")
+        if rules:
+            apply_wide_layer_rules(model, optimizer, sparsifier)
+        before = model(x).detach()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        return (model(x).detach() - before).abs().mean().item()
+
+    narrow, wide = logit_change(2000, True), logit_change(16_000, True)
+    assert wide < 1.5 * narrow
+    assert logit_change(16_000, False) / logit_change(2000, False) > 4
+
+
+def test_a_csr_mlp_100000_wide_starts_with_unit_scale_activations_and_a_loss_near_ln_10():
+    """784-100000-100000-10 at ε 1 (about 2 connections per hidden unit, the output layer 10% dense): every
+    activation's root mean square stays O(1) layer to layer and the first loss is near ln 10."""
+    with torch.device("meta"):
+        model = MLP(784, [100_000, 100_000], 10)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    sparsifier = sparsify(model, optimizer, "set", epsilon=1.0, seed=0, backend="csr")
+    assert sparsifier.density() < 0.002
+    apply_wide_layer_rules(model, optimizer, sparsifier)
+    x, y = torch.randn(128, 784), torch.randint(0, 10, (128,))
+    h = x
+    with torch.no_grad():
+        for module in model.layers:
+            h = module(h)
+            assert 0.3 < h.pow(2).mean().sqrt().item() < 3, module
+    assert F.cross_entropy(h, y).item() < 3
+    assert abs(F.cross_entropy(h, y).item() - math.log(10)) < 0.3
+
+
+def test_an_mlp_below_the_base_is_left_alone():
+    model = MLP(784, [300, 100], 10)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    sparsifier = sparsify(model, optimizer, "set", density=0.05, seed=0)
+    weights = [p.detach().clone() for p in model.parameters()]
+    assert apply_wide_layer_rules(model, optimizer, sparsifier) == []
+    assert len(optimizer.param_groups) == 1
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters(), strict=True))
+
+
+def test_a_dense_linear_layer_left_out_of_sparsity_counts_by_its_inputs():
+    model = nn.Sequential(nn.Linear(10, 2048), nn.ReLU(), nn.Linear(2048, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    sparsifier = sparsify(model, optimizer, "set", density=0.5, exclude=["2.weight"], seed=0)
+    changed = apply_wide_layer_rules(model, optimizer, sparsifier)
+    assert [(w.name, w.rate_factor) for w in changed] == [("2", 0.5)]
+    assert group_of(optimizer, model[2].weight)["lr"] == 0.05
