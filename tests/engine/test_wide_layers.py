@@ -88,10 +88,27 @@ def test_an_mlp_below_the_base_is_left_alone():
     assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters(), strict=True))
 
 
-def test_a_dense_linear_layer_left_out_of_sparsity_counts_by_its_inputs():
-    model = nn.Sequential(nn.Linear(10, 2048), nn.ReLU(), nn.Linear(2048, 3))
+@pytest.mark.parametrize("method, exclude", [("set", ["2.weight"]), ("dense", None), ("gmp", None)])
+def test_dense_training_keeps_plain_rates_at_any_width(method, exclude):
+    """A layer left out of the sparse ones, and every layer of a method that trains dense weights, keeps
+    the run's rate and initial values however wide (a wide dense baseline trains as in any PyTorch loop)."""
+    model = nn.Sequential(nn.Linear(10, 4096), nn.ReLU(), nn.Linear(4096, 3))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    sparsifier = sparsify(model, optimizer, "set", density=0.5, exclude=["2.weight"], seed=0)
-    changed = apply_wide_layer_rules(model, optimizer, sparsifier)
-    assert [(w.name, w.rate_factor) for w in changed] == [("2", 0.5)]
-    assert group_of(optimizer, model[2].weight)["lr"] == 0.05
+    sparsifier = sparsify(model, optimizer, method, density=0.5, exclude=exclude, seed=0, total_steps=1000)
+    weights = [p.detach().clone() for p in model.parameters()]
+    assert apply_wide_layer_rules(model, optimizer, sparsifier) == []
+    assert [g["lr"] for g in optimizer.param_groups] == [0.1]
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters(), strict=True))
+
+
+def test_a_run_records_its_wide_layers_in_result_json(tmp_path):
+    from evosparse.engine.config import build_config
+    from evosparse.engine.loop import train
+
+    options = {"epochs": 1, "hidden": "2048", "epsilon": 20.0, "out": str(tmp_path / "wide")}
+    result = train(build_config(None, options), progress=False)
+    [wide] = result["wide_layers"]
+    assert wide["name"] == "layers.2" and wide["fan_in"] > BASE_FAN_IN
+    assert wide["rate_factor"] == pytest.approx(BASE_FAN_IN / wide["fan_in"])
+    narrow = train(build_config(None, {"epochs": 1, "hidden": "64", "out": str(tmp_path / "narrow")}), progress=False)
+    assert narrow["wide_layers"] == []

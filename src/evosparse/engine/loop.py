@@ -511,6 +511,7 @@ class Trainer:
             "heads": getattr(self.model, "heads", None),
             "context": self.data.input_shape[0] if self.spec.sequence else None,
             "sparse_embeddings": config.sparse_embeddings,
+            "wide_layers": [asdict(wide) for wide in self.wide_layers],
             "backend": config.backend,
             "device": self.device.type,
             "precision": config.precision,

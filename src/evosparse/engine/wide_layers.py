@@ -12,9 +12,11 @@ batch 40), against 12 at n = 1000.
 The rule, anchored at :data:`BASE_FAN_IN` where it changes nothing (LeNet, SET's 1000-wide MLPs, the
 GPT and the VAE are below it):
 
-- every linear layer (sparse or left dense) whose mean active fan-in k exceeds the base trains at the
-  run's rate times base / k (its own optimizer parameter group; biases keep the run's rate, their
-  step does not grow with k);
+- every sparse linear layer of a sparse method whose mean active fan-in k exceeds the base trains at
+  the run's rate times base / k (its own optimizer parameter group; biases keep the run's rate, their
+  step does not grow with k). Dense training (``dense``, the dense-to-sparse ``gmp`` and ``prune``, and
+  linear layers left out of the sparse ones) keeps plain SGD semantics: a user's wide dense baseline
+  trains as in any PyTorch loop;
 - the model's readout (the layer named by its ``readout`` attribute: the MLP's output layer) follows
   µP's readout rule (Yang et al. 2022, "Tensor Programs V", Table 3, SGD: initial variance ∝ 1/fan_in²,
   rate ∝ 1/fan_in): besides the rate, its initial weights are scaled by √(base / k), so the logits
@@ -47,19 +49,16 @@ class WideLayer:
     rate_factor: float
 
 
-def wide_linear_layers(model: nn.Module, sparsifier: Sparsifier) -> list[tuple[WideLayer, list[nn.Parameter]]]:
-    """Every linear layer of ``model`` whose mean active fan-in exceeds :data:`BASE_FAN_IN`, with its trained
-    weight parameters (all its own parameters but the bias): the sparse layers by their active
-    connections, the other ``nn.Linear`` layers by their ``in_features``."""
-    found: list[tuple[WideLayer, list[nn.Parameter]]] = []
-    sparse_modules = set()
-    for layer in sparsifier.topology.layers:
-        sparse_modules.add(id(layer.module))
-        if layer.is_linear:
-            found.append(_wide(layer.name.rpartition(".")[0], layer.module, layer.active / layer.fan_out_axis_size))
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and id(module) not in sparse_modules:
-            found.append(_wide(name, module, module.in_features))
+def wide_linear_layers(sparsifier: Sparsifier) -> list[tuple[WideLayer, list[nn.Parameter]]]:
+    """Every sparse linear layer of a sparse-to-sparse method whose mean active fan-in exceeds
+    :data:`BASE_FAN_IN`, with its trained weight parameters (all its module's own parameters but the bias)."""
+    if not sparsifier.method.sparse or sparsifier.method.starts_dense:
+        return []
+    found = [
+        _wide(layer.name.rpartition(".")[0], layer.module, layer.active / layer.fan_out_axis_size)
+        for layer in sparsifier.topology.layers
+        if layer.is_linear
+    ]
     return [(wide, params) for wide, params in found if wide.rate_factor < 1.0 and params]
 
 
@@ -78,7 +77,7 @@ def apply_wide_layer_rules(
     Sparsifier is built and before the first step and any learning-rate scheduler."""
     readout = getattr(model, "readout", None)
     changed, moved = [], set()
-    for wide, params in wide_linear_layers(model, sparsifier):
+    for wide, params in wide_linear_layers(sparsifier):
         for param in params:
             if id(param) in moved:  # a parameter packing several layers (attention projections) moves once
                 continue
