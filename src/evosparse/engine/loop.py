@@ -31,12 +31,13 @@ from evosparse.data import Dataset, load_dataset
 from evosparse.data.augment import random_crop_flip
 from evosparse.data.subset import subset_training
 from evosparse.data.validation import split_validation
-from evosparse.distributed import DistributedContext, all_sum, context_from_environment, initialise, shard, shutdown
+from evosparse.distributed import DistributedContext, context_from_environment, initialise, shard, shutdown
 from evosparse.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from evosparse.engine.compilation import check_compile, compiled
 from evosparse.engine.config import TrainConfig, config_difference, device_type
 from evosparse.engine.fixed_topology import hold_fixed_topology
 from evosparse.engine.inference_cost import inference_macs
+from evosparse.engine.loss_readings import READ_INTERVAL, LossReadings
 from evosparse.engine.lr_schedule import build_scheduler
 from evosparse.engine.objectives import Objective, objective_for
 from evosparse.engine.precision import autocast, check_precision
@@ -338,36 +339,28 @@ class Trainer:
     def train_epoch(self, epoch: int, on_step: Callable[[float], None]) -> tuple[float, float, TrainingCost]:
         """One pass over the shuffled training data; returns the mean training loss, the learning
         rate of its last step (the first parameter group's) and the multiply-adds it spent.
-        ``on_step`` receives the mean training loss so far after every step."""
+        ``on_step`` receives, after every step, the mean training loss of the steps read so far: losses
+        stay on the device and are read every ``READ_INTERVAL`` steps, before each topology update and at
+        the end (:mod:`~evosparse.engine.loss_readings`), so a step never waits for the device."""
         self.model.train()
-        loss_sum = 0.0
         cost = TrainingCost()
         batches = epoch_batches(self.x_train.shape[0], self.config.batch_size, self.config.seed, epoch)
         augment_generator = torch.Generator(self.device).manual_seed(self.config.seed * 1_000_003 + epoch + 104_729)
-        seen = 0
+        losses = LossReadings(self.steps_per_epoch, self.device, self.context)
         lr = self.optimizer.param_groups[0]["lr"]
-        for step, batch in enumerate(batches, 1):
+        for batch in batches:
             if batch.numel() < self.context.world_size:
                 break  # a last global batch too small to give every process a sample
             global_size = batch.numel()
-            seen += global_size  # the global batch: step_loss below is summed over every process
             batch = shard(batch, self.context).to(self.device)
             inputs = self.x_train[batch]
             if self.config.augment:
                 inputs = random_crop_flip(inputs, augment_generator)
             with self._autocast():
                 loss = self.objective.loss(self.train_model, inputs, self.y_train[batch])
-            [step_loss] = all_sum([loss.item() * batch.numel()], self.context)
-            if not math.isfinite(step_loss):
-                kept = (
-                    f"the checkpoint of epoch {epoch - 1} is kept in {self.out}"
-                    if self.checkpoint_path.exists()
-                    else f"no checkpoint was written to {self.out} yet"
-                )
-                raise EvosparseError(
-                    f"training diverged: the loss is {step_loss} at epoch {epoch}, step {step}; {kept} "
-                    "(try a smaller --lr)"
-                )
+            losses.record(loss, batch.numel(), global_size)
+            if losses.pending >= READ_INTERVAL or self.sparsifier.update_pending():
+                self._check_finite(losses, epoch)
             step_cost = self.cost_meter.step(global_size)
             cost.sparse += step_cost.sparse
             cost.dense += step_cost.dense
@@ -378,9 +371,24 @@ class Trainer:
             self.sparsifier.step()
             if self.lr_scheduler is not None:
                 self.lr_scheduler.step()
-            loss_sum += step_loss
-            on_step(loss_sum / seen)
-        return loss_sum / seen, lr, cost
+            on_step(losses.mean)
+        self._check_finite(losses, epoch)
+        return losses.mean, lr, cost
+
+    def _check_finite(self, losses: LossReadings, epoch: int) -> None:
+        """Read the pending losses; stop with one line naming the first step whose loss is not finite."""
+        diverged = losses.read()
+        if diverged is None:
+            return
+        kept = (
+            f"the checkpoint of epoch {epoch - 1} is kept in {self.out}"
+            if self.checkpoint_path.exists()
+            else f"no checkpoint was written to {self.out} yet"
+        )
+        raise EvosparseError(
+            f"training diverged: the loss is {diverged.value} at epoch {epoch}, step {diverged.step}; {kept} "
+            "(try a smaller --lr)"
+        )
 
     def run(self, resume: bool = False, *, if_present: bool = False) -> dict[str, Any]:
         """Train the remaining epochs, writing metrics and a checkpoint after each; return result.json.
@@ -415,7 +423,8 @@ class Trainer:
 
                 def advance(loss: float, epoch: int = epoch) -> None:
                     if progress is not None and task is not None:
-                        progress.update(task, advance=1, description=f"epoch {epoch}/{config.epochs} loss {loss:.4f}")
+                        shown = "" if math.isnan(loss) else f" loss {loss:.4f}"  # NaN: no loss read yet
+                        progress.update(task, advance=1, description=f"epoch {epoch}/{config.epochs}{shown}")
 
                 train_loss, lr, cost = self.train_epoch(epoch, advance)
                 step_stats = self.sparsifier.take_stats()
