@@ -134,7 +134,7 @@ class Sparsifier:
         _check_unclaimed(model)
         if not found:
             raise UsageError("the model has no linear or convolution weight to sparsify")
-        matrices = sparse_matrices(found)
+        matrices = sparse_matrices(model, found)
         shapes = [tuple(matrix.weight.shape) for matrix in matrices]
         self.plan: BudgetPlan = plan_budget(
             shapes, distribution, method_cls.budget_request(self.hparams, density, epsilon)

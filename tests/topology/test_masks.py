@@ -83,7 +83,7 @@ def test_largest_mask_along_an_axis_is_the_transposed_mask_of_the_transposed_wei
 
 
 def build(model, budgets, optimizer=None, seed=0):
-    matrices = sparse_matrices(find_sparse_parameters(model))
+    matrices = sparse_matrices(model, find_sparse_parameters(model))
     return build_masked_topology(matrices, budgets, torch.Generator().manual_seed(seed), optimizer)
 
 
@@ -227,6 +227,14 @@ def test_an_embedding_is_sparse_only_when_named_on_itself(tied):
     expected = ["embedding.weight", "hidden.weight"] + ([] if tied else ["head.weight"])
     assert names(find_sparse_parameters(TinyLanguageModel(tied), include=["embedding.weight"])) == expected
     assert "embedding.weight" not in names(find_sparse_parameters(TinyLanguageModel(tied)))
+    assert "embedding.weight" not in names(find_sparse_parameters(TinyLanguageModel(tied), include=["*.weight"]))
+
+
+def test_a_sparse_gradient_embedding_is_refused_in_one_line():
+    model = TinyLanguageModel()
+    model.embedding.sparse = True
+    with pytest.raises(UsageError, match=r"embedding.weight: an nn.Embedding\(sparse=True\) cannot be kept sparse"):
+        find_sparse_parameters(model, include=["embedding.weight"])
 
 
 def test_a_sparse_embedding_keeps_its_values_and_its_mask_while_training():

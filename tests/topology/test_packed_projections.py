@@ -51,7 +51,7 @@ def test_the_packed_projection_is_selected_by_default_and_split_in_three():
     model = Encoder()
     found = find_sparse_parameters(model)
     assert [name for name, _, _ in found] == ["attention.in_proj_weight", "attention.out_proj.weight", "head.weight"]
-    matrices = sparse_matrices(found)
+    matrices = sparse_matrices(model, found)
     assert [m.name for m in matrices[:3]] == [f"attention.in_proj_weight[{p}]" for p in ("query", "key", "value")]
     assert [m.rows for m in matrices[:3]] == [(0, WIDTH), (WIDTH, 2 * WIDTH), (2 * WIDTH, 3 * WIDTH)]
     for matrix in matrices[:3]:  # views of the parameter, not copies
@@ -64,10 +64,11 @@ def test_the_packed_projection_is_selected_by_default_and_split_in_three():
 
 
 def test_separate_key_and_value_widths_give_three_parameters():
-    found = find_sparse_parameters(Encoder(kdim=8, vdim=12))
+    model = Encoder(kdim=8, vdim=12)
+    found = find_sparse_parameters(model)
     names = [name for name, _, _ in found]
     assert names[:3] == ["attention.q_proj_weight", "attention.k_proj_weight", "attention.v_proj_weight"]
-    assert [m.weight.shape for m in sparse_matrices(found)[:3]] == [(WIDTH, WIDTH), (WIDTH, 8), (WIDTH, 12)]
+    assert [m.weight.shape for m in sparse_matrices(model, found)[:3]] == [(WIDTH, WIDTH), (WIDTH, 8), (WIDTH, 12)]
 
 
 @pytest.mark.parametrize("method", ["set", "rigl"])
@@ -181,3 +182,17 @@ def test_the_csr_backend_refuses_attention_in_one_line(exclude):
     assert isinstance(model.attention.out_proj, nn.Linear)  # untouched
     with pytest.raises(UsageError, match=r"in_proj_weight\[query\] belongs to a MultiheadAttention"):
         evosparse.sparsify(model, None, "set", density=0.3, backend="csr", exclude=["*.out_proj.*"])
+
+
+def test_a_linear_layer_whose_parent_reads_its_weight_is_not_offered_as_a_called_linear_layer():
+    """nn.MultiheadAttention never calls out_proj: methods that hook a linear layer's input (LiSET) must not
+    take it for one, or their hooks would silently see nothing."""
+    model = Encoder()
+    sparsifier = evosparse.sparsify(model, None, "static", density=0.3)
+    layers = {layer.name: layer for layer in sparsifier.topology.layers}
+    assert not layers["attention.out_proj.weight"].is_linear
+    assert layers["head.weight"].is_linear
+    with pytest.raises(UsageError, match="liset supports linear layers only; attention.out_proj.weight"):
+        other = Encoder()
+        optimizer = torch.optim.SGD(other.parameters(), lr=0.1)
+        evosparse.sparsify(other, optimizer, "liset", density=0.3, exclude=["*.in_proj_weight"])

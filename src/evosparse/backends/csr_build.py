@@ -102,7 +102,9 @@ def build_for_backend(
     device: torch.device,
     direct: Callable[[nn.Module], bool] = lambda skeleton: False,
 ) -> nn.Module:
-    """The model ``build()`` makes: on ``device`` for the masked backend; for csr, never dense on ``device``.
+    """The model ``build()`` makes: on ``device`` for the masked backend; for csr and condensed, never dense
+    on ``device`` (a condensed model is built on the CPU and condensed there; one above
+    :data:`DIRECT_BUILD_ENTRIES` is refused in one line, as only csr can draw it sparse directly).
 
     A csr model is left on the meta device (no storage), for the Sparsifier to build its sparse layers
     directly, when its linear layers hold more than :data:`DIRECT_BUILD_ENTRIES` dense weight entries, or
@@ -113,13 +115,20 @@ def build_for_backend(
     sparse model to ``device``. So the device never holds a csr model's dense weights (peak device memory:
     the sparse model), and the host holds them at most once, below the thresholds.
     """
-    if backend == "csr":
-        state = torch.get_rng_state()
-        with torch.device("meta"):
-            skeleton = build()
-        linear_entries = sum(m.weight.numel() for m in skeleton.modules() if isinstance(m, nn.Linear))
-        if linear_entries > DIRECT_BUILD_ENTRIES or (linear_entries > CONVERSION_ENTRIES and direct(skeleton)):
-            return skeleton
-        torch.set_rng_state(state)
-        return build()
-    return build().to(device)
+    if backend == "masked":
+        return build().to(device)
+    state = torch.get_rng_state()
+    with torch.device("meta"):
+        skeleton = build()
+    linear_entries = sum(m.weight.numel() for m in skeleton.modules() if isinstance(m, nn.Linear))
+    if backend == "csr" and (
+        linear_entries > DIRECT_BUILD_ENTRIES or (linear_entries > CONVERSION_ENTRIES and direct(skeleton))
+    ):
+        return skeleton
+    if linear_entries > DIRECT_BUILD_ENTRIES:
+        raise UsageError(
+            f"--backend {backend} condenses a model built densely on the CPU; its {linear_entries:,} linear weights "
+            f"exceed {DIRECT_BUILD_ENTRIES:,}: use --backend csr, which draws such a model sparse directly"
+        )
+    torch.set_rng_state(state)
+    return build()

@@ -29,7 +29,7 @@ from evosparse.backends.csr_ops import GradientTap
 from evosparse.errors import UsageError
 from evosparse.topology.init import check_init_scheme, sparse_kaiming_draws
 from evosparse.topology.layer import ActiveGradientHook, SparseLayer, Topology, no_gradient_message
-from evosparse.topology.masks import MaskedLayer
+from evosparse.topology.masks import MaskedLayer, weight_read_by_parent
 from evosparse.topology.positions import is_member
 
 ModuleT = TypeVar("ModuleT", bound=SparseLinear)
@@ -277,26 +277,18 @@ def check_convertible(found: Sequence[tuple[str, nn.Module, str]], backend: str)
             raise UsageError(f"--backend {backend} supports nn.Linear weights only; {name} belongs to a {kind}")
 
 
-#: Modules that read a child linear layer's weight instead of calling the layer: ``nn.MultiheadAttention``
-#: hands ``out_proj.weight`` to a functional kernel. Such a child cannot become a sparse linear module.
-WEIGHT_READING_PARENTS: tuple[type[nn.Module], ...] = (nn.MultiheadAttention,)
-
-
-def weight_read_by_parent(model: nn.Module, module_name: str) -> bool:
-    """Whether the submodule ``module_name`` of ``model`` has a parent that reads its weight directly."""
-    if not module_name:
-        return False
-    return isinstance(model.get_submodule(module_name.rpartition(".")[0]), WEIGHT_READING_PARENTS)
-
-
 def check_replaceable(model: nn.Module, found: Sequence[tuple[str, nn.Module, str]], backend: str) -> None:
     """Raise a one-line UsageError for a sparse linear layer whose parent reads its weight (see
-    :data:`WEIGHT_READING_PARENTS`): replaced by a sparse linear module, it would break its parent."""
+    :data:`~evosparse.topology.masks.WEIGHT_READING_PARENTS`): replaced by a sparse linear module, it would
+    break its parent."""
     for name, _, _ in found:
         module_name = _module_name(name)
         if weight_read_by_parent(model, module_name):
             parent = type(model.get_submodule(module_name.rpartition(".")[0])).__name__
-            raise UsageError(f"--backend {backend} cannot replace {name}: its {parent} reads the weight directly")
+            raise UsageError(
+                f"--backend {backend} cannot replace {name}: its {parent} reads the weight directly "
+                f"(exclude=[{name!r}] keeps it dense, or use --backend masked)"
+            )
 
 
 def _module_name(parameter_name: str) -> str:

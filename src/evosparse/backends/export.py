@@ -39,12 +39,13 @@ from torch import Tensor, nn
 
 import evosparse
 from evosparse.backends.csr_layer import CsrLinear, SparseLinear, structure_from_csr_arrays
-from evosparse.backends.csr_model import replace_submodule, weight_read_by_parent
+from evosparse.backends.csr_model import replace_submodule
 from evosparse.backends.csr_ops import CsrStructure
 from evosparse.data.base import Standardisation
 from evosparse.errors import UsageError
 from evosparse.files import atomic_write_bytes
 from evosparse.models import ModelSpec, architecture_of, build_model
+from evosparse.topology.masks import weight_read_by_parent
 
 FORMAT_NAME = "evosparse-sparse-model"
 FORMAT_VERSION = 2

@@ -49,7 +49,7 @@ def export_run(run_dir: Path, path: Path | None = None) -> ExportReport:
         standardisation=data.standardisation,
         class_names=data.class_names,
     )
-    sparse_names = {layer.name for layer in sparsifier.topology.layers}
+    sparse_names = {layer.parameter_name for layer in sparsifier.topology.layers}
     other = sum(p.numel() for name, p in model.named_parameters() if not _is_sparse(name, sparse_names))
     dense_bytes = 4 * (sparsifier.topology.total + other)
     return ExportReport(target, target.stat().st_size, dense_bytes, len(sparse_names))

@@ -27,7 +27,9 @@ class SET(Method):
     smaller position first) and regrows as many at inputs of the same unit inactive before the update,
     uniformly (:meth:`~evosparse.topology.layer.SparseLayer.sample_inactive_per_unit`). The magnitude is
     not split by sign as in the layer-wide rule: with the few tens of inputs of a unit, rounding ζ of each
-    sign separately would change the unit's count by one either way. It is what ``--backend condensed``
+    sign separately would change the unit's count by one either way. A unit with fewer than 1/ζ inputs
+    (⌊ζ·k⌋ = 0: k ≤ 3 at ζ = 0.3, as in small output layers at low density) is never rewired. It is
+    what ``--backend condensed``
     runs SET with; regrowth draws one key per input of every unit that grows, so an update costs
     O(out · in) time (in blocks of bounded memory) where the layer-wide rule costs O(nnz).
     """

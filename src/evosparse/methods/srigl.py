@@ -38,7 +38,9 @@ class SRigL(Method):
        m = ⌈n / fan-in⌉ units stay, the fewest that can hold the budget: when the m-th most salient unit
        (ties: the lower index first) is below τ, τ drops to its salience. Ablation is decided afresh at
        every update, so an ablated unit whose gradients become salient is revived. The last sparse layer
-       (the model's output) is never ablated, as in the authors' code, and γ_sal = 0 turns ablation off.
+       in the model's order of registration is never ablated, as in the authors' code (the output
+       layer in every registry model and in a plain chain; not with ``--sparsify conv``, where the
+       classifier is dense and the last convolution is spared), and γ_sal = 0 turns ablation off.
     3. **Fan-ins.** The budget n is split over the surviving units by
        :func:`~evosparse.topology.budget.fan_in_split`: k or k + 1 each (the first units in index order
        get k + 1), so the budget stays exact. The authors give every unit ⌊n / units⌋ and drop the rest.

@@ -40,6 +40,10 @@ DEFAULT_SPARSE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Co
 #: the three separate ones it holds when keys or values have their own width (its output projection is an
 #: ``nn.Linear`` and sparse by type).
 ATTENTION_PROJECTIONS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+#: Modules that read a child linear layer's weight instead of calling the layer: ``nn.MultiheadAttention``
+#: hands ``out_proj.weight`` to a functional kernel. Such a child's forward hooks never fire (methods that
+#: read a layer's input cannot use it) and it cannot be replaced by a sparse linear module.
+WEIGHT_READING_PARENTS: tuple[type[nn.Module], ...] = (nn.MultiheadAttention,)
 #: The matrices packed along the rows of ``nn.MultiheadAttention.in_proj_weight``, in order.
 PACKED_PROJECTIONS = ("query", "key", "value")
 
@@ -80,9 +84,11 @@ def find_sparse_parameters(
     included) and the query, key and value projections of ``nn.MultiheadAttention``. ``include`` adds parameters whose
     qualified name matches a glob pattern (e.g. ``"*.weight_hh_l0"`` for an LSTM); ``exclude`` removes
     matches. Parameters of normalisation layers and 1-D parameters (biases, gains) are never selected.
-    An embedding's weight is selected only when a pattern names it on the embedding (``"token.weight"``),
-    never through another module sharing it: a language model's output layer tied to its token
-    embedding stays dense unless the embedding itself is included. Both are decided by type, not name.
+    An embedding's weight is selected only when ``include`` gives its exact name on the embedding
+    (``"token.weight"``; a glob such as ``"*.weight"`` never selects it), never through another module
+    sharing it: a language model's output layer tied to its token embedding stays dense unless the
+    embedding itself is included. An ``nn.Embedding(sparse=True)`` is refused (its sparse gradient and
+    optimizer state cannot be masked). Both are decided by type, not name.
     """
     include, exclude = list(include or []), list(exclude or [])
     chosen: list[tuple[str, nn.Module, str]] = []
@@ -101,8 +107,14 @@ def find_sparse_parameters(
                 isinstance(module, nn.MultiheadAttention) and attr in ATTENTION_PROJECTIONS
             )
             by_name = any(fnmatch.fnmatchcase(qualified, p) for p in include)
-            if id(param) in embedded and not isinstance(module, EMBEDDING_TYPES):
-                continue  # a tied copy of an embedding: the embedding decides
+            if id(param) in embedded:
+                if not isinstance(module, EMBEDDING_TYPES):
+                    continue  # a tied copy of an embedding: the embedding decides
+                by_name = qualified in include
+                if by_name and getattr(module, "sparse", False):
+                    raise UsageError(
+                        f"{qualified}: an nn.Embedding(sparse=True) cannot be kept sparse; use sparse=False"
+                    )
             if not (by_type or by_name) or param.dim() < 2 or id(param) in never:
                 continue
             if any(fnmatch.fnmatchcase(qualified, p) for p in exclude):
@@ -111,8 +123,8 @@ def find_sparse_parameters(
     unmatched = [p for p in include if not any(fnmatch.fnmatchcase(q, p) for q, _, _ in chosen)]
     if unmatched:
         raise UsageError(
-            f"include pattern {unmatched[0]!r} matches no sparsifiable parameter (≥2-D, not a norm's, an embedding's "
-            "named on the embedding itself)"
+            f"include pattern {unmatched[0]!r} matches no sparsifiable parameter (≥2-D, not a norm's; an embedding's "
+            "only by its exact name on the embedding)"
         )
     return chosen
 
@@ -123,13 +135,16 @@ class SparseMatrix:
     ``rows = (start, stop)`` of a parameter's rows when the parameter packs several matrices.
 
     ``name`` is the parameter's qualified name, with the matrix's name in brackets for a block
-    (``"attn.in_proj_weight[key]"``).
+    (``"attn.in_proj_weight[key]"``); ``called`` is False for a weight its module's parent reads directly
+    (``nn.MultiheadAttention.out_proj``): hooks on that module never see its input.
     """
 
     name: str
     module: nn.Module
     attr: str
     rows: tuple[int, int] | None = None
+    #: Whether the module's own forward computes with the weight (False where a parent reads it).
+    called: bool = True
 
     @property
     def parameter(self) -> nn.Parameter:
@@ -141,13 +156,22 @@ class SparseMatrix:
         return self.parameter if self.rows is None else self.parameter[self.rows[0] : self.rows[1]]
 
 
-def sparse_matrices(found: Sequence[tuple[str, nn.Module, str]]) -> list[SparseMatrix]:
-    """The matrices the parameters of :func:`find_sparse_parameters` hold, one sparse layer each.
+def weight_read_by_parent(model: nn.Module, module_name: str) -> bool:
+    """Whether the submodule ``module_name`` of ``model`` has a parent that reads its weight directly
+    (:data:`WEIGHT_READING_PARENTS`) instead of calling it."""
+    if not module_name:
+        return False
+    return isinstance(model.get_submodule(module_name.rpartition(".")[0]), WEIGHT_READING_PARENTS)
+
+
+def sparse_matrices(model: nn.Module, found: Sequence[tuple[str, nn.Module, str]]) -> list[SparseMatrix]:
+    """The matrices the parameters of :func:`find_sparse_parameters` (of ``model``) hold, one sparse layer each.
 
     ``nn.MultiheadAttention.in_proj_weight`` stacks the query, key and value projections along its rows
     ((3·E, E)); it is split into those three (E, E) matrices, so each has its own budget, its own random
     row cover and fan-in, and its own row in the per-layer report, as separate projections would.
-    Every other parameter is one matrix.
+    Every other parameter is one matrix. A matrix whose module is never called (its parent reads the
+    weight) is marked ``called=False``.
     """
     matrices: list[SparseMatrix] = []
     for name, module, attr in found:
@@ -158,7 +182,8 @@ def sparse_matrices(found: Sequence[tuple[str, nn.Module, str]]) -> list[SparseM
                 for index, part in enumerate(PACKED_PROJECTIONS)
             )
         else:
-            matrices.append(SparseMatrix(name, module, attr))
+            called = not weight_read_by_parent(model, name.rpartition(".")[0])
+            matrices.append(SparseMatrix(name, module, attr, called=called))
     return matrices
 
 
@@ -273,12 +298,14 @@ class MaskedLayer(SparseLayer):
         output_axis: int = 0,
         *,
         rows: tuple[int, int] | None = None,
+        called: bool = True,
     ) -> None:
         self.name = name
         self.output_axis = output_axis
         self._module = module
         self.attr = attr
         self.rows = rows
+        self.called = called
         self._mask = mask
         self.budget = budget
         self.optimizer = optimizer
@@ -305,7 +332,7 @@ class MaskedLayer(SparseLayer):
 
     @property
     def parameter_name(self) -> str:
-        return self.name if self.rows is None else self.name.partition("[")[0]
+        return self.name if self.rows is None else self.name.rpartition("[")[0]
 
     @property
     def parameter_offset(self) -> int:
@@ -338,7 +365,9 @@ class MaskedLayer(SparseLayer):
 
     @property
     def is_linear(self) -> bool:
-        return isinstance(self._module, nn.Linear) and self.attr == "weight"
+        """A linear layer whose forward computes with the weight: not one whose parent reads the weight
+        directly (``called=False``), whose input a method's forward hook could never see."""
+        return isinstance(self._module, nn.Linear) and self.attr == "weight" and self.called
 
     @property
     def active(self) -> int:
@@ -390,7 +419,7 @@ class MaskedLayer(SparseLayer):
         parameter = self.parameter
         for value in self.optimizer.state.get(parameter, {}).values():
             if torch.is_tensor(value) and value.shape == parameter.shape:
-                self._block(value).reshape(-1)[positions.to(value.device)] = 0
+                self._block(value).view(-1)[positions.to(value.device)] = 0
 
     def load_positions(self, positions: Tensor) -> None:
         mask = torch.zeros(self.numel, dtype=torch.bool, device=self.mask.device)
@@ -490,7 +519,15 @@ def build_masked_topology(
         else:
             chosen = random_mask(weight.shape, count, generator, output_axis=axis)
         layer = MaskedLayer(
-            matrix.name, matrix.module, matrix.attr, chosen.to(weight.device), count, optimizer, axis, rows=matrix.rows
+            matrix.name,
+            matrix.module,
+            matrix.attr,
+            chosen.to(weight.device),
+            count,
+            optimizer,
+            axis,
+            rows=matrix.rows,
+            called=matrix.called,
         )
         layers.append(layer)
     return Topology(layers)
