@@ -256,3 +256,17 @@ def test_a_sparse_embedding_keeps_its_values_and_its_mask_while_training():
         sparsifier.step()
     sparsifier.topology.check()
     assert torch.equal(model.embedding.weight.detach() != 0, embedding.mask)
+
+
+def test_the_weight_multiplier_follows_every_change_of_the_mask(mlp):
+    topology = build(mlp, [40, 30, 20])
+    layer = topology.layers[0]
+    assert torch.equal(layer.multiplier(), layer.mask.float())
+    pruned, grown = layer.active_positions()[:3], layer.sample_inactive(3, torch.Generator().manual_seed(0))
+    layer.rewire(pruned, grown, 0.5)  # an in-place change of the boolean mask
+    assert torch.equal(layer.multiplier(), layer.mask.float())
+    layer.load_positions(layer.active_positions()[3:])  # a copy into it
+    assert torch.equal(layer.multiplier(), layer.mask.float()) and int(layer.multiplier().sum()) == 37
+    layer.weight.data.fill_(1.0)
+    layer.apply_mask()
+    assert torch.equal(layer.weight.detach() != 0, layer.mask)

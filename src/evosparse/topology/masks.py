@@ -313,6 +313,8 @@ class MaskedLayer(SparseLayer):
         self._recorded: Tensor | None = None
         self._active_hooks: OrderedDict[int, ActiveGradientHook] = OrderedDict()  # weak-referenceable
         self._mask_handle: RemovableHandle | None = None
+        self._multiplier: Tensor | None = None
+        self._multiplier_of: tuple[int, int, torch.dtype] | None = None
 
     # -- what it is -------------------------------------------------------------------------------
 
@@ -428,7 +430,18 @@ class MaskedLayer(SparseLayer):
 
     @torch.no_grad()
     def apply_mask(self) -> None:
-        self.weight.mul_(self.mask)
+        self.weight.mul_(self.multiplier())
+
+    def multiplier(self) -> Tensor:
+        """The mask in the weight's dtype, what the weight and its gradient are multiplied by after every
+        step: multiplying by a boolean mask promotes it on every call, about 7× slower on the CPU (300×784
+        weight: 155 against 21 µs), which made a masked epoch cost 1.25× a dense one. Re-made whenever the
+        mask changes in place (its version counter), moves (its storage) or the weight's dtype changes."""
+        mask = self.mask
+        key = (mask.data_ptr(), mask._version, self.weight.dtype)
+        if self._multiplier is None or self._multiplier_of != key:
+            self._multiplier, self._multiplier_of = mask.to(self.weight.dtype), key
+        return self._multiplier
 
     @torch.no_grad()
     def initialise(self, scheme: str, generator: torch.Generator) -> None:
@@ -461,7 +474,7 @@ class MaskedLayer(SparseLayer):
             at_active = grad.detach().reshape(-1)[self.mask.reshape(-1)]
             for hook in list(self._active_hooks.values()):
                 hook(at_active)
-        grad.mul_(self.mask)
+        grad.mul_(self.multiplier())
 
     def record_gradients(self, enabled: bool) -> None:
         self._recording = enabled
