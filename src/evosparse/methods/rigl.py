@@ -18,9 +18,47 @@ from evosparse.topology.layer import SparseLayer
 #: How many connections an update swaps and where they may regrow (the ``swap_rule`` parameter).
 SWAP_RULES = ("reference", "disjoint")
 
+#: RigL's α and schedule (ΔT, T_end), shared by the methods that swap on it.
+ALPHA = Param(
+    "alpha", 0.3, "α: fraction of active connections swapped at step 0, cosine-decayed", minimum=0.0, maximum=1.0
+)
+SWAP_SCHEDULE = step_schedule(
+    "ΔT: optimizer steps between topology updates",
+    "T_end: fraction of training after which the topology is fixed",
+)
+
+
+class CosineSwaps(Method):
+    """RigL's schedule: every ΔT steps until T_end, swap a fraction f of each layer's connections, f = α at
+    step 0 decayed on a cosine, growth reading the dense gradient of the update step's backward pass (the
+    layers record it only on steps followed by an update). Subclasses say how one update swaps."""
+
+    evolves = True
+    needs_total_steps = True
+
+    def __init__(self, context: MethodContext) -> None:
+        super().__init__(context)
+        total_steps = context.require_total_steps(self.name, "for its cosine decay")
+        self.end_step: float = self.hparams["update_until"] * total_steps
+
+    def gradient_recording(self) -> GradientRecording:
+        return "before_update"
+
+    def update(self) -> int:
+        fraction = cosine_update_fraction(self.context.step, self.hparams["alpha"], self.end_step)
+        try:
+            return self.swap_layers(fraction)
+        finally:
+            for layer in self.layers:
+                layer.forget_gradients()
+
+    def swap_layers(self, fraction: float) -> int:
+        """Swap ``fraction`` of every layer's connections; return the number of positions changed."""
+        raise NotImplementedError
+
 
 @register
-class RigL(Method):
+class RigL(CosineSwaps):
     """Every ΔT steps until T_end, swap a cosine-decayed fraction f of each layer's connections.
 
     Drop: the smallest |w| among the n active connections. Grow: as many positions with the largest
@@ -58,16 +96,8 @@ class RigL(Method):
 
     name = "rigl"
     summary = "drop smallest |w|, grow largest dense |gradient|, cosine-decayed fraction (Evci et al. 2020)"
-    evolves = True
-    needs_total_steps = True
     params = (
-        Param(
-            "alpha",
-            0.3,
-            "α: fraction of active connections swapped at step 0, cosine-decayed",
-            minimum=0.0,
-            maximum=1.0,
-        ),
+        ALPHA,
         Param(
             "swap_rule",
             "reference",
@@ -82,28 +112,15 @@ class RigL(Method):
             "growth scores at this many random inactive positions per layer (0: all of them, exact)",
             minimum=0,
         ),
-        *step_schedule(
-            "ΔT: optimizer steps between topology updates",
-            "T_end: fraction of training after which the topology is fixed",
-        ),
+        *SWAP_SCHEDULE,
     )
 
     def __init__(self, context: MethodContext) -> None:
         super().__init__(context)
-        total_steps = context.require_total_steps(self.name, "for its cosine decay")
-        self.end_step: float = self.hparams["update_until"] * total_steps
         self.regrow_dropped: bool = self.hparams["swap_rule"] == "reference"
 
-    def gradient_recording(self) -> GradientRecording:
-        return "before_update"
-
-    def update(self) -> int:
-        fraction = cosine_update_fraction(self.context.step, self.hparams["alpha"], self.end_step)
-        try:
-            return sum(self.swap(layer, fraction) for layer in self.layers)
-        finally:
-            for layer in self.layers:
-                layer.forget_gradients()
+    def swap_layers(self, fraction: float) -> int:
+        return sum(self.swap(layer, fraction) for layer in self.layers)
 
     def swap(self, layer: SparseLayer, fraction: float) -> int:
         """RigL's update op on one layer (by ``swap_rule``): drop the weakest, grow the steepest, keep the budget."""

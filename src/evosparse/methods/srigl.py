@@ -11,16 +11,15 @@ import torch
 from torch import Tensor
 
 from evosparse.criteria.growth import first_per_unit, top_gradient_per_unit, top_gradient_positions
-from evosparse.criteria.schedules import cosine_update_fraction
 from evosparse.errors import InvariantError
-from evosparse.methods.base import GradientRecording, Method, Param, register, step_schedule
-from evosparse.methods.context import MethodContext
+from evosparse.methods.base import Param, register
+from evosparse.methods.rigl import ALPHA, SWAP_SCHEDULE, CosineSwaps
 from evosparse.topology.budget import fan_in_split
 from evosparse.topology.layer import SparseLayer
 
 
 @register
-class SRigL(Method):
+class SRigL(CosineSwaps):
     """RigL under a constant fan-in: every output unit (neuron, or conv output channel) of a layer keeps the
     same number of inputs, and units with too few salient weights are ablated.
 
@@ -61,17 +60,9 @@ class SRigL(Method):
 
     name = "srigl"
     summary = "RigL keeping every neuron's fan-in constant, with neuron ablation (Lasby et al. 2023)"
-    evolves = True
-    needs_total_steps = True
     constant_fan_in = True
     params = (
-        Param(
-            "alpha",
-            0.3,
-            "α: fraction of active connections swapped at step 0, cosine-decayed",
-            minimum=0.0,
-            maximum=1.0,
-        ),
+        ALPHA,
         Param(
             "gamma_sal",
             0.3,
@@ -80,33 +71,17 @@ class SRigL(Method):
             minimum=0.0,
             maximum=1.0,
         ),
-        *step_schedule(
-            "ΔT: optimizer steps between topology updates",
-            "T_end: fraction of training after which the topology is fixed",
-        ),
+        *SWAP_SCHEDULE,
     )
-
-    def __init__(self, context: MethodContext) -> None:
-        super().__init__(context)
-        total_steps = context.require_total_steps(self.name, "for its cosine decay")
-        self.end_step: float = self.hparams["update_until"] * total_steps
 
     @classmethod
     def keeps_fan_ins(cls, hparams: Mapping[str, Any]) -> bool:
         """Every unit keeps k or k + 1 inputs; ablation changes a layer's fan-ins as a whole."""
         return True
 
-    def gradient_recording(self) -> GradientRecording:
-        return "before_update"
-
-    def update(self) -> int:
-        fraction = cosine_update_fraction(self.context.step, self.hparams["alpha"], self.end_step)
+    def swap_layers(self, fraction: float) -> int:
         last = len(self.layers) - 1
-        try:
-            return sum(self.swap(layer, fraction, ablate=index != last) for index, layer in enumerate(self.layers))
-        finally:
-            for layer in self.layers:
-                layer.forget_gradients()
+        return sum(self.swap(layer, fraction, ablate=index != last) for index, layer in enumerate(self.layers))
 
     def swap(self, layer: SparseLayer, fraction: float, *, ablate: bool = True) -> int:
         """SRigL's update on one layer (steps 1–5 of the class docstring); returns the positions changed."""
