@@ -11,14 +11,11 @@ apart pays for its fullest row in every row.
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from evosparse.backends import condensed_layer
 from evosparse.backends.condensed_layer import CondensedLinear
-from evosparse.backends.csr_model import SparseLinearLayer
-from evosparse.topology.layer import SparseLayer
-from evosparse.topology.masks import MaskedLayer
+from evosparse.backends.csr_model import SparseLinearLayer, twin_factory
 
 
 class CondensedLayer(SparseLinearLayer[CondensedLinear]):
@@ -37,10 +34,5 @@ class CondensedLayer(SparseLinearLayer[CondensedLinear]):
         condensed_layer.check(self.module)
 
 
-def condensed_layer_of(layer: MaskedLayer, optimizer: torch.optim.Optimizer | None) -> SparseLayer:
-    """The :class:`CondensedLayer` of a masked ``nn.Linear`` layer (values copied; the bias Parameter shared)."""
-    linear = layer.module
-    assert isinstance(linear, nn.Linear)  # checked by linear_twins
-    condensed = CondensedLinear.from_dense(linear.weight, layer.mask)
-    condensed.bias = linear.bias
-    return CondensedLayer(layer.name, condensed, layer.budget, optimizer)
+#: Masked ``nn.Linear`` layers to condensed layers.
+condensed_layer_of = twin_factory(CondensedLayer, CondensedLinear.from_dense)

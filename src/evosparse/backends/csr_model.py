@@ -16,7 +16,7 @@ condensed layout.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -165,13 +165,25 @@ class CsrLayer(SparseLinearLayer[CsrLinear]):
         csr_topology.check(self.module)
 
 
-def csr_layer_of(layer: MaskedLayer, optimizer: torch.optim.Optimizer | None) -> SparseLayer:
-    """The :class:`CsrLayer` of a masked ``nn.Linear`` layer (values copied; the bias Parameter shared)."""
-    linear = layer.module
-    assert isinstance(linear, nn.Linear)  # checked by linear_twins
-    csr = CsrLinear.from_dense(linear.weight, layer.mask)
-    csr.bias = linear.bias
-    return CsrLayer(layer.name, csr, layer.budget, optimizer)
+def twin_factory(
+    layer_type: Callable[[str, Any, int, torch.optim.Optimizer | None], SparseLayer],
+    from_dense: Callable[[Tensor, Tensor], SparseLinear],
+) -> LinearFactory:
+    """The :data:`LinearFactory` of a layout: a masked ``nn.Linear`` layer becomes ``layer_type`` over the module
+    ``from_dense(weight, mask)`` makes (values copied; the bias Parameter shared)."""
+
+    def twin(layer: MaskedLayer, optimizer: torch.optim.Optimizer | None) -> SparseLayer:
+        linear = layer.module
+        assert isinstance(linear, nn.Linear)  # checked by linear_twins
+        module = from_dense(linear.weight, layer.mask)
+        module.bias = linear.bias
+        return layer_type(layer.name, module, layer.budget, optimizer)
+
+    return twin
+
+
+#: Masked ``nn.Linear`` layers to csr layers.
+csr_layer_of = twin_factory(CsrLayer, CsrLinear.from_dense)
 
 
 def linear_twins(
