@@ -10,7 +10,7 @@ import torch
 
 from evosparse.cli import main
 from evosparse.engine import loop
-from evosparse.engine.compare import schedule_text
+from evosparse.engine.compare import budget_text, schedule_text
 from evosparse.engine.config import build_config
 from evosparse.engine.lr_schedule import build_scheduler
 from evosparse.errors import UsageError
@@ -116,3 +116,17 @@ def test_compare_names_the_schedule_in_its_setup_line_and_nothing_for_a_constant
     assert schedule_text({"lr_schedule": "cosine", "warmup_epochs": 2}) == " (cosine, 2 warm-up epoch(s))"
     step = {"lr_schedule": "step", "warmup_epochs": 0, "lr_gamma": None, "lr_milestones": [15, 25]}
     assert schedule_text(step) == " (step, ×0.1 after epochs 15,25)"
+
+
+@pytest.mark.parametrize(
+    "methods, density, expected",
+    [
+        (["dense", "switcher"], None, "no budget"),
+        (["dense", "set"], None, "density 0.1"),
+        (["dense", "small-dense"], None, "density 0.1"),
+        (["switcher"], 0.2, "density 0.2"),
+    ],
+)
+def test_the_setup_line_says_no_budget_only_when_no_method_takes_one(methods, density, expected):
+    summary = {"setup": {"epsilon": None, "density": density}, "methods": dict.fromkeys(methods, {})}
+    assert budget_text(summary) == expected

@@ -51,7 +51,7 @@ from evosparse.engine.records import RESULT_NAME
 from evosparse.engine.run_folder import locked_folder
 from evosparse.engine.run_logging import RunLogging
 from evosparse.engine.update_schedule import check_updates
-from evosparse.engine.variants import base_method, learned_source, run_order, variant_settings
+from evosparse.engine.variants import WIDTH_SCALES, base_method, learned_source, run_order, variant_settings
 from evosparse.errors import EvosparseError, UsageError
 from evosparse.files import atomic_write_text, check_writable
 from evosparse.methods import get_method
@@ -584,11 +584,24 @@ def statistics_markdown(summary: Mapping[str, Any]) -> str:
     )
 
 
-def budget_text(setup: Mapping[str, Any]) -> str:
-    """The shared budget in words: ``ε 20`` or ``density 0.05``."""
+def budget_text(summary: Mapping[str, Any]) -> str:
+    """The shared budget in words: ``ε 20``, ``density 0.05``, or ``no budget`` when no method of the
+    comparison takes one and none was given (dense, the switcher)."""
+    setup = summary["setup"]
     if setup["epsilon"] is not None:
         return f"ε {setup['epsilon']}"
+    if setup["density"] is None and not any(_takes_budget(name) for name in summary["methods"]):
+        return "no budget"
     return f"density {setup['density'] if setup['density'] is not None else TrainConfig.DEFAULT_DENSITY}"
+
+
+def _takes_budget(name: str) -> bool:
+    """Whether the method or variant ``name`` depends on the density: a sparse method that needs a budget,
+    or a dense baseline sized by it (``small-dense``, ``wide-dense``)."""
+    if name in WIDTH_SCALES:
+        return True
+    method = get_method(base_method(name))
+    return method.sparse and method.needs_budget
 
 
 def schedule_text(setup: Mapping[str, Any]) -> str:
@@ -611,7 +624,7 @@ def setup_line(summary: Mapping[str, Any]) -> str:
     return (
         f"{setup['dataset']}{'' if share == 1.0 else f' ({share * 100:g}% of the training set)'}, "
         f"{setup['model']} {'-'.join(map(str, summary['architecture']))}, "
-        f"{budget_text(setup)} ({setup['distribution'] or default_distribution(setup['model'])}), "
+        f"{budget_text(summary)} ({setup['distribution'] or default_distribution(setup['model'])}), "
         f"{setup['epochs']} epochs, {setup['optimizer']} lr {setup['lr']}{schedule_text(setup)}, "
         f"batch {setup['batch_size']}, "
         f"seeds {', '.join(map(str, summary['seeds']))}."
@@ -670,7 +683,7 @@ def plot_comparison(path: Path, summary: Mapping[str, Any]) -> None:
         low, high = [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)]
         axis.fill_between(epochs, low, high, color=color, alpha=0.2, linewidth=0)
     setup = summary["setup"]
-    title = f"{setup['dataset']}, {budget_text(setup)}: mean ± std over {len(summary['seeds'])} seed(s)"
+    title = f"{setup['dataset']}, {budget_text(summary)}: mean ± std over {len(summary['seeds'])} seed(s)"
     axis.set(xlabel="epoch", ylabel=f"test {result_metric(summary).label}", title=title)
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.grid(alpha=0.3)
@@ -681,7 +694,7 @@ def plot_comparison(path: Path, summary: Mapping[str, Any]) -> None:
 def generalisation_title(summary: Mapping[str, Any]) -> str:
     """The title of generalisation.png: data, budget and how many seeds each point averages."""
     setup = summary["setup"]
-    return f"{setup['dataset']}, {budget_text(setup)}: mean over {len(summary['seeds'])} seed(s) per epoch"
+    return f"{setup['dataset']}, {budget_text(summary)}: mean over {len(summary['seeds'])} seed(s) per epoch"
 
 
 def write_outputs(out: Path, summary: Mapping[str, Any]) -> None:
