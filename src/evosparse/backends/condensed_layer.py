@@ -34,7 +34,7 @@ from evosparse.backends.condensed_layout import CondensedStructure
 from evosparse.backends.condensed_ops import condensed_linear
 from evosparse.backends.csr_layer import SparseLinear, set_parameter_data
 from evosparse.backends.csr_ops import GradientTap
-from evosparse.backends.csr_topology import Merge, replaced
+from evosparse.backends.csr_topology import carry_values, plan_rewiring, replaced
 from evosparse.errors import InvariantError, UsageError
 
 
@@ -262,28 +262,15 @@ def rewire(
     tensor shaped like it (SGD momentum, Adam moments) follow their connections, pruned entries dropped,
     grown ones and padding zero; in place when k_max is unchanged. Cost O(slots · log slots).
     """
-    keys = layer.positions()
-    prune = prune.to(keys.device, torch.int64).reshape(-1)
-    grow = grow.to(keys.device, torch.int64).reshape(-1)
-    merge = Merge.plan(f"condensed layer {layer.shape}", layer.shape[0] * layer.shape[1], keys, prune, grow)
-    values = layer.values
-    new_values = torch.as_tensor(grow_values, dtype=values.dtype, device=keys.device).reshape(-1)
-    if new_values.numel() not in (1, grow.numel()):
-        raise InvariantError(f"{new_values.numel()} grow values for {grow.numel()} grown positions")
-    new_values = new_values.expand(grow.numel())[merge.grow_order]
+    merge, new_values = plan_rewiring(
+        f"condensed layer {layer.shape}", layer.shape, layer.positions(), prune, grow, grow_values, layer.values.dtype
+    )
     layout = padded_layout(merge.new_keys, layer.shape)
 
     def moved(old: Tensor, grown: Tensor | float = 0.0) -> Tensor:
         return replaced(old, layout.scatter(merge.realign(layer.active_gradient(old), grown)))
 
-    set_parameter_data(values, moved(values.data, new_values))
-    if values.grad is not None:
-        values.grad = moved(values.grad)
-    if optimizer is not None:
-        state = optimizer.state.get(values, {})
-        for name, tensor in list(state.items()):
-            if torch.is_tensor(tensor) and tensor.shape == layer.valid.shape:
-                state[name] = moved(tensor)
+    carry_values(layer.values, optimizer, moved, new_values)
     layer._set_layout(layout.structure, layout.valid)
     return int(prune.numel() + grow.numel())
 

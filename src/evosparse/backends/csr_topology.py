@@ -11,10 +11,11 @@ optimizer: state of pruned connections disappears, grown connections start from 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from evosparse.backends.csr_layer import CsrLinear, set_parameter_data
 from evosparse.backends.csr_ops import CsrStructure
@@ -56,29 +57,55 @@ def rewire(
     (same storage).
     Cost O(nnz log nnz) (two sorts of the new positions to build the CSR structure and its transpose).
     """
-    keys = active_positions(layer)
-    prune = prune.to(keys.device, torch.int64).reshape(-1)
-    grow = grow.to(keys.device, torch.int64).reshape(-1)
-    merge = Merge.plan(f"csr layer {layer.shape}", layer.shape[0] * layer.shape[1], keys, prune, grow)
-    values = layer.values
-    new_values = torch.as_tensor(grow_values, dtype=values.dtype, device=keys.device).reshape(-1)
-    if new_values.numel() not in (1, grow.numel()):
-        raise InvariantError(f"{new_values.numel()} grow values for {grow.numel()} grown positions")
-    new_values = new_values.expand(grow.numel())[merge.grow_order]
-
+    merge, new_values = plan_rewiring(
+        f"csr layer {layer.shape}", layer.shape, active_positions(layer), prune, grow, grow_values, layer.values.dtype
+    )
     rows = torch.div(merge.new_keys, layer.in_features, rounding_mode="floor")
     # The new positions are sorted and distinct by construction, so the structure is built directly.
     structure = CsrStructure._from_sorted(rows, merge.new_keys - rows * layer.in_features, layer.shape)
-    set_parameter_data(values, replaced(values.data, merge.realign(values.detach(), new_values)))
+    carry_values(layer.values, optimizer, lambda old, grown=0.0: replaced(old, merge.realign(old, grown)), new_values)
+    layer.structure = structure
+    return int(prune.numel() + grow.numel())
+
+
+def plan_rewiring(
+    name: str,
+    shape: tuple[int, int],
+    keys: Tensor,
+    prune: Tensor,
+    grow: Tensor,
+    grow_values: Tensor | float,
+    dtype: torch.dtype,
+) -> tuple[Merge, Tensor]:
+    """The checked :class:`Merge` of a rewiring of a layer (``name``, ``shape``) whose sorted active positions are
+    ``keys``, and the grown values in the merge's order (the preconditions every sparse linear layout shares)."""
+    prune = prune.to(keys.device, torch.int64).reshape(-1)
+    grow = grow.to(keys.device, torch.int64).reshape(-1)
+    merge = Merge.plan(name, shape[0] * shape[1], keys, prune, grow)
+    new_values = torch.as_tensor(grow_values, dtype=dtype, device=keys.device).reshape(-1)
+    if new_values.numel() not in (1, grow.numel()):
+        raise InvariantError(f"{new_values.numel()} grow values for {grow.numel()} grown positions")
+    return merge, new_values.expand(grow.numel())[merge.grow_order]
+
+
+def carry_values(
+    values: nn.Parameter,
+    optimizer: torch.optim.Optimizer | None,
+    moved: Callable[..., Tensor],
+    grown: Tensor,
+) -> None:
+    """Carry the values Parameter (its identity kept), its gradient and every optimizer-state tensor shaped like
+    it (SGD momentum, Adam moments, ...) to the new layout: ``moved(old, grown=0.0)`` rebuilds one tensor, the
+    grown connections taking ``grown`` (the values) or zero (the rest)."""
+    old_shape = values.shape
+    set_parameter_data(values, moved(values.data, grown))
     if values.grad is not None:
-        values.grad = replaced(values.grad, merge.realign(values.grad))
+        values.grad = moved(values.grad)
     if optimizer is not None:
         state = optimizer.state.get(values, {})
         for name, tensor in list(state.items()):
-            if torch.is_tensor(tensor) and tensor.shape == merge.keep.shape:
-                state[name] = replaced(tensor, merge.realign(tensor))
-    layer.structure = structure
-    return int(prune.numel() + grow.numel())
+            if torch.is_tensor(tensor) and tensor.shape == old_shape:
+                state[name] = moved(tensor)
 
 
 @dataclass(frozen=True)
