@@ -77,8 +77,19 @@ def test_train_writes_the_contract_files(tmp_path, capsys):
 def test_methods_lists_every_registered_method_and_its_parameters(capsys):
     code, stdout, _ = run_cli(["methods"], capsys)
     assert code == 0
-    for word in ("dense", "static", "set", "zeta", "grow_init", "update_interval"):
+    for word in ("dense", "static", "set", "zeta", "grow_init", "update_interval", "defaults=paper"):
         assert word in stdout
+
+
+def test_methods_shows_the_paper_value_beside_a_default_that_departs_from_it(capsys):
+    from evosparse.methods import METHODS
+
+    _, stdout, _ = run_cli(["methods"], capsys)
+    flat = " ".join(stdout.replace("│", " ").split())
+    departures = [(m, p) for m, cls in METHODS.items() for p in cls.params if p.paper is not None]
+    assert ("set", "grow_init") in {(m, p.name) for m, p in departures}
+    for _, param in departures:
+        assert f"paper: {param.paper!r}" in flat
 
 
 @pytest.mark.parametrize(

@@ -331,6 +331,51 @@ def test_a_lazy_layer_is_accepted_after_its_first_forward_pass():
     assert sparsifier.topology.layers[0].shape == (3, 4) and sparsifier.topology.layers[0].active == 6
 
 
+def test_defaults_paper_starts_every_parameter_not_given_from_the_papers_value():
+    from evosparse.methods import METHODS, resolve_params
+
+    for cls in METHODS.values():
+        ours, papers = resolve_params(cls, {}), resolve_params(cls, {"defaults": "paper"})
+        assert set(ours) == set(papers) == {p.name for p in cls.params}
+        for param in cls.params:
+            assert ours[param.name] == param.default
+            assert papers[param.name] == (param.default if param.paper is None else param.paper)
+    switcher = resolve_params(METHODS["switcher"], {"defaults": "paper", "switcher_lr": "0.05"})
+    assert switcher["switcher_lr"] == 0.05 and switcher["switcher_interval"] == 1 and switcher["gate_init"] == "kaiming"
+    with pytest.raises(UsageError, match="defaults must be one of evosparse, paper"):
+        resolve_params(METHODS["set"], {"defaults": "papers"})
+
+
+def test_defaults_paper_reaches_the_method_through_sparsify():
+    model = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
+    sparsifier = evosparse.sparsify(model, None, "set", density=0.5, defaults="paper")
+    assert sparsifier.hparams["grow_init"] == "normal"
+    assert evosparse.sparsify(copy.deepcopy(model), None, "set", density=0.5).hparams["grow_init"] == "zero"
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ((evosparse.methods.Param("defaults", "x", "clash"),), "declares 'defaults'"),
+        ((evosparse.methods.Param("zeta", 0.3, "bad paper value", paper="high"),), "paper value 'high' of zeta"),
+        ((evosparse.methods.Param("zeta", 0.3, "out of bounds", maximum=1.0, paper=2.0),), "paper value 2.0 of zeta"),
+    ],
+)
+def test_registering_a_method_with_a_bad_parameter_declaration_is_refused(params, message):
+    from evosparse.methods import METHODS, Method, register
+
+    registered = dict(METHODS)
+
+    class Misdeclared(Method):
+        name = "misdeclared"
+        summary = "refused"
+
+    Misdeclared.params = params
+    with pytest.raises(UsageError, match=message):
+        register(Misdeclared)
+    assert METHODS == registered
+
+
 def test_registering_a_taken_method_name_is_refused():
     from evosparse.methods import METHODS, Method, register
 

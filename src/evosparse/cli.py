@@ -586,7 +586,7 @@ def export(
 @app.command()
 def methods() -> None:
     """List every registered method with its parameters and their defaults."""
-    from evosparse.methods import METHODS
+    from evosparse.methods import DEFAULTS, METHODS
 
     table = Table("method", "parameter", "default", "meaning", show_lines=False)
     for name in sorted(METHODS):
@@ -594,8 +594,15 @@ def methods() -> None:
         table.add_row(name, "", "", cls.summary, style="bold")
         for spec in cls.params:
             meaning = spec.help + (f" ({'|'.join(spec.choices)})" if spec.choices else "")
+            if spec.paper is not None:
+                meaning += f"; paper: {spec.paper!r}"
             table.add_row("", spec.name, repr(spec.default), meaning)
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    console.print(
+        "paper: the method's paper's value where evosparse's default differs (measured better); "
+        f"--param {DEFAULTS.name}=paper (or METHOD.{DEFAULTS.name}=paper in compare) selects them all."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

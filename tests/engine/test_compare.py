@@ -250,6 +250,8 @@ def test_param_goes_to_every_method_declaring_it_and_method_prefix_wins():
     assert targeted["set"] == {"zeta": "0.5"}
     with pytest.raises(UsageError, match="no method among static, dense"):
         distribute_params(["static", "dense"], {"zeta": "0.2"})
+    every = distribute_params(["static", "set"], {"defaults": "paper", "static.defaults": "evosparse"})
+    assert every == {"static": {"defaults": "evosparse"}, "set": {"defaults": "paper"}}
 
 
 def test_toml_file_seeds_and_params_map_onto_every_run(tmp_path):

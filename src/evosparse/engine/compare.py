@@ -54,7 +54,7 @@ from evosparse.engine.update_schedule import check_updates
 from evosparse.engine.variants import WIDTH_SCALES, base_method, learned_source, run_order, variant_settings
 from evosparse.errors import EvosparseError, UsageError
 from evosparse.files import atomic_write_text, check_writable
-from evosparse.methods import get_method
+from evosparse.methods import DEFAULTS, get_method
 from evosparse.metrics import ACCURACY, epoch_reaching, result_metric, selection_split, spread
 from evosparse.models import default_distribution
 
@@ -173,7 +173,11 @@ def distribute_params(methods: Sequence[str], raw: Mapping[str, object]) -> dict
     for key, value in raw.items():
         if key in targeted:
             continue
-        takers = [method for method in methods if key in {p.name for p in get_method(base_method(method)).params}]
+        takers = [
+            method
+            for method in methods
+            if key == DEFAULTS.name or key in {p.name for p in get_method(base_method(method)).params}
+        ]
         if not takers:
             raise UsageError(f"no method among {', '.join(methods)} has a parameter {key!r}")
         for method in takers:

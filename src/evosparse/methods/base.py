@@ -38,6 +38,14 @@ class Param:
     #: What runs made before this parameter existed did, where that is not ``default`` (a new default
     #: that changes behaviour): a saved configuration without the parameter is read as this value.
     legacy: bool | int | float | str | None = None
+    #: The method's paper's value, where evosparse's default differs from it (a default measured better,
+    #: see the method's notes); ``--param defaults=paper`` selects every such value at once.
+    paper: bool | int | float | str | None = None
+
+    @property
+    def paper_value(self) -> bool | int | float | str:
+        """The value under ``defaults=paper``: :attr:`paper` where given, else :attr:`default`."""
+        return self.default if self.paper is None else self.paper
 
     @property
     def type_name(self) -> str:
@@ -95,11 +103,16 @@ SCHEDULE_PARAMS: tuple[Param, ...] = (
 )
 
 
-def grow_params(default: str, why: str = "") -> tuple[Param, ...]:
-    """How grown weights start (``grow_init``, one of ``GROW_INITS``) and their ``grow_std`` when normal."""
+def grow_params(default: str, why: str = "", paper: str | None = None) -> tuple[Param, ...]:
+    """How grown weights start (``grow_init``, one of ``GROW_INITS``; ``paper`` where the paper's differs)
+    and their ``grow_std`` when normal."""
     return (
         Param(
-            "grow_init", default, "initial value of grown weights" + (f" ({why})" if why else ""), choices=GROW_INITS
+            "grow_init",
+            default,
+            "initial value of grown weights" + (f" ({why})" if why else ""),
+            choices=GROW_INITS,
+            paper=paper,
         ),
         Param("grow_std", 0.01, "standard deviation of grown weights when grow_init=normal", minimum=0.0),
     )
@@ -253,10 +266,23 @@ def register(cls: type[Method]) -> type[Method]:
     names = [p.name for p in cls.params]
     if len(names) != len(set(names)):
         raise UsageError(f"method {cls.name} declares a parameter twice")
+    if DEFAULTS.name in names:
+        raise UsageError(f"method {cls.name} declares {DEFAULTS.name!r}, which every method takes already")
+    for param in cls.params:
+        if param.paper is not None and not _accepts(param, param.paper):
+            raise UsageError(f"method {cls.name}: the paper value {param.paper!r} of {param.name} is not one it takes")
     if cls.name in METHODS:
         raise UsageError(f"a method called {cls.name!r} is already registered ({METHODS[cls.name].__qualname__})")
     METHODS[cls.name] = cls
     return cls
+
+
+def _accepts(param: Param, value: object) -> bool:
+    """Whether ``value`` is a valid value of ``param`` as it is (of its type, in its bounds and choices)."""
+    try:
+        return param.parse(value) == value and type(value) is type(param.default)
+    except UsageError:
+        return False
 
 
 def get_method(name: str) -> type[Method]:
@@ -267,13 +293,29 @@ def get_method(name: str) -> type[Method]:
         raise UsageError(f"unknown method {name!r}; choose one of {', '.join(sorted(METHODS))}") from None
 
 
+#: The override every method accepts besides its own parameters: which set of defaults the others start
+#: from (``evosparse``: each parameter's ``default``; ``paper``: the method's paper's values).
+DEFAULTS = Param(
+    "defaults",
+    "evosparse",
+    "start every parameter not given from evosparse's defaults or from the method's paper's values",
+    choices=("evosparse", "paper"),
+)
+
+
 def resolve_params(cls: type[Method], overrides: Mapping[str, object]) -> dict[str, Any]:
-    """The method's defaults updated with validated ``overrides``; unknown keys are refused."""
+    """The method's defaults updated with validated ``overrides``; unknown keys are refused.
+
+    ``defaults="paper"`` among the overrides starts from the paper's values (:attr:`Param.paper`) instead;
+    the result holds concrete values only, so a run records what it used either way.
+    """
     declared = {p.name: p for p in cls.params}
+    overrides = dict(overrides)
+    paper = DEFAULTS.parse(overrides.pop(DEFAULTS.name, DEFAULTS.default)) == "paper"
     unknown = sorted(set(overrides) - set(declared))
     if unknown:
         known = ", ".join(declared) or "none"
         raise UsageError(f"method {cls.name} has no parameter {unknown[0]!r} (parameters: {known})")
-    values = {p.name: p.default for p in cls.params}
+    values = {p.name: p.paper_value if paper else p.default for p in cls.params}
     values.update({key: declared[key].parse(raw) for key, raw in overrides.items()})
     return values

@@ -91,6 +91,7 @@ class Sensitivity(NodeImportanceEvolution):
             "relative",
             "sensitivity: paper = |g/w| (eq. 10 as written), relative = |g·w|",
             choices=FORMS,
+            paper="paper",
         ),
         Param(
             "zeta", 0.3, "ζ: fraction of each layer's active connections removed per update", minimum=0.0, maximum=1.0

@@ -45,7 +45,7 @@ class SET(Method):
             "replace ⌊ζ·k⌋ weakest |w| of every neuron with k inputs by as many random inputs of the same neuron, "
             "keeping each fan-in (needed by --backend condensed)",
         ),
-        *grow_params("zero", "zero measured best; SET used small Gaussian"),
+        *grow_params("zero", "zero measured best", paper="normal"),
         *SCHEDULE_PARAMS,
     )
 
