@@ -114,3 +114,46 @@ def test_gmp_learns_digits_and_ends_at_the_target_density(tmp_path):
     assert result["params_active"] == round(0.2 * result["params_dense"])
     densities = [epoch["density"] for epoch in result["epochs"]]
     assert densities[0] < 1.0 and densities == sorted(densities, reverse=True)
+
+
+def test_a_sparse_start_prunes_from_its_initial_density_on_the_cubic_schedule():
+    from evosparse.topology.distributions import layer_budgets
+
+    total_steps, interval, end_step = 100, 10, 70
+    model = small_mlp()
+    sparsifier = gmp(model, total_steps, initial_density=0.4, update_interval=interval)
+    layers, plan = sparsifier.topology.layers, sparsifier.plan
+    started = layer_budgets([layer.shape for layer in layers], distribution="erdos_renyi", density=0.4)
+    assert list(plan.initial) == [max(a, b) for a, b in zip(started, plan.budgets)]
+    assert [layer.active for layer in layers] == list(plan.initial)
+    assert all(budget < initial < layer.numel for layer, initial, budget in zip(layers, plan.initial, plan.budgets))
+    for step, batch in enumerate(batches(total_steps), 1):
+        previous = [layer.mask.clone() for layer in layers]
+        train_steps(model, sparsifier, [batch])
+        assert all(not (layer.mask & ~old).any() for layer, old in zip(layers, previous))  # nothing regrown
+        if step % interval == 0:
+            for layer, initial, budget in zip(layers, plan.initial, plan.budgets):
+                s_i, s_f = 1 - initial / layer.numel, 1 - budget / layer.numel
+                progress = min(step / end_step, 1.0)
+                sparsity = s_f + (s_i - s_f) * (1 - progress) ** 3  # Zhu & Gupta eq. 1
+                assert layer.active == layer.numel - round(sparsity * layer.numel)
+    assert [layer.active for layer in layers] == list(plan.budgets)
+
+
+def test_a_sparse_start_at_or_below_the_target_is_refused(mlp):
+    optimizer = torch.optim.SGD(mlp.parameters(), lr=0.05)
+    with pytest.raises(UsageError, match=r"initial_density=0.1 must be above the target density 0.1\b"):
+        evosparse.sparsify(mlp, optimizer, "gmp", density=0.1, total_steps=100, initial_density=0.1)
+
+
+def test_gmp_from_a_sparse_start_learns_digits_below_dense_cost(tmp_path):
+    config = build_config(
+        None,
+        {"method": "gmp", "epochs": 3, "hidden": "64,32", "density": 0.1, "out": str(tmp_path)},
+        ["update_interval=5", "initial_density=0.3"],
+    )
+    result = train(config, progress=False)
+    assert result["final_test_acc"] > 0.8  # chance is 0.1
+    assert result["params_active"] == round(0.1 * result["params_dense"])
+    densities = [epoch["density"] for epoch in result["epochs"]]
+    assert densities[0] < 0.3 and densities == sorted(densities, reverse=True)

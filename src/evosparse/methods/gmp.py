@@ -1,21 +1,31 @@
-"""GMP: gradual magnitude pruning on the cubic schedule of Zhu & Gupta (2017)."""
+"""GMP: gradual magnitude pruning on the cubic schedule of Zhu & Gupta (2017), from dense or from a sparse start."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
 
 from evosparse.criteria.schedules import cubic_sparsity, last_update_step
 from evosparse.errors import InvariantError, UsageError
 from evosparse.methods.base import Method, Param, register, step_schedule
 from evosparse.methods.context import MethodContext
 from evosparse.methods.prune import prune_smallest_magnitude
+from evosparse.topology.budget import BudgetRequest
 
 
 @register
 class GMP(Method):
-    """Start dense; every Δt steps prune each layer by |w| to the sparsity of the cubic schedule.
+    """Start dense (or sparse); every Δt steps prune each layer by |w| to the sparsity of the cubic schedule.
 
-    Each layer goes from dense (s_i = 0) at ``prune_begin`` of training to its own target budget
-    (s_f = 1 − budget/size, from the chosen distribution) at the last pruning step before
+    Each layer goes from its initial sparsity s_i (0: dense) at ``prune_begin`` of training to its own
+    target budget (s_f = 1 − budget/size, from the chosen distribution) at the last pruning step before
     ``update_until`` of training, where it holds exactly its budget; nothing is ever regrown.
+
+    ``initial_density`` below 1 starts from a random sparse topology at that global density (split over
+    the layers like the target), as GraNet's sparse-to-sparse setting does (Liu et al. 2021, "Sparse
+    Training via Boosting Pruning Plasticity with Neuroregeneration"; its regrowth is not part of this
+    method): the network is never dense, and training costs a fraction of dense FLOPs.
     """
 
     name = "gmp"
@@ -26,6 +36,13 @@ class GMP(Method):
     starts_dense = True
     supports_csr = False
     params = (
+        Param(
+            "initial_density",
+            1.0,
+            "global density the run starts at, above the target (1: dense, Zhu & Gupta; below: sparse from the start)",
+            minimum=0.0,
+            maximum=1.0,
+        ),
         Param("prune_begin", 0.0, "t0: fraction of training at which pruning begins", minimum=0.0, maximum=1.0),
         *step_schedule(
             "Δt: optimizer steps between pruning steps",
@@ -33,8 +50,19 @@ class GMP(Method):
         ),
     )
 
+    @classmethod
+    def budget_request(cls, hparams: Mapping[str, Any], density: float | None, epsilon: float | None) -> BudgetRequest:
+        """Dense at the start, or sparse at ``initial_density`` (split like the target)."""
+        request = super().budget_request(hparams, density, epsilon)
+        if hparams["initial_density"] >= 1.0:
+            return request
+        return replace(request, starts_dense=False, initial_density=hparams["initial_density"])
+
     def __init__(self, context: MethodContext) -> None:
         super().__init__(context)
+        start, target = self.hparams["initial_density"], context.plan.density
+        if start < 1.0 and target is not None and start <= target:
+            raise UsageError(f"gmp: initial_density={start} must be above the target density {target:.4g}")
         total = context.require_total_steps(self.name, "for its pruning schedule")
         self.begin_step: float = self.hparams["prune_begin"] * total
         self.end_step = last_update_step(self.hparams["update_interval"], self.hparams["update_until"] * total)
@@ -44,16 +72,17 @@ class GMP(Method):
                 f"update_until={self.hparams['update_until']} of {total} steps every {self.hparams['update_interval']}"
             )
 
-    def scheduled_count(self, numel: int, budget: int, step: int) -> int:
-        """Connections a layer of ``numel`` positions keeps at ``step`` on its way to ``budget``."""
-        sparsity = cubic_sparsity(step, 0.0, 1.0 - budget / numel, self.begin_step, self.end_step)
+    def scheduled_count(self, numel: int, initial: int, budget: int, step: int) -> int:
+        """Connections a layer of ``numel`` positions keeps at ``step`` on its way from ``initial`` to ``budget``."""
+        sparsity = cubic_sparsity(step, 1.0 - initial / numel, 1.0 - budget / numel, self.begin_step, self.end_step)
         return numel - round(sparsity * numel)
 
     def update(self) -> int:
         step = self.context.step
+        plan = self.context.plan
         removed = 0
-        for layer, budget in zip(self.layers, self.context.plan.budgets):
-            removed += prune_smallest_magnitude(layer, self.scheduled_count(layer.numel, budget, step))
+        for layer, initial, budget in zip(self.layers, plan.initial, plan.budgets):
+            removed += prune_smallest_magnitude(layer, self.scheduled_count(layer.numel, initial, budget, step))
             if step >= self.end_step and layer.active != budget:
                 raise InvariantError(f"{layer.name} missed its budget {budget} at the end ({layer.active} active)")
         return removed

@@ -30,6 +30,9 @@ class BudgetRequest:
         required: whether the method needs a density or an epsilon (False: it finds its own density and
             takes ``density``, when given, as its budget).
         starts_dense: dense-to-sparse methods start with every connection active.
+        initial_density: a method that starts sparse above its budget (GMP from a sparse start): the
+            global density it starts at, split over the layers like the target (never below a layer's
+            budget); None: start at the budget (or dense).
     """
 
     method: str
@@ -38,6 +41,7 @@ class BudgetRequest:
     sparse: bool = True
     required: bool = True
     starts_dense: bool = False
+    initial_density: float | None = None
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,13 @@ def plan_budget(shapes: Sequence[Shape], distribution: str, request: BudgetReque
         return BudgetPlan(dense, sizes, sizes, None)
     densities = tuple(layer_densities(shapes, distribution=distribution, density=density, epsilon=epsilon))
     budgets = tuple(layer_budgets(shapes, distribution=distribution, density=density, epsilon=epsilon))
-    initial = sizes if request.starts_dense else budgets
+    if request.starts_dense:
+        initial = sizes
+    elif request.initial_density is not None:
+        above = layer_budgets(shapes, distribution=distribution, density=request.initial_density)
+        initial = tuple(max(budget, count) for budget, count in zip(budgets, above))
+    else:
+        initial = budgets
     target = density if density is not None else sum(budgets) / sum(sizes)
     return BudgetPlan(densities, budgets, initial, target)
 
