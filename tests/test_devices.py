@@ -21,7 +21,7 @@ DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
 STEPS_PER_EPOCH, EPOCHS = 4, 2
 
 #: Parameters that make each method act within the few steps trained here (the others update every epoch).
-PARAMS = {"rigl": {"update_interval": 2}, "srigl": {"update_interval": 2}, "gmp": {"update_interval": 2}}
+PARAMS = {name: {"update_interval": 2} for name in ("rigl", "srigl", "gmp", "granet")}
 
 #: (method, backend) for every registered method on every backend it supports.
 CASES = [
