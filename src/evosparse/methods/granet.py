@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from evosparse.methods.base import Param, register
 from evosparse.methods.gmp import INITIAL_DENSITY, PRUNE_BEGIN, GradualPruning
-from evosparse.methods.rigl import ALPHA, SWAP_SCHEDULE, RigL
+from evosparse.methods.rigl import ALPHA, CANDIDATES, SWAP_RULE, SWAP_SCHEDULE, RigL
 
 
 @register
@@ -39,7 +41,8 @@ class GraNet(GradualPruning, RigL):
             minimum=0.0,
             maximum=1.0,
         ),
-        *[param for param in RigL.params if param.name in ("swap_rule", "candidates")],
+        replace(SWAP_RULE, legacy=None),  # no granet run predates the parameter
+        CANDIDATES,
         *SWAP_SCHEDULE,
     )
 

@@ -22,6 +22,20 @@ SWAP_RULES = ("reference", "disjoint")
 ALPHA = Param(
     "alpha", 0.3, "α: fraction of active connections swapped at step 0, cosine-decayed", minimum=0.0, maximum=1.0
 )
+SWAP_RULE = Param(
+    "swap_rule",
+    "reference",
+    "reference: ⌊f·n⌋ swaps, a dropped connection may regrow at once (the authors' code); "
+    "disjoint: round(f·n) swaps, regrowth only where nothing was before the update",
+    choices=SWAP_RULES,
+    legacy="disjoint",  # the rule of every run made before the parameter existed
+)
+CANDIDATES = Param(
+    "candidates",
+    0,
+    "growth scores at this many random inactive positions per layer (0: all of them, exact)",
+    minimum=0,
+)
 SWAP_SCHEDULE = step_schedule(
     "ΔT: optimizer steps between topology updates",
     "T_end: fraction of training after which the topology is fixed",
@@ -96,24 +110,7 @@ class RigL(CosineSwaps):
 
     name = "rigl"
     summary = "drop smallest |w|, grow largest dense |gradient|, cosine-decayed fraction (Evci et al. 2020)"
-    params = (
-        ALPHA,
-        Param(
-            "swap_rule",
-            "reference",
-            "reference: ⌊f·n⌋ swaps, a dropped connection may regrow at once (the authors' code); "
-            "disjoint: round(f·n) swaps, regrowth only where nothing was before the update",
-            choices=SWAP_RULES,
-            legacy="disjoint",  # the rule of every run made before the parameter existed
-        ),
-        Param(
-            "candidates",
-            0,
-            "growth scores at this many random inactive positions per layer (0: all of them, exact)",
-            minimum=0,
-        ),
-        *SWAP_SCHEDULE,
-    )
+    params = (ALPHA, SWAP_RULE, CANDIDATES, *SWAP_SCHEDULE)
 
     def __init__(self, context: MethodContext) -> None:
         super().__init__(context)
