@@ -545,6 +545,12 @@ def check_backend(method_cls: type[Method], backend: str, hparams: Mapping[str, 
             f"method {method_cls.name} has no {backend} implementation (it reads the dense weights of the masked "
             "backend); use --backend masked"
         )
+    if method_cls.starts_dense_with(hparams):
+        hint = " (or initial_density below 1)" if "initial_density" in hparams else ""
+        raise UsageError(
+            f"method {method_cls.name} starts dense; --backend {backend} holds sparse layers only: use --backend "
+            f"masked{hint}"
+        )
     if backend in CONSTANT_FAN_IN_BACKENDS and not method_cls.keeps_fan_ins(hparams):
         raise UsageError(
             f"method {method_cls.name} changes fan-ins per layer, not per neuron; --backend {backend} needs static, "

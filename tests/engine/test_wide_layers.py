@@ -88,17 +88,36 @@ def test_an_mlp_below_the_base_is_left_alone():
     assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters(), strict=True))
 
 
-@pytest.mark.parametrize("method, exclude", [("set", ["2.weight"]), ("dense", None), ("gmp", None)])
-def test_dense_training_keeps_plain_rates_at_any_width(method, exclude):
-    """A layer left out of the sparse ones, and every layer of a method that trains dense weights, keeps
-    the run's rate and initial values however wide (a wide dense baseline trains as in any PyTorch loop)."""
+@pytest.mark.parametrize(
+    "method, exclude, params",
+    [("set", ["2.weight"], {}), ("dense", None, {}), ("gmp", None, {}), ("granet", None, {"initial_density": 1.0})],
+)
+def test_dense_training_keeps_plain_rates_at_any_width(method, exclude, params):
+    """A layer left out of the sparse ones, and every layer of a run that starts dense, keeps the run's rate
+    and initial values however wide (a wide dense baseline trains as in any PyTorch loop)."""
     model = nn.Sequential(nn.Linear(10, 4096), nn.ReLU(), nn.Linear(4096, 3))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    sparsifier = sparsify(model, optimizer, method, density=0.5, exclude=exclude, seed=0, total_steps=1000)
+    sparsifier = sparsify(model, optimizer, method, density=0.5, exclude=exclude, seed=0, total_steps=1000, **params)
     weights = [p.detach().clone() for p in model.parameters()]
     assert apply_wide_layer_rules(model, optimizer, sparsifier) == []
     assert [g["lr"] for g in optimizer.param_groups] == [0.1]
     assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("method", ["gmp", "granet"])
+def test_a_sparse_start_scales_rates_by_the_fan_in_of_its_budget(method):
+    """Pruning from a sparse start, a layer trains most of the run at its budget: the rule reads that."""
+    model = nn.Sequential(nn.Linear(10, 4096), nn.ReLU(), nn.Linear(4096, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    sparsifier = sparsify(
+        model, optimizer, method, density=0.5, distribution="uniform", seed=0, total_steps=1000, initial_density=0.9
+    )
+    readout = sparsifier.topology.layers[1]
+    assert readout.active / 3 > 3000  # starts at 0.9 of 4096 inputs per output unit
+    budget_fan_in = sparsifier.plan.budgets[1] / 3
+    changed = apply_wide_layer_rules(model, optimizer, sparsifier)
+    assert [(w.name, w.fan_in) for w in changed] == [("2", budget_fan_in)]
+    assert group_of(optimizer, model[2].weight)["lr"] == pytest.approx(0.1 * BASE_FAN_IN / budget_fan_in)
 
 
 def test_a_run_records_its_wide_layers_in_result_json(tmp_path):

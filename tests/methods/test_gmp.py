@@ -84,11 +84,12 @@ def test_every_layer_reaches_its_own_budget_on_linear_and_convolution_layers(bui
     assert all(not layer.weight.detach()[~layer.mask].any() for layer in layers)
 
 
-def test_a_resumed_run_prunes_the_same_connections():
+@pytest.mark.parametrize("initial_density", [1.0, 0.4])
+def test_a_resumed_run_prunes_the_same_connections(initial_density):
     def fresh(seed):
         torch.manual_seed(seed)
         model = small_mlp()
-        return model, gmp(model, 40, update_interval=4, seed=seed)
+        return model, gmp(model, 40, update_interval=4, seed=seed, initial_density=initial_density)
 
     assert_resume_is_exact(fresh, batches(40), cut=14)  # between the pruning steps at 12 and 16
 
@@ -157,3 +158,34 @@ def test_gmp_from_a_sparse_start_learns_digits_below_dense_cost(tmp_path):
     assert result["params_active"] == round(0.1 * result["params_dense"])
     densities = [epoch["density"] for epoch in result["epochs"]]
     assert densities[0] < 0.3 and densities == sorted(densities, reverse=True)
+
+
+def test_csr_takes_a_sparse_start_with_the_masked_topology_and_refuses_a_dense_one():
+    runs = []
+    for backend in ("masked", "csr"):
+        torch.manual_seed(0)
+        model = small_mlp().double()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        runs.append(
+            (
+                model,
+                evosparse.sparsify(
+                    model,
+                    optimizer,
+                    "gmp",
+                    density=0.1,
+                    total_steps=40,
+                    update_interval=4,
+                    initial_density=0.5,
+                    backend=backend,
+                    seed=2,
+                ),
+            )
+        )
+    for x, y in batches(40):
+        for model, sparsifier in runs:
+            train_steps(model, sparsifier, [(x.double(), y)])
+        masked, csr = ([layer.active_positions() for layer in s.topology.layers] for _, s in runs)
+        assert all(torch.equal(a, b) for a, b in zip(masked, csr, strict=True))
+    with pytest.raises(UsageError, match="gmp starts dense; --backend csr .* initial_density below 1"):
+        evosparse.sparsify(small_mlp(), None, "gmp", density=0.1, total_steps=40, backend="csr")

@@ -6,7 +6,7 @@ from conftest import small_mlp
 from evosparse.engine.config import build_config
 from evosparse.engine.loop import train
 from evosparse.errors import UsageError
-from support import batches, train_steps
+from support import assert_resume_is_exact, batches, train_steps
 
 TOTAL_STEPS, INTERVAL, END_STEP = 60, 5, 40  # the last multiple of 5 below 0.75 · 60 = 45
 
@@ -111,3 +111,21 @@ def test_granet_learns_digits_sparse_from_start_to_end(tmp_path):
     densities = [epoch["density"] for epoch in result["epochs"]]
     assert max(densities) < 0.5 and densities == sorted(densities, reverse=True)
     assert result["training_macs"]["relative"] < 0.5
+
+
+def test_a_resumed_run_prunes_and_regrows_the_same_connections():
+    def fresh(seed):
+        torch.manual_seed(seed)
+        model = small_mlp()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        return model, evosparse.sparsify(
+            model, optimizer, "granet", density=0.1, total_steps=TOTAL_STEPS, update_interval=INTERVAL, seed=seed
+        )
+
+    assert_resume_is_exact(fresh, batches(TOTAL_STEPS), cut=12)  # between the updates at 10 and 15
+
+
+def test_a_dense_start_is_refused_on_csr_in_one_line():
+    with pytest.raises(UsageError, match="granet starts dense; --backend csr holds sparse layers only") as info:
+        sparsified("granet", backend="csr", initial_density=1.0)
+    assert "\n" not in str(info.value)

@@ -264,11 +264,10 @@ def _switcher(dataset: str, model: Mapping[str, Any], table: str, note: str) -> 
             f"{note}; epochs not stated (100 chosen); lr stays 0.1 (the paper adjusts it automatically); the "
             "switcher's defaults depart from the paper (docs/design.md): the task network trains first, gates "
             "start near 1, the switchers learn at 0.01 (the paper: 0.1) and step every 32 batches (the paper: "
-            "every batch); --param switcher.defaults=paper gives all four of the paper's; with its order and "
-            "initialisation alone (switcher.first_phase=switcher, switcher.gate_init=kaiming, and "
-            "switcher.freeze_batchnorm=true BatchNorm statistics that stay fixed with the task network in switcher "
-            "epochs) no sparsity emerged on MNIST and 6 of 10 runs without a budget ended near chance "
-            "(docs/results.md)"
+            "every batch); --param switcher.defaults=paper gives the paper's (and BatchNorm statistics that stay "
+            "fixed with the task network in switcher epochs); with its order and initialisation and those "
+            "statistics (switcher.first_phase=switcher, switcher.gate_init=kaiming, switcher.freeze_batchnorm=true) "
+            "no sparsity emerged on MNIST and 6 of 10 runs without a budget ended near chance (docs/results.md)"
         ),
     )
 

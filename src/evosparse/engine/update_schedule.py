@@ -53,5 +53,5 @@ def idle_reason(config: TrainConfig) -> str | None:
 def check_updates(config: TrainConfig) -> None:
     """Refuse a dense-to-sparse method that never updates in the run: it would end dense."""
     why = idle_reason(config)
-    if why is not None and get_method(config.method).starts_dense:
+    if why is not None and get_method(config.method).starts_dense_with(config.params):
         raise UsageError(f"{why}: it would end dense")

@@ -14,8 +14,9 @@ GPT and the VAE are below it):
 
 - every sparse linear layer of a sparse method whose mean active fan-in k exceeds the base trains at
   the run's rate times base / k (its own optimizer parameter group; biases keep the run's rate, their
-  step does not grow with k). Dense training (``dense``, the dense-to-sparse ``gmp`` and ``prune``, and
-  linear layers left out of the sparse ones) keeps plain SGD semantics: a user's wide dense baseline
+  step does not grow with k, and k is the layer's budget for a method that prunes from a sparse start). Dense
+  training (``dense``, ``gmp``, ``granet`` and ``prune`` started dense, and linear layers left out of the
+  sparse ones) keeps plain SGD semantics: a user's wide dense baseline
   trains as in any PyTorch loop;
 - the model's readout (the layer named by its ``readout`` attribute: the MLP's output layer) follows
   µP's readout rule (Yang et al. 2022, "Tensor Programs V", Table 3, SGD: initial variance ∝ 1/fan_in²,
@@ -50,13 +51,16 @@ class WideLayer:
 
 
 def wide_linear_layers(sparsifier: Sparsifier) -> list[tuple[WideLayer, list[nn.Parameter]]]:
-    """Every sparse linear layer of a sparse-to-sparse method whose mean active fan-in exceeds
-    :data:`BASE_FAN_IN`, with its trained weight parameters (all its module's own parameters but the bias)."""
-    if not sparsifier.method.sparse or sparsifier.method.starts_dense:
+    """Every sparse linear layer of a run that starts sparse whose mean fan-in at its budget exceeds
+    :data:`BASE_FAN_IN`, with its trained weight parameters (all its module's own parameters but the bias).
+
+    The budget, not the initial count: a method that prunes from a sparse start (GraNet) trains most of
+    the run, and ends, at its budget."""
+    if not sparsifier.method.sparse or type(sparsifier.method).starts_dense_with(sparsifier.hparams):
         return []
     found = [
-        _wide(layer.name.rpartition(".")[0], layer.module, layer.active / layer.fan_out_axis_size)
-        for layer in sparsifier.topology.layers
+        _wide(layer.name.rpartition(".")[0], layer.module, budget / layer.fan_out_axis_size)
+        for layer, budget in zip(sparsifier.topology.layers, sparsifier.plan.budgets)
         if layer.is_linear
     ]
     return [(wide, params) for wide, params in found if wide.rate_factor < 1.0 and params]

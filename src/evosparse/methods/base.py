@@ -154,7 +154,8 @@ class Method:
     #: Whether the topology changes during training.
     evolves: ClassVar[bool] = False
     #: Dense-to-sparse methods (GMP, pruning) start with every connection active and reach the
-    #: requested density themselves; ``context.plan.budgets`` holds the per-layer goal.
+    #: requested density themselves; ``context.plan.budgets`` holds the per-layer goal. A method whose
+    #: start depends on its parameters says so in :meth:`budget_request` (read by :meth:`starts_dense_with`).
     starts_dense: ClassVar[bool] = False
     #: ``True`` for methods that keep every output unit's fan-in constant (SRigL): the initial topology
     #: then gives each unit k or k + 1 inputs (:func:`~evosparse.topology.masks.fan_in_mask`).
@@ -188,6 +189,12 @@ class Method:
         return BudgetRequest(
             cls.name, density, epsilon, sparse=cls.sparse, required=cls.needs_budget, starts_dense=cls.starts_dense
         )
+
+    @classmethod
+    def starts_dense_with(cls, hparams: Mapping[str, Any]) -> bool:
+        """Whether a run with ``hparams`` starts with every connection active (what its budget request says:
+        GMP and GraNet start dense or sparse by their ``initial_density``)."""
+        return cls.budget_request(hparams, None, None).starts_dense
 
     @classmethod
     def keeps_fan_ins(cls, hparams: Mapping[str, Any]) -> bool:
@@ -314,8 +321,9 @@ def resolve_params(cls: type[Method], overrides: Mapping[str, object]) -> dict[s
     paper = DEFAULTS.parse(overrides.pop(DEFAULTS.name, DEFAULTS.default)) == "paper"
     unknown = sorted(set(overrides) - set(declared))
     if unknown:
-        known = ", ".join(declared) or "none"
-        raise UsageError(f"method {cls.name} has no parameter {unknown[0]!r} (parameters: {known})")
+        known = ", ".join([*declared, DEFAULTS.name])
+        hint = "; METHOD.KEY names one method in compare and reproduce only" if "." in unknown[0] else ""
+        raise UsageError(f"method {cls.name} has no parameter {unknown[0]!r} (parameters: {known}){hint}")
     values = {p.name: p.paper_value if paper else p.default for p in cls.params}
     values.update({key: declared[key].parse(raw) for key, raw in overrides.items()})
     return values

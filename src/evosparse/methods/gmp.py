@@ -90,7 +90,6 @@ class GMP(GradualPruning):
     name = "gmp"
     summary = "gradual magnitude pruning, dense to the target on a cubic schedule (Zhu & Gupta 2017)"
     starts_dense = True
-    supports_csr = False
     params = (
         INITIAL_DENSITY,
         PRUNE_BEGIN,

@@ -20,7 +20,9 @@ class GraNet(GradualPruning, RigL):
     (``initial_density`` < 1, the paper's sparse-to-sparse setting with s_i = 0.5 by default) the network is
     never dense; with ``initial_density`` 1 it is the paper's dense-to-sparse GraNet. The regrowth fraction
     decays on RigL's cosine from ``alpha`` (the authors' code's "prune rate", 0.5); regrowth and pruning share
-    ΔT and stop at the last update before T_end, where every layer holds exactly its budget.
+    ΔT and stop at the last update before T_end, where every layer holds exactly its budget. Each layer is
+    pruned to its own budget (the authors' ``GraNet`` uses one global threshold); their regrowth interval
+    and its end differ too (docs/design.md, "GraNet").
     """
 
     name = "granet"

@@ -49,7 +49,6 @@ class Prune(Method):
     needs_total_steps = True
     fixed_budget = False
     starts_dense = True
-    supports_csr = False
     params = (
         Param(
             "dense_fraction",

@@ -131,6 +131,7 @@ class Switcher(Method):
             "freeze_batchnorm",
             False,
             "keep the task network's BatchNorm running statistics unchanged in switcher epochs",
+            paper=True,
         ),
         Param("switcher_optimizer", "sgd", "optimizer of the switchers (the paper: SGD)", choices=SWITCHER_OPTIMIZERS),
         Param(
