@@ -206,3 +206,20 @@ def run_on_device(method: str, device: str, backend: str, data: list, sizes=(20,
     initial = [layer.active_positions().cpu() for layer in sparsifier.topology.layers]
     train_steps(model, sparsifier, [(x.to(device), y.to(device)) for x, y in data])
     return initial, sparsifier
+
+
+def pruned_on_digits(tmp_path, method: str, density: float, params: list[str]) -> tuple[dict, list[float]]:
+    """Train ``method`` (a method that prunes towards ``density``) for 3 epochs of digits with a 64-32 MLP;
+    check that it learns and ends exactly at its budget. Returns the result and the density after each epoch,
+    which must never rise."""
+    from evosparse.engine.config import build_config
+
+    config = build_config(
+        None, {"method": method, "epochs": 3, "hidden": "64,32", "density": density, "out": str(tmp_path)}, params
+    )
+    result = loop.train(config, progress=False)
+    assert result["final_test_acc"] > 0.8  # chance is 0.1
+    assert result["params_active"] == round(density * result["params_dense"])
+    densities = [epoch["density"] for epoch in result["epochs"]]
+    assert densities == sorted(densities, reverse=True)
+    return result, densities

@@ -3,10 +3,8 @@ import torch
 
 import evosparse
 from conftest import small_mlp
-from evosparse.engine.config import build_config
-from evosparse.engine.loop import train
 from evosparse.errors import UsageError
-from support import assert_resume_is_exact, batches, train_steps
+from support import assert_resume_is_exact, batches, pruned_on_digits, train_steps
 
 TOTAL_STEPS, INTERVAL, END_STEP = 60, 5, 40  # the last multiple of 5 below 0.75 · 60 = 45
 
@@ -100,17 +98,8 @@ def test_a_start_at_or_below_the_target_is_refused():
 
 
 def test_granet_learns_digits_sparse_from_start_to_end(tmp_path):
-    config = build_config(
-        None,
-        {"method": "granet", "epochs": 3, "hidden": "64,32", "density": 0.1, "out": str(tmp_path)},
-        ["update_interval=5"],
-    )
-    result = train(config, progress=False)
-    assert result["final_test_acc"] > 0.8  # chance is 0.1
-    assert result["params_active"] == round(0.1 * result["params_dense"])
-    densities = [epoch["density"] for epoch in result["epochs"]]
-    assert max(densities) < 0.5 and densities == sorted(densities, reverse=True)
-    assert result["training_macs"]["relative"] < 0.5
+    result, densities = pruned_on_digits(tmp_path, "granet", 0.1, ["update_interval=5"])
+    assert max(densities) < 0.5 and result["training_macs"]["relative"] < 0.5
 
 
 def test_a_resumed_run_prunes_and_regrows_the_same_connections():
