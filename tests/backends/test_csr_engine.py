@@ -134,9 +134,11 @@ def test_csr_refusals_are_one_line_and_leave_the_model_untouched(model, method, 
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
-@pytest.mark.parametrize("method", ["switcher", "gmp"])
-def test_cli_config_refuses_csr_for_methods_without_it(method):
-    with pytest.raises(UsageError, match=f"method {method} has no csr implementation") as info:
+@pytest.mark.parametrize(
+    "method, message", [("switcher", "has no csr implementation"), ("gmp", "starts dense"), ("prune", "starts dense")]
+)
+def test_cli_config_refuses_csr_for_methods_without_it(method, message):
+    with pytest.raises(UsageError, match=f"method {method} {message}") as info:
         build_config(None, {"method": method, "backend": "csr"})
     assert "\n" not in str(info.value)
 

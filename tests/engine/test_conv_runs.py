@@ -52,7 +52,7 @@ CONV_CAPABLE = sorted(set(METHODS) - {"path_weight", "liset", "switcher"})
 
 @pytest.mark.parametrize("method", CONV_CAPABLE)
 def test_every_conv_capable_method_runs_an_epoch_on_the_cnn(tmp_path, method):
-    params = {"update_interval": 2} if method in ("rigl", "srigl", "gmp") else {}
+    params = {"update_interval": 2} if method in ("rigl", "srigl", "gmp", "granet") else {}
     result = run(tmp_path, method, params=params)
     assert result["distribution"] == "erk" and len(result["epochs"]) == 2
     assert all(torch.isfinite(torch.tensor(e["train_loss"])) for e in result["epochs"])

@@ -106,7 +106,9 @@ def test_every_method_not_bound_to_chains_runs_on_it_with_exact_budgets_and_mask
     torch.manual_seed(0)
     model = CharGPT(vocabulary=11, context=16, width=32, layers=1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    steps = {"update_unit": "step", "update_interval": 2} if method in ("gmp", "prune", "rigl", "srigl") else {}
+    steps = (
+        {"update_unit": "step", "update_interval": 2} if method in ("gmp", "granet", "prune", "rigl", "srigl") else {}
+    )
     s = evosparse.sparsify(model, optimizer, method, density=0.3, total_steps=12, **steps)
     generator = torch.Generator().manual_seed(0)
     for _ in range(2):
