@@ -130,7 +130,7 @@ def run(name: str, work: Workload, mnist: bool) -> None:
     for step in range(steps):
         batch = order[(step * work.batch) % work.train :][: work.batch]
         loss = objective.loss(model, x_train[batch], y_train[batch])
-        optimizer.zero_grad(set_to_none=False)
+        optimizer.zero_grad(set_to_none=True)  # as the engine's loop does
         loss.backward()
         optimizer.step()
         sparsifier.step()
