@@ -203,11 +203,7 @@ class CondensedLinear(SparseLinear):
         return masked.new_zeros(self.shape).scatter_(1, self.structure.indices.to(torch.int64), masked)
 
     def extra_repr(self) -> str:
-        density = self.nnz / (self.in_features * self.out_features)
-        return (
-            f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.nnz}, "
-            f"k_max={self.k_max}, density={density:.4g}, bias={self.bias is not None}"
-        )
+        return f"{super().extra_repr()}, k_max={self.k_max}"
 
     # -- the structure follows the module like a buffer -------------------------------------------
 

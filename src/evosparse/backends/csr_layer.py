@@ -9,7 +9,7 @@ state aligned with the structure.
 
 from __future__ import annotations
 
-from abc import abstractmethod
+from abc import ABCMeta, abstractmethod
 from collections.abc import Callable
 from dataclasses import fields, replace
 from typing import Any
@@ -21,7 +21,7 @@ from evosparse.backends.csr_ops import CsrStructure, GradientTap, csr_linear
 from evosparse.errors import UsageError
 
 
-class SparseLinear(nn.Module):
+class SparseLinear(nn.Module, metaclass=ABCMeta):
     """What every sparse linear module stores and answers, whatever its layout (csr, condensed).
 
     The trained ``values`` Parameter, an optional ``bias``, the logical (out_features, in_features) shape,
@@ -66,6 +66,13 @@ class SparseLinear(nn.Module):
     @abstractmethod
     def to_dense_weight(self) -> Tensor:
         """The dense (out, in) weight with zeros at inactive positions — for tests, squashing and export only."""
+
+    def extra_repr(self) -> str:
+        density = self.nnz / (self.in_features * self.out_features)
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.nnz}, "
+            f"density={density:.4g}, bias={self.bias is not None}"
+        )
 
     def csr_form(self) -> tuple[CsrStructure, Tensor]:
         """The weight as a CSR structure and its values in CSR order (what an export stores)."""
@@ -156,13 +163,6 @@ class CsrLinear(SparseLinear):
     def to_dense_weight(self) -> Tensor:
         dense = self.values.new_zeros(self.shape)
         return dense.index_put_((self.structure.row_indices, self.structure.col_indices), self.values.detach())
-
-    def extra_repr(self) -> str:
-        density = self.nnz / (self.in_features * self.out_features)
-        return (
-            f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.nnz}, "
-            f"density={density:.4g}, bias={self.bias is not None}"
-        )
 
     # -- the structure follows the module like a buffer -------------------------------------------
 

@@ -89,7 +89,6 @@ class GMP(GradualPruning):
 
     name = "gmp"
     summary = "gradual magnitude pruning, dense to the target on a cubic schedule (Zhu & Gupta 2017)"
-    starts_dense = True
     params = (
         INITIAL_DENSITY,
         PRUNE_BEGIN,
