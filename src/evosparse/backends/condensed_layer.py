@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from evosparse.backends.condensed_layout import CondensedStructure
 from evosparse.backends.condensed_ops import condensed_linear
-from evosparse.backends.csr_layer import SparseLinear, set_parameter_data
+from evosparse.backends.csr_layer import SparseLinear
 from evosparse.backends.csr_ops import GradientTap
 from evosparse.backends.csr_topology import carry_values, plan_rewiring, replaced
 from evosparse.errors import InvariantError, UsageError
@@ -231,14 +231,6 @@ class CondensedLinear(SparseLinear):
             )
         structure = CondensedStructure.from_indices(indices, self.in_features)
         self._set_layout(structure.to(self.values.device), valid.to(self.values.device))
-
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-        """Let a saved layer with another k_max load: resize ``values`` (same Parameter) first."""
-        saved = state_dict.get(prefix + "values")
-        if isinstance(saved, Tensor) and saved.dim() == 2 and saved.shape != self.values.shape:
-            set_parameter_data(self.values, self.values.data.new_empty(saved.shape))
-            self.values.grad = None
-        super()._load_from_state_dict(state_dict, prefix, *args)
 
 
 @torch.no_grad()

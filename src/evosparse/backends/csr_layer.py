@@ -74,6 +74,15 @@ class SparseLinear(nn.Module, metaclass=ABCMeta):
             f"density={density:.4g}, bias={self.bias is not None}"
         )
 
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        """Let a saved layer with another connection count (csr: nnz, condensed: k_max) load: resize ``values``
+        (the same Parameter) to the saved shape first."""
+        saved = state_dict.get(prefix + "values")
+        if isinstance(saved, Tensor) and saved.dim() == self.values.dim() and saved.shape != self.values.shape:
+            set_parameter_data(self.values, self.values.data.new_empty(saved.shape))
+            self.values.grad = None
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
     def csr_form(self) -> tuple[CsrStructure, Tensor]:
         """The weight as a CSR structure and its values in CSR order (what an export stores)."""
         positions = self.positions()
@@ -187,14 +196,6 @@ class CsrLinear(SparseLinear):
         if structure.nnz != self.values.numel():
             raise UsageError(f"saved CSR indices hold {structure.nnz} connections but {self.values.numel()} values")
         self.structure = structure.to(self.values.device)
-
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-        """Let a saved layer with a different nnz load: resize ``values`` (same Parameter) first."""
-        saved = state_dict.get(prefix + "values")
-        if isinstance(saved, Tensor) and saved.dim() == 1 and saved.shape != self.values.shape:
-            set_parameter_data(self.values, self.values.data.new_empty(saved.shape))
-            self.values.grad = None
-        super()._load_from_state_dict(state_dict, prefix, *args)
 
 
 def set_parameter_data(parameter: nn.Parameter, data: Tensor) -> None:
