@@ -1,7 +1,7 @@
 """Peak memory of csr SET training at the limit: process peak RSS and bytes per connection, one workload per process.
 
-Usage: python bench/csr_memory.py [--workload mnist4000|wide30000|huge] [--quick] [--steps N] [--threads N]
-                                  [--mnist]
+Usage: python bench/csr_memory.py [--workload mnist4000|wide30000|huge] [--quick] [--steps N | --epoch]
+                                  [--batch N] [--threads N] [--mnist] [--progress N]
 
 Workloads (issue 20), each trained with SET (ε 20 unless said), SGD lr 0.05 momentum 0.9, the engine's
 build (a csr model drawn sparse directly when large) and wide-layer rules, then one topology update and
@@ -10,16 +10,21 @@ an evaluation of the test set (in passes of bounded activation memory):
 - ``mnist4000``: 784-4000³-10, MNIST-shaped data (50 000 training and 10 000 test samples, random values:
   memory does not depend on them), batch 40, one epoch;
 - ``wide30000``: 3312-30000³-5, 200 samples (and 200 test), batch 2, one epoch;
-- ``huge``: 784-2500000⁴-10 at ε 1 (10 M hidden neurons, 22.5 M connections), MNIST-shaped data, batch 8,
-  ``--steps`` steps (default 20; a full epoch is 6250 steps), then the update and an evaluation of 1000
-  test samples.
+- ``huge``: 784-2500000⁴-10 at ε 1 (10 M hidden neurons, 20 M connections), MNIST-shaped data, batch 32,
+  ``--steps`` steps (default 20; ``--epoch``: all 1563, and the whole test set), an evaluation of 1000
+  test samples, then the update.
 
 ``--mnist`` trains the MNIST-shaped workloads on MNIST itself (then the accuracy means something).
+``--epoch`` trains a whole epoch and evaluates the whole test set whatever the workload's defaults;
+``--batch`` changes the batch size; ``--progress N`` prints the elapsed time and mean loss every N steps.
 ``--quick`` shrinks every width 100-fold and the data to 1000 samples (a smoke test). Printed: the peak RSS
 of the whole process (VmHWM: torch, MKL and the data included, comparable to another program's), the RSS
 after each phase, the bytes per connection (index tensors of the CSR structures; values, gradient and
 momentum: 12 more), seconds per step and the test accuracy. Memory is not distorted by machine load;
 times are. Run each workload in its own process (the peak is per process).
+
+Like the ``evosparse`` command, the bench backs tensors of 2 MiB and more with transparent huge pages
+(torch's ``THP_MEM_ALLOC_ENABLE``) unless that variable is set: ``THP_MEM_ALLOC_ENABLE=0`` measures without.
 """
 
 from __future__ import annotations
@@ -29,15 +34,17 @@ import os
 import time
 from dataclasses import dataclass, fields, replace
 
-import torch
-from memory import status_kib
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # before torch allocates anything; see the docstring
 
-from evosparse import sparsify
-from evosparse.backends.csr_build import build_for_backend, direct_draw_applies
-from evosparse.data import load_dataset
-from evosparse.engine.objectives import Classification
-from evosparse.engine.wide_layers import apply_wide_layer_rules
-from evosparse.models.mlp import MLP
+import torch  # noqa: E402
+from memory import status_kib  # noqa: E402
+
+from evosparse import sparsify  # noqa: E402
+from evosparse.backends.csr_build import build_for_backend, direct_draw_applies  # noqa: E402
+from evosparse.data import load_dataset  # noqa: E402
+from evosparse.engine.objectives import Classification  # noqa: E402
+from evosparse.engine.wide_layers import apply_wide_layer_rules  # noqa: E402
+from evosparse.models.mlp import MLP  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -70,7 +77,7 @@ class Workload:
 WORKLOADS = {
     "mnist4000": Workload(784, (4000,) * 3, 10, 20.0, 40, 50_000, 10_000),
     "wide30000": Workload(3312, (30_000,) * 3, 5, 20.0, 2, 200, 200),
-    "huge": Workload(784, (2_500_000,) * 4, 10, 1.0, 8, 50_000, 1000, steps=20),
+    "huge": Workload(784, (2_500_000,) * 4, 10, 1.0, 32, 50_000, 1000, steps=20),
 }
 
 
@@ -90,8 +97,8 @@ def index_bytes(model: torch.nn.Module) -> tuple[int, int]:
     return total, connections
 
 
-def run(name: str, work: Workload, mnist: bool) -> None:
-    """Build, train, update, evaluate; print memory after each phase."""
+def run(name: str, work: Workload, mnist: bool, progress: int) -> None:
+    """Build, train, evaluate, update; print memory after each phase."""
     phases = [("start (torch imported)", rss_mib())]
     generator = torch.Generator().manual_seed(0)
     if mnist:
@@ -135,14 +142,22 @@ def run(name: str, work: Workload, mnist: bool) -> None:
         optimizer.step()
         sparsifier.step()
         loss_sum += loss.item()
+        if progress and (step + 1) % progress == 0:
+            elapsed = time.perf_counter() - started
+            mean_loss = loss_sum / (step + 1)
+            print(f"  step {step + 1}/{steps}: {elapsed:.0f} s, mean train loss {mean_loss:.3f}", flush=True)
     seconds = time.perf_counter() - started
     phases.append((f"{steps} steps", rss_mib()))
-    sparsifier.end_epoch()
-    phases.append(("topology update", rss_mib()))
     model.eval()
+    evaluation_started = time.perf_counter()
     with torch.no_grad():
         test_loss, test_acc = objective.evaluate(model, x_test, y_test)
+    evaluation_seconds = time.perf_counter() - evaluation_started
     phases.append(("evaluation", rss_mib()))
+    update_started = time.perf_counter()
+    sparsifier.end_epoch()
+    update_seconds = time.perf_counter() - update_started
+    phases.append(("topology update", rss_mib()))
 
     indices, connections = index_bytes(model)
     print(
@@ -157,8 +172,9 @@ def run(name: str, work: Workload, mnist: bool) -> None:
     print(f"  peak RSS {status_kib('VmHWM') / 1024:.0f} MiB")
     print(
         f"  {seconds / steps * 1e3:.1f} ms/step over {steps} steps ({seconds:.1f} s); mean train loss "
-        f"{loss_sum / steps:.3f}; test loss {test_loss:.3f}, accuracy {test_acc:.4f}"
+        f"{loss_sum / steps:.3f}; test loss {test_loss:.3f}, accuracy {test_acc:.4f} on {len(y_test)} samples"
         + ("" if mnist else " (random labels: chance)")
+        + f"; evaluation {evaluation_seconds:.1f} s, topology update {update_seconds:.1f} s"
     )
 
 
@@ -166,7 +182,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workload", choices=tuple(WORKLOADS), default="mnist4000")
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--steps", type=int, default=None)
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, default=None)
+    length.add_argument("--epoch", action="store_true", help="one whole epoch, then the whole test set")
+    parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument("--progress", type=int, default=0, help="print progress every N steps (0: never)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--mnist", action="store_true")
     args = parser.parse_args()
@@ -174,10 +194,17 @@ def main() -> None:
     work = WORKLOADS[args.workload]
     if args.steps is not None:
         work = replace(work, steps=args.steps)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}")
+    if args.epoch:
+        work = replace(work, steps=None, test=10_000 if work.inputs == 784 else work.test)
+    if args.batch is not None:
+        work = replace(work, batch=args.batch)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}, "
+        f"THP_MEM_ALLOC_ENABLE={os.environ['THP_MEM_ALLOC_ENABLE']}"
+    )
     if args.mnist and work.inputs != 784:
         parser.error(f"--mnist needs a workload with 784 inputs; {args.workload} has {work.inputs}")
-    run(args.workload, work.quick() if args.quick else work, args.mnist)
+    run(args.workload, work.quick() if args.quick else work, args.mnist, args.progress)
 
 
 if __name__ == "__main__":
