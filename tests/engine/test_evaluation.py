@@ -44,21 +44,26 @@ def passes_of(model: nn.Module) -> list[int]:
 
 
 def test_a_wide_model_is_evaluated_in_passes_whose_widest_activation_fits_the_budget(monkeypatch):
-    """A csr MLP 3000 wide: 12 000 bytes a sample in its widest layer; a budget of 7 samples gives passes of
-    7, and the same accuracy and loss as one pass over all samples."""
+    """A csr MLP 3000 wide: 12 000 bytes a sample in its widest layer; a budget of 9 samples gives passes of
+    9, and the same accuracy and loss as one pass over all samples; a budget below EVAL_MIN_BATCH gives passes
+    of that many."""
     torch.manual_seed(1)
     model = small_mlp((20, 3000, 5))
     sparsify(model, None, "static", density=0.05, backend="csr")
     model.eval()
     x, y = torch.randn(50, 20), torch.randint(0, 5, (50,))
     with torch.no_grad():
-        assert evaluation_chunk(model, lambda: model(x[:1])) == EVAL_BATCH
+        assert (
+            evaluation_chunk(model, lambda: model(x[:1])) == objectives.EVAL_ACTIVATION_BYTES // (3000 * 4) < EVAL_BATCH
+        )
         whole = Classification().evaluate(model, x, y)
-        monkeypatch.setattr(objectives, "EVAL_ACTIVATION_BYTES", 7 * 3000 * 4 + 5)
-        assert evaluation_chunk(model, lambda: model(x[:1])) == 7
+        monkeypatch.setattr(objectives, "EVAL_ACTIVATION_BYTES", 9 * 3000 * 4 + 5)
+        assert evaluation_chunk(model, lambda: model(x[:1])) == 9
         sizes = passes_of(model)
         chunked = Classification().evaluate(model, x, y)
-    assert sizes[1:] == [7] * 7 + [1]  # after the one-sample pass that measures the activations
+        assert sizes[1:] == [9] * 5 + [5]  # after the one-sample pass that measures the activations
+        monkeypatch.setattr(objectives, "EVAL_ACTIVATION_BYTES", 3 * 3000 * 4)
+        assert evaluation_chunk(model, lambda: model(x[:1])) == objectives.EVAL_MIN_BATCH == 8
     assert chunked[1] == whole[1]
     assert abs(chunked[0] - whole[0]) <= 1e-6 * whole[0]  # float32 sums per pass, added up in float64
 
@@ -70,8 +75,8 @@ def test_the_elbo_does_not_depend_on_the_size_of_the_passes(monkeypatch):
     objective = Elbo(0.0, 1.0)
     with torch.no_grad():
         whole = objective.evaluate(model, x, torch.zeros(30))
-        monkeypatch.setattr(objectives, "EVAL_ACTIVATION_BYTES", 4 * 40 * 4)  # 4 samples of the 40-unit layer
+        monkeypatch.setattr(objectives, "EVAL_ACTIVATION_BYTES", 9 * 40 * 4)  # 9 samples of the 40-unit layer
         sizes = passes_of(model)
         chunked = objective.evaluate(model, x, torch.zeros(30))
-    assert sizes[1:] == [4] * 7 + [2]
+    assert sizes[1:] == [9] * 3 + [3]
     assert abs(chunked[0] - whole[0]) < 1e-6 * abs(whole[0])

@@ -24,8 +24,13 @@ from evosparse.models.vae import VAE
 EVAL_BATCH = 2048
 #: Bytes that the widest activation of one evaluation pass may take: a wide model is evaluated in smaller
 #: passes (:func:`evaluation_chunk`), so evaluation memory does not grow with width × test-set size (a
-#: layer of 10⁶ float32 units: 16 samples a pass, 64 MiB, where 2048 would take 8 GiB).
-EVAL_ACTIVATION_BYTES = 64 * 2**20
+#: layer of 10⁶ float32 units: 8 samples a pass, 32 MiB, where 2048 would take 8 GiB). At 64 MiB the
+#: evaluation of a 784-4000³-10 csr MLP set its training run's peak (+80 MiB over training's); at 16 MiB a pass
+#: still holds 1048 samples of 4000 units, as fast per sample.
+EVAL_ACTIVATION_BYTES = 16 * 2**20
+#: Fewest samples per evaluation pass, whatever the width: below about 8 the sparse products cost more per
+#: sample (a 2.5M-unit csr layer: one pass of 1 sample takes about half the time of a pass of 8).
+EVAL_MIN_BATCH = 8
 #: Seed of the latent noise drawn when the ELBO is evaluated, so that evaluation is deterministic.
 EVAL_NOISE_SEED = 0
 
@@ -51,7 +56,7 @@ class Objective:
 
 def evaluation_chunk(model: nn.Module, forward_one: Callable[[], object]) -> int:
     """Samples per evaluation pass: :data:`EVAL_BATCH`, or fewer so that the widest module output of one pass
-    stays within :data:`EVAL_ACTIVATION_BYTES` (at least one sample).
+    stays within :data:`EVAL_ACTIVATION_BYTES`, but at least :data:`EVAL_MIN_BATCH`.
 
     ``forward_one`` runs ``model`` on one sample; hooks on every module measure the largest output it
     makes (in bytes, tensors inside tuple outputs included). Intermediates inside a module (attention
@@ -71,7 +76,7 @@ def evaluation_chunk(model: nn.Module, forward_one: Callable[[], object]) -> int
     finally:
         for handle in handles:
             handle.remove()
-    return max(1, min(EVAL_BATCH, EVAL_ACTIVATION_BYTES // max(1, widest)))
+    return max(EVAL_MIN_BATCH, min(EVAL_BATCH, EVAL_ACTIVATION_BYTES // max(1, widest)))
 
 
 def flat_predictions(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
