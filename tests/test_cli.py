@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import subprocess
 import sys
 
@@ -195,3 +196,18 @@ def test_the_vae_trains_with_its_own_defaults_and_an_explicit_choice_wins(tmp_pa
     assert code == 0
     losses = [e["train_loss"] for e in json.loads((out / "result.json").read_text())["epochs"]]
     assert losses[1] < losses[0] < 60  # learns; under SGD lr 0.05 it diverged at step 5
+
+
+@pytest.mark.parametrize("users_value, expected", [(None, "1"), ("0", "0")])
+def test_the_command_backs_large_tensors_with_huge_pages_unless_the_user_says_otherwise(
+    monkeypatch, capsys, users_value, expected
+):
+    """torch's THP_MEM_ALLOC_ENABLE (2 MiB pages for tensors of 2 MiB and more) is on for the command's runs; a
+    value the user exported wins."""
+    if users_value is None:
+        monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    else:
+        monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", users_value)
+    assert main(["methods"]) == 0
+    capsys.readouterr()
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] == expected
