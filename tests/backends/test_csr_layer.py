@@ -56,7 +56,9 @@ def test_constructors_agree_and_copy_their_inputs():
     from_positions = CsrLinear.from_positions(
         (6, 9), positions[shuffle], linear.weight.detach().reshape(-1)[positions[shuffle]], linear.bias.detach()
     )
-    for layer in (from_dense, from_positions):
+    in_order_values = linear.weight.detach().reshape(-1)[positions]
+    from_sorted_positions = CsrLinear.from_positions((6, 9), positions, in_order_values, linear.bias.detach())
+    for layer in (from_dense, from_positions, from_sorted_positions):
         assert torch.equal(layer.values, from_linear.values)
         assert torch.equal(layer.structure.col_indices, from_linear.structure.col_indices)
         assert torch.equal(layer.structure.crow_indices, from_linear.structure.crow_indices)
@@ -65,6 +67,8 @@ def test_constructors_agree_and_copy_their_inputs():
         from_linear.values.add_(1.0)
         from_linear.bias.add_(1.0)
     assert torch.equal(from_dense.values + 1.0, from_linear.values)  # no storage shared with the source
+    assert torch.equal(from_sorted_positions.values, in_order_values)
+    assert from_sorted_positions.values.data_ptr() != in_order_values.data_ptr()
     assert torch.equal(linear.bias + 1.0, from_linear.bias)
 
 

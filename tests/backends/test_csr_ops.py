@@ -181,6 +181,21 @@ def test_from_indices_sorts_and_returns_the_value_order():
     assert torch.equal(dense_weight(structure, values[order]), expected)
 
 
+def test_sorted_positions_build_the_same_structure_as_shuffled_indices():
+    mask = random_mask(7, 5, 0.4, seed=4)
+    reference = CsrStructure.from_dense_mask(mask)
+    structure = CsrStructure.from_sorted_positions(reference.positions(), (7, 5))
+    for name in ("crow_indices", "col_indices", "row_indices", "t_crow_indices", "t_col_indices", "t_permutation"):
+        assert torch.equal(getattr(structure, name), getattr(reference, name)), name
+    assert CsrStructure.from_sorted_positions(torch.zeros(0, dtype=torch.int64), (7, 5)).nnz == 0
+    with pytest.raises(UsageError, match="strictly increasing"):
+        CsrStructure.from_sorted_positions(torch.tensor([3, 1]), (7, 5))
+    with pytest.raises(UsageError, match="strictly increasing"):
+        CsrStructure.from_sorted_positions(torch.tensor([1, 1]), (7, 5))
+    with pytest.raises(UsageError, match=r"lie in \[0, 35\)"):
+        CsrStructure.from_sorted_positions(torch.tensor([1, 35]), (7, 5))
+
+
 def test_structure_indices_are_int32_sixteen_bytes_per_connection():
     """Four int32 entries per connection (column, row, transposed column, permutation) plus two offset arrays."""
     structure = CsrStructure.from_dense_mask(random_mask(300, 200, 0.05, seed=12))

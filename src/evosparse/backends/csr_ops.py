@@ -99,6 +99,19 @@ class CsrStructure:
         return cls._from_sorted(rows[order], cols[order], (out_features, in_features)), order
 
     @classmethod
+    def from_sorted_positions(cls, positions: Tensor, shape: tuple[int, int]) -> CsrStructure:
+        """Structure of strictly increasing flat positions ``row · in_features + col`` (as :meth:`positions`
+        returns them): no sort and no reordering of values, O(nnz) beyond the transposition's sort."""
+        out_features, in_features = _check_shape(shape)
+        positions = positions.to(torch.int64)
+        if positions.dim() != 1 or not is_strictly_increasing(positions):
+            raise UsageError("sorted positions must be a 1-D strictly increasing tensor")
+        if positions.numel() and (int(positions[0]) < 0 or int(positions[-1]) >= out_features * in_features):
+            raise UsageError(f"positions must lie in [0, {out_features * in_features}) for a weight of shape {shape}")
+        rows = torch.div(positions, in_features, rounding_mode="floor")
+        return cls._from_sorted(rows, positions - rows * in_features, (out_features, in_features))
+
+    @classmethod
     def from_dense_mask(cls, mask: Tensor) -> CsrStructure:
         """Structure of the nonzero entries of a 2-D mask (out_features x in_features)."""
         if not isinstance(mask, Tensor) or mask.dim() != 2:
@@ -358,6 +371,11 @@ def _sddmm(crow_indices: Tensor, col_indices: Tensor, shape: tuple[int, int], gr
     # Written into the pattern itself: with another ``out`` (or none) the kernel first copies the pattern, indices
     # included (5M connections: 15-100 ms, as long as a third of the product).
     return torch.sparse.sampled_addmm(pattern, grad_y_t, x_t.t(), beta=0.0, out=pattern).values()
+
+
+def is_strictly_increasing(values: Tensor) -> bool:
+    """Whether a 1-D tensor is sorted with no repeats (then its entries are CSR-ordered distinct positions)."""
+    return values.numel() < 2 or bool((values[1:] > values[:-1]).all())
 
 
 def index_dtype(nnz: int, *sizes: int) -> torch.dtype:
