@@ -16,7 +16,9 @@ an evaluation of the test set (in passes of bounded activation memory):
 
 ``--mnist`` trains the MNIST-shaped workloads on MNIST itself (then the accuracy means something).
 ``--epoch`` trains a whole epoch and evaluates the whole test set whatever the workload's defaults;
-``--batch`` changes the batch size; ``--progress N`` prints the elapsed time and mean loss every N steps.
+``--batch`` changes the batch size, ``--width`` the width of every hidden layer (the largest network that
+fits: ``--workload huge --width W --steps 3 --test 64``), ``--test`` the test samples evaluated; ``--progress N`` prints the elapsed time and mean loss every N
+steps.
 ``--quick`` shrinks every width 100-fold and the data to 1000 samples (a smoke test). Printed: the peak RSS
 of the whole process (VmHWM: torch, MKL and the data included, comparable to another program's), the RSS
 after each phase, the bytes per connection (index tensors of the CSR structures; values, gradient and
@@ -195,6 +197,8 @@ def main() -> None:
     length.add_argument("--steps", type=int, default=None)
     length.add_argument("--epoch", action="store_true", help="one whole epoch, then the whole test set")
     parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument("--width", type=int, default=None, help="every hidden layer this wide (the same depth)")
+    parser.add_argument("--test", type=int, default=None, help="test samples evaluated")
     parser.add_argument("--progress", type=int, default=0, help="print progress every N steps (0: never)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--mnist", action="store_true")
@@ -207,6 +211,10 @@ def main() -> None:
         work = replace(work, steps=None, test=10_000 if work.inputs == 784 else work.test)
     if args.batch is not None:
         work = replace(work, batch=args.batch)
+    if args.width is not None:
+        work = replace(work, hidden=(args.width,) * len(work.hidden))
+    if args.test is not None:
+        work = replace(work, test=args.test)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}, "
         f"THP_MEM_ALLOC_ENABLE={os.environ['THP_MEM_ALLOC_ENABLE']}"
