@@ -17,8 +17,8 @@ an evaluation of the test set (in passes of bounded activation memory):
 ``--mnist`` trains the MNIST-shaped workloads on MNIST itself (then the accuracy means something).
 ``--epoch`` trains a whole epoch and evaluates the whole test set whatever the workload's defaults;
 ``--batch`` changes the batch size, ``--width`` the width of every hidden layer (the largest network that
-fits: ``--workload huge --width W --steps 3 --test 64``), ``--test`` the test samples evaluated; ``--progress N`` prints the elapsed time and mean loss every N
-steps.
+fits: ``--workload huge --width W --steps 3 --test 64``), ``--test`` the number of test samples evaluated;
+``--progress N`` prints the elapsed time and mean loss every N steps.
 ``--quick`` shrinks every width 100-fold and the data to 1000 samples (a smoke test). Printed: the peak RSS
 of the whole process (VmHWM: torch, MKL and the data included, comparable to another program's), the RSS
 after each phase, the bytes per connection (index tensors of the CSR structures; values, gradient and
