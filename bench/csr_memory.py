@@ -3,7 +3,7 @@
 Usage: python bench/csr_memory.py [--workload mnist4000|wide30000|huge] [--quick] [--steps N | --epoch]
                                   [--batch N] [--threads N] [--mnist] [--progress N]
 
-Workloads (issue 20), each trained with SET (ε 20 unless said), SGD lr 0.05 momentum 0.9, the engine's
+Workloads (issue 20), each trained with SET (ε 20 unless said), SGD lr 0.05 (``--lr``) momentum 0.9, the engine's
 build (a csr model drawn sparse directly when large) and wide-layer rules, then one topology update and
 an evaluation of the test set (in passes of bounded activation memory):
 
@@ -100,7 +100,7 @@ def index_bytes(model: torch.nn.Module) -> tuple[int, int]:
     return total, connections
 
 
-def run(name: str, work: Workload, mnist: bool, progress: int) -> None:
+def run(name: str, work: Workload, mnist: bool, progress: int, lr: float) -> None:
     """Build, train, evaluate, update; print memory after each phase."""
     phases = [("start (torch imported)", rss_mib())]
     generator = torch.Generator().manual_seed(0)
@@ -125,7 +125,7 @@ def run(name: str, work: Workload, mnist: bool, progress: int) -> None:
         torch.device("cpu"),
         direct=lambda skeleton: direct_draw_applies(skeleton, "sparse_kaiming", False),
     )
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     steps_per_epoch = -(-work.train // work.batch)
     # Planned as two epochs: SET skips the update after the final epoch, and the one measured must run it.
     sparsifier = sparsify(
@@ -199,6 +199,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--width", type=int, default=None, help="every hidden layer this wide (the same depth)")
     parser.add_argument("--test", type=int, default=None, help="test samples evaluated")
+    parser.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (momentum 0.9)")
     parser.add_argument("--progress", type=int, default=0, help="print progress every N steps (0: never)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--mnist", action="store_true")
@@ -221,7 +222,7 @@ def main() -> None:
     )
     if args.mnist and work.inputs != 784:
         parser.error(f"--mnist needs a workload with 784 inputs; {args.workload} has {work.inputs}")
-    run(args.workload, work.quick() if args.quick else work, args.mnist, args.progress)
+    run(args.workload, work.quick() if args.quick else work, args.mnist, args.progress, args.lr)
 
 
 if __name__ == "__main__":
