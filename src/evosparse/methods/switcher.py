@@ -187,7 +187,7 @@ class Switcher(Method):
         if own > 0 and requested is not None and abs(own - requested) > 1e-12:
             raise UsageError(f"switcher got target_density={own} and density={requested}; give one of them")
         target = own if own > 0 else requested
-        return BudgetRequest(cls.name, target, epsilon, required=False, starts_dense=True)
+        return BudgetRequest(cls.name, target, epsilon, required=False, starts_dense=cls.starts_dense)
 
     def attach(self) -> None:
         """The gating hooks; with a budget, or when training starts with a task epoch, masks from the
