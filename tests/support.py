@@ -223,3 +223,12 @@ def pruned_on_digits(tmp_path, method: str, density: float, params: list[str]) -
     densities = [epoch["density"] for epoch in result["epochs"]]
     assert densities == sorted(densities, reverse=True)
     return result, densities
+
+
+def counts_steps(method: str) -> bool:
+    """Whether ``method`` schedules its updates in optimizer steps only (RigL, GMP and their kin): a short test
+    run must shorten its ``update_interval`` to see it act."""
+    from evosparse.methods import METHODS
+
+    unit = next((p for p in METHODS[method].params if p.name == "update_unit"), None)
+    return unit is not None and unit.choices == ("step",)

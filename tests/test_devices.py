@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 import evosparse
 from evosparse.methods import METHODS, resolve_params
-from support import saved_and_loaded
+from support import counts_steps, saved_and_loaded
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
@@ -22,8 +22,8 @@ STEPS_PER_EPOCH, EPOCHS = 4, 2
 
 #: Parameters that make each method act within the few steps trained here (the others update every epoch);
 #: gmp starts sparse, so it runs on csr too.
-PARAMS = {name: {"update_interval": 2} for name in ("rigl", "srigl", "granet")}
-PARAMS["gmp"] = {"update_interval": 2, "initial_density": 0.6}
+PARAMS = {name: {"update_interval": 2} for name in METHODS if counts_steps(name)}
+PARAMS["gmp"] = {**PARAMS["gmp"], "initial_density": 0.6}
 
 #: (method, backend) for every registered method on every backend it supports with these parameters.
 CASES = [

@@ -8,6 +8,7 @@ from evosparse.engine import loop
 from evosparse.engine.config import build_config
 from evosparse.errors import UsageError
 from evosparse.methods import METHODS
+from support import counts_steps
 
 
 def synthetic_cifar(**_: object) -> Dataset:
@@ -52,7 +53,7 @@ CONV_CAPABLE = sorted(set(METHODS) - {"path_weight", "liset", "switcher"})
 
 @pytest.mark.parametrize("method", CONV_CAPABLE)
 def test_every_conv_capable_method_runs_an_epoch_on_the_cnn(tmp_path, method):
-    params = {"update_interval": 2} if method in ("rigl", "srigl", "gmp", "granet") else {}
+    params = {"update_interval": 2} if counts_steps(method) else {}
     result = run(tmp_path, method, params=params)
     assert result["distribution"] == "erk" and len(result["epochs"]) == 2
     assert all(torch.isfinite(torch.tensor(e["train_loss"])) for e in result["epochs"])

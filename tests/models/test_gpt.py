@@ -22,6 +22,7 @@ from evosparse.errors import UsageError
 from evosparse.methods import METHODS
 from evosparse.models import ModelSpec, build_model
 from evosparse.models.gpt import CharGPT, default_heads
+from support import counts_steps
 
 
 def test_a_position_sees_only_itself_and_the_past():
@@ -106,9 +107,8 @@ def test_every_method_not_bound_to_chains_runs_on_it_with_exact_budgets_and_mask
     torch.manual_seed(0)
     model = CharGPT(vocabulary=11, context=16, width=32, layers=1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    steps = (
-        {"update_unit": "step", "update_interval": 2} if method in ("gmp", "granet", "prune", "rigl", "srigl") else {}
-    )
+    acts_on_steps = counts_steps(method) or method == "prune"  # prune counts epochs unless told steps
+    steps = {"update_unit": "step", "update_interval": 2} if acts_on_steps else {}
     s = evosparse.sparsify(model, optimizer, method, density=0.3, total_steps=12, **steps)
     generator = torch.Generator().manual_seed(0)
     for _ in range(2):
