@@ -4,8 +4,8 @@ Usage: python bench/csr_memory.py [--workload mnist4000|wide30000|huge] [--quick
                                   [--batch N] [--threads N] [--mnist] [--progress N]
 
 Workloads (issue 20), each trained with SET (ε 20 unless said), SGD lr 0.05 (``--lr``) momentum 0.9, the engine's
-build (a csr model drawn sparse directly when large) and wide-layer rules, then one topology update and
-an evaluation of the test set (in passes of bounded activation memory):
+build (a csr model drawn sparse directly when large) and wide-layer rules, then an evaluation of the test
+set (in passes of bounded activation memory) and one topology update:
 
 - ``mnist4000``: 784-4000³-10, MNIST-shaped data (50 000 training and 10 000 test samples, random values:
   memory does not depend on them), batch 40, one epoch;

@@ -22,6 +22,7 @@ for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_variable, "1")
 
 import numpy as np  # noqa: E402
+from memory import status_kib  # noqa: E402  (bench/memory.py: no torch)
 
 #: name: (inputs, hidden width, hidden layers, classes, epsilon, batch, training samples, test samples),
 #: the workloads of bench/csr_memory.py.
@@ -29,15 +30,6 @@ WORKLOADS = {
     "mnist4000": (784, 4000, 3, 10, 20, 40, 50_000, 10_000),
     "wide30000": (3312, 30_000, 3, 5, 20, 2, 200, 200),
 }
-
-
-def status_mib(field: str) -> float:
-    """A memory figure of /proc/self/status in MiB (VmHWM: the peak resident set)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def one_hot(rng: np.random.Generator, samples: int, classes: int) -> np.ndarray:
@@ -128,7 +120,7 @@ def main() -> None:
     )
     print(
         f"RESULT workload={args.workload} train_s={train_s:.3f} steps={steps} evolution_s={evolution_s:.3f} "
-        f"eval_s={eval_s:.3f} peak_rss_mib={status_mib('VmHWM'):.1f} connections={connections}"
+        f"eval_s={eval_s:.3f} peak_rss_mib={status_kib('VmHWM') / 1024:.1f} connections={connections}"
     )
 
 

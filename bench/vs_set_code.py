@@ -8,8 +8,8 @@ Python with NumPy and SciPy in which their Cython kernel is built; docs/benchmar
 evosparse's ``csr_memory.py`` on the same workload, each in its own process with one thread (so each
 peak resident set is its own), one after the other. Printed: per round and program the training seconds of one
 epoch and per step, the topology update (their "evolution"), the evaluation of the test set and the peak RSS;
-then the ratios (their time / ours, their peak / ours) of the best round. ``--quick`` is a smoke test (the two
-programs then train different numbers of steps: compare ``step_ms``). Both train SET with ε 20 on random data of
+then the ratios (their time / ours, their peak / ours) of each figure's best over the rounds. ``--quick`` is
+a smoke test (the two programs then train different numbers of steps: compare ``step_ms``). Both train SET with ε 20 on random data of
 the workload's shape (50 000 MNIST-shaped samples at batch 40; 200 samples of 3312 features at batch 2).
 """
 
@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="both programs' --quick (100-fold narrower)")
     args = parser.parse_args()
+    set_code, set_python = str(Path(args.set_code).resolve()), str(Path(args.set_python).absolute())
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE.parent / "src"), env.get("PYTHONPATH", "")]))
     quick = ["--quick"] if args.quick else []
@@ -53,7 +54,7 @@ def main() -> None:
     for round_ in range(1, args.rounds + 1):
         for workload in args.workloads.split(","):
             programs = {
-                "SET code": [args.set_python, "set_code_runner.py", "--code", args.set_code, "--workload", workload],
+                "SET code": [set_python, "set_code_runner.py", "--code", set_code, "--workload", workload],
                 "evosparse": [sys.executable, "csr_memory.py", "--workload", workload, "--threads", "1"],
             }
             for program, command in programs.items():
@@ -63,7 +64,7 @@ def main() -> None:
                 kept = best.setdefault((workload, program), result)
                 for name in FIELDS:
                     kept[name] = min(kept[name], result[name])
-    print("best of the rounds, SET code / evosparse (above 1: evosparse faster or smaller)")
+    print("each figure's best over the rounds, SET code / evosparse (above 1: evosparse faster or smaller)")
     for workload in args.workloads.split(","):
         theirs, ours = best[(workload, "SET code")], best[(workload, "evosparse")]
         ratios = ", ".join(f"{name} {theirs[name] / ours[name]:.2f}×" for name in FIELDS if ours[name] > 0)

@@ -181,19 +181,22 @@ def test_from_indices_sorts_and_returns_the_value_order():
     assert torch.equal(dense_weight(structure, values[order]), expected)
 
 
-def test_sorted_positions_build_the_same_structure_as_shuffled_indices():
+def test_positions_already_in_csr_order_keep_their_order_and_are_still_checked():
     mask = random_mask(7, 5, 0.4, seed=4)
     reference = CsrStructure.from_dense_mask(mask)
-    structure = CsrStructure.from_sorted_positions(reference.positions(), (7, 5))
+    rows, cols = mask.nonzero(as_tuple=True)
+    structure, order = CsrStructure.from_indices(rows, cols, (7, 5))
     for name in ("crow_indices", "col_indices", "row_indices", "t_crow_indices", "t_col_indices", "t_permutation"):
         assert torch.equal(getattr(structure, name), getattr(reference, name)), name
-    assert CsrStructure.from_sorted_positions(torch.zeros(0, dtype=torch.int64), (7, 5)).nnz == 0
-    with pytest.raises(UsageError, match="strictly increasing"):
-        CsrStructure.from_sorted_positions(torch.tensor([3, 1]), (7, 5))
-    with pytest.raises(UsageError, match="strictly increasing"):
-        CsrStructure.from_sorted_positions(torch.tensor([1, 1]), (7, 5))
-    with pytest.raises(UsageError, match=r"lie in \[0, 35\)"):
-        CsrStructure.from_sorted_positions(torch.tensor([1, 35]), (7, 5))
+    assert torch.equal(order, torch.arange(rows.numel()))
+    empty, empty_order = CsrStructure.from_indices(rows[:0], cols[:0], (7, 5))
+    assert empty.nnz == 0 and empty_order.numel() == 0
+    with pytest.raises(UsageError, match="distinct"):
+        CsrStructure.from_indices(torch.tensor([0, 1, 1]), torch.tensor([2, 3, 3]), (7, 5))
+    with pytest.raises(UsageError, match=r"cols must lie in \[0, 5\)"):
+        CsrStructure.from_indices(torch.tensor([0, 1]), torch.tensor([-1, 3]), (7, 5))
+    with pytest.raises(UsageError, match=r"rows must lie in \[0, 7\)"):
+        CsrStructure.from_indices(torch.tensor([0, 7]), torch.tensor([1, 3]), (7, 5))
 
 
 def test_structure_indices_are_int32_sixteen_bytes_per_connection():

@@ -60,8 +60,9 @@ def rewire(
     merge, new_values = plan_rewiring(
         f"csr layer {layer.shape}", layer.shape, active_positions(layer), prune, grow, grow_values, layer.values.dtype
     )
+    rows = torch.div(merge.new_keys, layer.in_features, rounding_mode="floor")
     # The new positions are sorted and distinct by construction, so the structure is built directly.
-    structure = CsrStructure.from_sorted_positions(merge.new_keys, layer.shape)
+    structure = CsrStructure._from_sorted(rows, merge.new_keys - rows * layer.in_features, layer.shape)
     carry_values(layer.values, optimizer, lambda old, grown=0.0: replaced(old, merge.realign(old, grown)), new_values)
     layer.structure = structure
     return int(prune.numel() + grow.numel())
