@@ -9,8 +9,9 @@ evosparse's ``csr_memory.py`` on the same workload, each in its own process with
 peak resident set is its own), one after the other. Printed: per round and program the training seconds of one
 epoch and per step, the topology update (their "evolution"), the evaluation of the test set and the peak RSS;
 then the ratios (their time / ours, their peak / ours) of each figure's best over the rounds. ``--quick`` is
-a smoke test (the two programs then train different numbers of steps: compare ``step_ms``). Both train SET with ε 20 on random data of
-the workload's shape (50 000 MNIST-shaped samples at batch 40; 200 samples of 3312 features at batch 2).
+a smoke test (the two programs then train different numbers of steps: compare ``step_ms``). Both train SET
+with ε 20 on random data of the workload's shape (50 000 MNIST-shaped samples at batch 40; 200 samples of
+3312 features at batch 2).
 """
 
 from __future__ import annotations
