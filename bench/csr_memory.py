@@ -47,6 +47,7 @@ from evosparse.data import load_dataset  # noqa: E402
 from evosparse.engine.objectives import Classification  # noqa: E402
 from evosparse.engine.wide_layers import apply_wide_layer_rules  # noqa: E402
 from evosparse.models.mlp import MLP  # noqa: E402
+from evosparse.sparsifier import Sparsifier  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,23 @@ def index_bytes(model: torch.nn.Module) -> tuple[int, int]:
     return total, connections
 
 
+def build_set_mlp(
+    inputs: int, hidden: tuple[int, ...], classes: int, epsilon: float, total_steps: int, lr: float = 0.05
+) -> tuple[MLP, torch.optim.Optimizer, Sparsifier]:
+    """The workloads' model: a csr MLP trained by SET at ``epsilon`` with SGD (momentum 0.9), built as the engine
+    builds it (drawn sparse directly when large) with its wide-layer rules."""
+    model = build_for_backend(
+        "csr",
+        lambda: MLP(inputs, list(hidden), classes),
+        torch.device("cpu"),
+        direct=lambda skeleton: direct_draw_applies(skeleton, "sparse_kaiming", False),
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    sparsifier = sparsify(model, optimizer, "set", epsilon=epsilon, backend="csr", seed=0, total_steps=total_steps)
+    apply_wide_layer_rules(model, optimizer, sparsifier)
+    return model, optimizer, sparsifier
+
+
 def run(name: str, work: Workload, mnist: bool, progress: int, lr: float) -> None:
     """Build, train, evaluate, update; print memory after each phase."""
     phases = [("start (torch imported)", rss_mib())]
@@ -116,22 +134,11 @@ def run(name: str, work: Workload, mnist: bool, progress: int, lr: float) -> Non
         y_test = torch.randint(0, work.classes, (work.test,), generator=generator)
     phases.append(("data", rss_mib()))
 
-    def build() -> MLP:
-        return MLP(work.inputs, list(work.hidden), work.classes)
-
-    model = build_for_backend(
-        "csr",
-        build,
-        torch.device("cpu"),
-        direct=lambda skeleton: direct_draw_applies(skeleton, "sparse_kaiming", False),
-    )
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     steps_per_epoch = -(-work.train // work.batch)
     # Planned as two epochs: SET skips the update after the final epoch, and the one measured must run it.
-    sparsifier = sparsify(
-        model, optimizer, "set", epsilon=work.epsilon, backend="csr", seed=0, total_steps=2 * steps_per_epoch
+    model, optimizer, sparsifier = build_set_mlp(
+        work.inputs, work.hidden, work.classes, work.epsilon, 2 * steps_per_epoch, lr
     )
-    apply_wide_layer_rules(model, optimizer, sparsifier)
     phases.append(("model built", rss_mib()))
     objective = Classification()
     order = torch.randperm(work.train, generator=generator)

@@ -14,47 +14,26 @@ own kernels' rate").
 from __future__ import annotations
 
 import argparse
-import time
 import warnings
+from collections.abc import Callable
 
 import torch
+from csr_memory import build_set_mlp
+from timing import best_time
 from torch.profiler import ProfilerActivity, profile
 
-from evosparse import sparsify
-from evosparse.backends.csr_build import build_for_backend, direct_draw_applies
 from evosparse.backends.csr_layer import CsrLinear
 from evosparse.backends.csr_ops import _sampled_products
 from evosparse.engine.objectives import Classification
-from evosparse.engine.wide_layers import apply_wide_layer_rules
-from evosparse.models.mlp import MLP
 
 warnings.filterwarnings("ignore", category=UserWarning)
 
 
-def build(width: int) -> tuple[torch.nn.Module, torch.optim.Optimizer, object]:
-    model = build_for_backend(
-        "csr",
-        lambda: MLP(784, [width] * 3, 10),
-        torch.device("cpu"),
-        direct=lambda skeleton: direct_draw_applies(skeleton, "sparse_kaiming", False),
-    )
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    sparsifier = sparsify(model, optimizer, "set", epsilon=20.0, backend="csr", seed=0, total_steps=10**9)
-    apply_wide_layer_rules(model, optimizer, sparsifier)
-    return model, optimizer, sparsifier
-
-
-def best_seconds(work, calls: int = 200, rounds: int = 5) -> float:
+def best_seconds(work: Callable[[], None], calls: int = 200, rounds: int = 5) -> float:
     """Best mean seconds per call over ``rounds`` blocks of ``calls`` (after 20 warm-up calls)."""
     for _ in range(20):
         work()
-    blocks = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        for _ in range(calls):
-            work()
-        blocks.append((time.perf_counter() - started) / calls)
-    return min(blocks)
+    return best_time(rounds, lambda: [work() for _ in range(calls)])[0] / calls
 
 
 def main() -> None:
@@ -63,7 +42,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    model, optimizer, sparsifier = build(args.width)
+    model, optimizer, sparsifier = build_set_mlp(784, (args.width,) * 3, 10, 20.0, total_steps=10**9)
     generator = torch.Generator().manual_seed(0)
     x, y = torch.rand(args.batch, 784, generator=generator), torch.randint(0, 10, (args.batch,), generator=generator)
     objective = Classification()
