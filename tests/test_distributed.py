@@ -1,6 +1,7 @@
 """Two gloo processes on the CPU: after every topology update both ranks hold identical masks, weights
 and optimizer state, although each trains on its own data (so local decisions would differ)."""
 
+import json
 import os
 import socket
 import subprocess
@@ -16,6 +17,7 @@ from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 import evosparse
+from evosparse.distributed import current_context, shutdown
 
 STEPS = 8
 
@@ -58,18 +60,18 @@ def worker(rank: int, world_size: int, folder: str, method: str) -> None:
                 {**state, "changed": torch.tensor(s.take_stats().connections_changed)},
                 Path(folder) / f"rank{rank}_step{step}.pt",
             )
-    dist.barrier()  # no rank tears the group down while the other still uses it
-    dist.destroy_process_group()
-    leave_without_static_destructors()
+    del ddp  # its reducer holds the process group
+    shutdown(current_context())
+    (Path(folder) / f"rank{rank}_threads_left.txt").write_text("\n".join(gloo_threads()))
 
 
-def leave_without_static_destructors() -> None:
-    """End a spawned worker once its results are on disk, skipping C++ static destructors: gloo's, at
-    interpreter exit, abort now and then ("terminate called without an active exception", about 1 run
-    in 8 of the RigL worker) after the group was destroyed cleanly, which would fail a correct run."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+def gloo_threads() -> list[str]:
+    """This process's gloo threads (Linux names them): any left once the group is shut down can still be
+    releasing tensors when the interpreter exits, which aborts the process now and then."""
+    if not Path("/proc/self/task").exists():  # Linux names threads there; elsewhere nothing to check
+        return []
+    names = (Path("/proc/self/task") / task / "comm" for task in os.listdir("/proc/self/task"))
+    return [name for name in (path.read_text().strip() for path in names) if "gloo" in name]
 
 
 @pytest.mark.parametrize("method", ["set", "rigl"])
@@ -81,6 +83,8 @@ def test_both_ranks_hold_identical_topologies_after_every_update(tmp_path, metho
         assert first["changed"] > 0 and first["changed"] == second["changed"]
         for key in first:
             assert torch.equal(first[key], second[key]), f"{key} differs between ranks after step {step}"
+    for rank in range(2):
+        assert (tmp_path / f"rank{rank}_threads_left.txt").read_text() == "", "the process group outlived shutdown"
 
 
 def test_torchrun_trains_through_the_cli_and_rank_zero_alone_writes(tmp_path):
@@ -108,11 +112,28 @@ def test_torchrun_trains_through_the_cli_and_rank_zero_alone_writes(tmp_path):
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("set on digits") == 1  # only rank 0 reports
-    import json
-
     result = json.loads((out / "result.json").read_text())
     assert result["world_size"] == 2 and result["final_test_acc"] > 0.6
     assert not list(out.glob(".*.tmp"))
+
+
+def test_a_distributed_training_run_frees_its_process_group_before_it_returns(tmp_path):
+    mp.spawn(_training_worker, args=(str(tmp_path), free_port()), nprocs=2, join=True)
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["world_size"] == 2
+    for rank in range(2):
+        assert (tmp_path / f"rank{rank}_threads_left.txt").read_text() == "", "the process group outlived training"
+
+
+def _training_worker(rank: int, folder: str, port: str) -> None:
+    """One rank of what torchrun starts, through the engine's own entry point."""
+    from evosparse.engine.config import build_config
+    from evosparse.engine.loop import train
+
+    os.environ.update(
+        {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+    )
+    train(build_config(None, {"epochs": 1, "hidden": "16", "out": f"{folder}/run"}), progress=False)
+    (Path(folder) / f"rank{rank}_threads_left.txt").write_text("\n".join(gloo_threads()))
 
 
 def test_methods_with_modules_of_their_own_are_refused_under_ddp(tmp_path):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn  # noqa: F401  before any process group exists: see initialise
 
 from evosparse.errors import UsageError
 from evosparse.topology.layer import SparseLayer
@@ -58,15 +59,27 @@ def current_context() -> DistributedContext:
 
 
 def initialise(context: DistributedContext, device: torch.device) -> None:
-    """Join the process group: gloo for CPU, nccl for CUDA (no-op for a single process)."""
+    """Join the process group: gloo for CPU, nccl for CUDA (no-op for a single process).
+
+    This module imports ``torch.distributed.nn`` before any group exists, because its functions take
+    ``group.WORLD`` as a default argument: imported later (``torch.optim`` does, through torch._dynamo),
+    they hold the group for the life of the process, so :func:`shutdown` cannot free it, and its gloo
+    threads, still releasing the last collectives' tensors, race the interpreter's exit and abort it
+    ("terminate called without an active exception"). A user who calls ``init_process_group`` directly
+    gets the same protection by importing ``evosparse.distributed`` (or ``torch.distributed.nn``) first.
+    """
     if not context.active or dist.is_initialized():
         return
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
 
 def shutdown(context: DistributedContext) -> None:
-    """Leave the process group once every rank is done: tearing it down while a peer still talks to it
-    aborts gloo ("terminate called without an active exception")."""
+    """Leave the process group once every rank is done, and free it: its backend's threads are joined
+    here, while the interpreter is whole, not at exit (see :func:`initialise`).
+
+    Drop every DistributedDataParallel wrapper first: its reducer holds the group too. Tearing the group
+    down while a peer still talks to it aborts gloo, hence the barrier.
+    """
     if context.active and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

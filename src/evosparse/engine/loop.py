@@ -620,4 +620,5 @@ def train(
         with locked_folder(trainer.out, sweep=(SNAPSHOT_DIR,)) if trainer.context.is_leader else nullcontext():
             return trainer.run(resume=resume or resume_if_present, if_present=resume_if_present)
     finally:
+        trainer.train_model = trainer.model  # the DDP wrapper's reducer holds the process group
         shutdown(trainer.context)
