@@ -40,12 +40,7 @@ import torch.nn.functional as F
 from csr_ops import CLOCKS, interleaved_times, parse_list
 
 from evosparse.backends.condensed_layout import CondensedStructure, expand
-from evosparse.backends.condensed_ops import (
-    _forward,
-    _input_gradient_t,
-    _value_gradient,
-    condensed_linear,
-)
+from evosparse.backends.condensed_ops import KERNELS, condensed_linear
 from evosparse.backends.csr_ops import SDDMM_BATCH_BLOCK, CsrStructure, _sddmm, csr_linear
 
 IMPLEMENTATIONS = ("dense", "condensed", "csr")
@@ -192,7 +187,7 @@ def print_alternatives(case: Case, repeats: int, clock: str, chunk: int) -> None
         )
 
     variants: dict[str, Callable[[], object]] = {
-        "fwd condensed_ops (chosen)": lambda: _forward(x_t, values, None, structure),
+        "fwd condensed_ops (chosen)": lambda: KERNELS.forward(x_t, values, None, structure),
         "fwd bag over xT": lambda: F.embedding_bag(indices, x_t, mode="sum", per_sample_weights=values),
         "fwd bag over zero-padded xT": lambda: F.embedding_bag(
             indices, padded[0], mode="sum", per_sample_weights=values
@@ -204,13 +199,13 @@ def print_alternatives(case: Case, repeats: int, clock: str, chunk: int) -> None
         "fwd gather xT rows + bmm": lambda: gather_bmm_forward(x_t, values, indices, chunk),
         "fwd gather x[:, idx] + einsum": lambda: gather_einsum_forward(x, values, indices, chunk),
         "fwd dense F.linear": lambda: F.linear(x, case.weight.detach()),
-        "gx condensed_ops (chosen)": lambda: _input_gradient_t(values, structure, grad_y_t),
+        "gx condensed_ops (chosen)": lambda: KERNELS.input_gradient_t(values, grad_y_t, structure),
         "gx bag over transposed index": lambda: transposed_bag(structure.t_rows.dtype),
         "gx bag over transposed index, int64": lambda: transposed_bag(torch.int64),
         "gx index_add_ of values * gyT": lambda: scatter_input_gradient(grad_y_t, values, indices, width, chunk),
         "gx CSR(WT) @ gyT": lambda: torch.mm(csr_structure.sparse_weight_t(flat_values), grad_y_t),
         "gx dense gy @ W": lambda: grad_y @ case.weight.detach(),
-        "gW condensed_ops (chosen)": lambda: _value_gradient(x_t, grad_y_t, structure),
+        "gW condensed_ops (chosen)": lambda: KERNELS.value_gradient(x_t, grad_y_t, structure),
         "gW SDDMM": lambda: _sddmm(structure.crow_indices, flat_indices, structure.shape, grad_y_t, x_t),
         "gW SDDMM, int64 indices": lambda: _sddmm(
             structure.crow_indices.long(), long_flat_indices, structure.shape, grad_y_t, x_t

@@ -25,7 +25,8 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch import Tensor
 
-from evosparse.backends.csr_ops import _check_shape, _compressed_offsets, _describe, index_dtype
+from evosparse.backends.csr_ops import _check_shape, _compressed_offsets, index_dtype
+from evosparse.backends.sparse_linear_function import describe
 from evosparse.errors import UsageError
 
 
@@ -58,7 +59,7 @@ class CondensedStructure:
             or indices.is_floating_point()
             or indices.dtype == torch.bool
         ):
-            raise UsageError(f"indices must be a 2-D integer tensor (out_features, k), got {_describe(indices)}")
+            raise UsageError(f"indices must be a 2-D integer tensor (out_features, k), got {describe(indices)}")
         out_features, in_features = _check_shape((indices.shape[0], in_features))
         if indices.shape[1] == 0:
             raise UsageError("a condensed weight needs at least one connection per output unit, got k = 0")
@@ -89,7 +90,7 @@ class CondensedStructure:
         """
         out_features, in_features = _check_shape(shape)
         if not isinstance(positions, Tensor) or positions.dim() != 1 or positions.is_floating_point():
-            raise UsageError(f"positions must be a 1-D integer tensor, got {_describe(positions)}")
+            raise UsageError(f"positions must be a 1-D integer tensor, got {describe(positions)}")
         positions = torch.sort(positions.to(torch.int64)).values
         if positions.numel() and (int(positions[0]) < 0 or int(positions[-1]) >= out_features * in_features):
             raise UsageError(f"positions must lie in [0, {out_features * in_features}) for shape {shape}")
@@ -111,7 +112,7 @@ class CondensedStructure:
     def from_mask(cls, mask: Tensor) -> CondensedStructure:
         """Structure of the set entries of a 2-D boolean mask (out_features, in_features) with equal row counts."""
         if not isinstance(mask, Tensor) or mask.dim() != 2 or mask.dtype != torch.bool:
-            raise UsageError(f"a mask must be a 2-D boolean tensor, got {_describe(mask)}")
+            raise UsageError(f"a mask must be a 2-D boolean tensor, got {describe(mask)}")
         return cls.from_positions(torch.nonzero(mask.flatten()).flatten(), (mask.shape[0], mask.shape[1]))
 
     @property
@@ -152,7 +153,7 @@ def condense(weight: Tensor, mask: Tensor) -> tuple[Tensor, CondensedStructure]:
         or not isinstance(mask, Tensor)
         or mask.shape != weight.shape
     ):
-        raise UsageError(f"need a 2-D weight and a mask of its shape, got {_describe(weight)} and {_describe(mask)}")
+        raise UsageError(f"need a 2-D weight and a mask of its shape, got {describe(weight)} and {describe(mask)}")
     structure = CondensedStructure.from_mask(mask).to(weight.device)
     return weight.detach().gather(1, structure.indices.to(torch.int64)), structure
 
@@ -160,5 +161,5 @@ def condense(weight: Tensor, mask: Tensor) -> tuple[Tensor, CondensedStructure]:
 def expand(values: Tensor, structure: CondensedStructure) -> Tensor:
     """The dense (out_features, in_features) weight with ``values`` at the structure's positions, zero elsewhere."""
     if not isinstance(values, Tensor) or values.shape != structure.indices.shape:
-        raise UsageError(f"values must have shape {tuple(structure.indices.shape)}, got {_describe(values)}")
+        raise UsageError(f"values must have shape {tuple(structure.indices.shape)}, got {describe(values)}")
     return values.new_zeros(structure.shape).scatter(1, structure.indices.to(torch.int64), values)

@@ -57,16 +57,13 @@ same two tensors, formed on update steps only.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from evosparse.backends.condensed_layout import CondensedStructure
-from evosparse.backends.csr_ops import GradientTap, _describe, _sampled_products
-from evosparse.errors import UsageError
+from evosparse.backends.csr_ops import GradientTap, _sampled_products
+from evosparse.backends.sparse_linear_function import SparseLinearFunction, check_operands
 
 
 def condensed_linear(
@@ -88,27 +85,64 @@ def condensed_linear(
     if torch.is_autocast_enabled(device_type) and x.is_floating_point():
         with torch.autocast(device_type, enabled=False):
             return condensed_linear(x.to(values.dtype), values, structure, bias, tap)
-    _check_operands(x, values, structure, bias)
+    check_operands(
+        x,
+        values,
+        bias,
+        shape=structure.shape,
+        device=structure.device,
+        values_shape=tuple(structure.indices.shape),
+        values_meaning="out_features, k",
+    )
     x_2d = x.reshape(-1, structure.shape[1])
     operands = (x_2d, values) if bias is None else (x_2d, values, bias)
     if torch.is_grad_enabled() and any(t.requires_grad for t in operands):
-        y_2d = _CondensedLinear.apply(x_2d, values, bias, structure, tap)
+        y_2d = SparseLinearFunction.apply(x_2d, values, bias, structure, tap, KERNELS)
     else:
-        y_2d = _forward(x_2d.t().contiguous(), values, bias, structure)
+        y_2d = KERNELS.forward(x_2d.t().contiguous(), values, bias, structure)
     return y_2d.reshape(*x.shape[:-1], structure.shape[0])
 
 
-def _forward(x_t: Tensor, values: Tensor, bias: Tensor | None, structure: CondensedStructure) -> Tensor:
-    """y (batch, out), column-major, from xᵀ (in, batch): weighted bag sums of xᵀ's rows, plus the bias."""
-    y_t = _weighted_bag_sums(structure.indices, x_t, None, values)
-    # A fresh tensor, not a transposed view of y_t: autograd forbids in-place changes (ReLU(inplace=True))
-    # of views made inside a custom Function. The copy is out · batch, against nnz · batch for the sums.
-    y = torch.empty_strided((x_t.shape[1], structure.shape[0]), (1, x_t.shape[1]), dtype=y_t.dtype, device=y_t.device)
-    if bias is None:
-        y.t().copy_(y_t)
-    else:
-        torch.add(y_t, bias.unsqueeze(1), out=y.t())
-    return y
+class CondensedKernels:
+    """The condensed layout's products, for :class:`~evosparse.backends.sparse_linear_function.SparseLinearFunction`."""
+
+    @staticmethod
+    def forward(x_t: Tensor, values: Tensor, bias: Tensor | None, structure: CondensedStructure) -> Tensor:
+        """y (batch, out), column-major, from xᵀ (in, batch): weighted bag sums of xᵀ's rows, plus the bias."""
+        y_t = _weighted_bag_sums(structure.indices, x_t, None, values)
+        # A fresh tensor, not a transposed view of y_t (see SparseLinearKernels.forward). The copy is
+        # out · batch, against nnz · batch for the sums.
+        batch = x_t.shape[1]
+        y = torch.empty_strided((batch, structure.shape[0]), (1, batch), dtype=y_t.dtype, device=y_t.device)
+        if bias is None:
+            y.t().copy_(y_t)
+        else:
+            torch.add(y_t, bias.unsqueeze(1), out=y.t())
+        return y
+
+    @staticmethod
+    def input_gradient_t(values: Tensor, grad_y_t: Tensor, structure: CondensedStructure) -> Tensor:
+        """grad_xᵀ (in, batch) = Wᵀ grad_yᵀ: bag sums over the transposed index, or a scatter at batch 1."""
+        if grad_y_t.shape[1] == 1:
+            products = (values * grad_y_t).flatten()
+            grad_x = products.new_zeros(structure.shape[1]).index_add_(0, structure.indices.flatten(), products)
+            return grad_x.unsqueeze(1)
+        weights = values.flatten().index_select(0, structure.t_permutation)
+        return _weighted_bag_sums(structure.t_rows, grad_y_t, structure.t_offsets, weights)
+
+    @staticmethod
+    def value_gradient(x_t: Tensor, grad_y_t: Tensor, structure: CondensedStructure) -> Tensor:
+        """grad_values (out, k) = Σ_b grad_yᵀ[o, b] · xᵀ[indices[o, j], b]: the SDDMM, or at batch 1
+        x[indices] · grad_y."""
+        flat_indices = structure.indices.flatten()
+        if x_t.shape[1] == 1:
+            gathered = x_t.view(-1).index_select(0, flat_indices).view(structure.indices.shape)
+            return gathered.mul_(grad_y_t)
+        products = _sampled_products(structure.crow_indices, flat_indices, structure.shape, grad_y_t, x_t)
+        return products.view(structure.indices.shape)
+
+
+KERNELS = CondensedKernels()
 
 
 def _weighted_bag_sums(indices: Tensor, table: Tensor, offsets: Tensor | None, weights: Tensor) -> Tensor:
@@ -121,87 +155,3 @@ def _weighted_bag_sums(indices: Tensor, table: Tensor, offsets: Tensor | None, w
     if table.shape[1] == 1:
         return _weighted_bag_sums(indices, F.pad(table, (0, 1)), offsets, weights)[:, :1]
     return F.embedding_bag(indices, table, offsets, mode="sum", per_sample_weights=weights)
-
-
-class _CondensedLinear(torch.autograd.Function):
-    """Autograd function behind :func:`condensed_linear` for 2-D x (batch x in)."""
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        x: Tensor,
-        values: Tensor,
-        bias: Tensor | None,
-        structure: CondensedStructure,
-        tap: GradientTap | None,
-    ) -> Tensor:
-        x_t = x.t().contiguous()
-        y = _forward(x_t, values, bias, structure)
-        needs_x, needs_values, _, _, _ = ctx.needs_input_grad
-        keep_x_t = needs_values or tap is not None
-        ctx.save_for_backward(x_t if keep_x_t else None, values if needs_x else None)
-        ctx.structure, ctx.tap = structure, tap
-        return y
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
-        x_t, values = ctx.saved_tensors
-        structure: CondensedStructure = ctx.structure
-        needs_x, needs_values, needs_bias, _, _ = ctx.needs_input_grad
-        grad_y_t = grad_y.t().contiguous()
-        grad_x = grad_values = grad_bias = None
-        if needs_x:
-            grad_x = _input_gradient_t(values, structure, grad_y_t).t()
-        if needs_values:
-            grad_values = _value_gradient(x_t, grad_y_t, structure)
-        if needs_bias:
-            grad_bias = grad_y_t.sum(dim=1)
-        if ctx.tap is not None:
-            ctx.tap.record(x_t, grad_y_t)
-        return grad_x, grad_values, grad_bias, None, None
-
-
-def _input_gradient_t(values: Tensor, structure: CondensedStructure, grad_y_t: Tensor) -> Tensor:
-    """grad_xᵀ (in, batch) = Wᵀ grad_yᵀ: bag sums over the transposed index, or a scatter at batch 1."""
-    if grad_y_t.shape[1] == 1:
-        products = (values * grad_y_t).flatten()
-        grad_x = products.new_zeros(structure.shape[1]).index_add_(0, structure.indices.flatten(), products)
-        return grad_x.unsqueeze(1)
-    weights = values.flatten().index_select(0, structure.t_permutation)
-    return _weighted_bag_sums(structure.t_rows, grad_y_t, structure.t_offsets, weights)
-
-
-def _value_gradient(x_t: Tensor, grad_y_t: Tensor, structure: CondensedStructure) -> Tensor:
-    """grad_values (out, k) = Σ_b grad_yᵀ[o, b] · xᵀ[indices[o, j], b]: the SDDMM, or at batch 1 x[indices] · grad_y."""
-    flat_indices = structure.indices.flatten()
-    if x_t.shape[1] == 1:
-        gathered = x_t.view(-1).index_select(0, flat_indices).view(structure.indices.shape)
-        return gathered.mul_(grad_y_t)
-    products = _sampled_products(structure.crow_indices, flat_indices, structure.shape, grad_y_t, x_t)
-    return products.view(structure.indices.shape)
-
-
-def _check_operands(x: Tensor, values: Tensor, structure: CondensedStructure, bias: Tensor | None) -> None:
-    """Raise a UsageError when the operands of condensed_linear do not fit together."""
-    out_features, in_features = structure.shape
-    if not isinstance(x, Tensor) or x.dim() == 0 or x.shape[-1] != in_features:
-        raise UsageError(f"input must have last dimension {in_features} (in_features), got {_describe(x)}")
-    if not isinstance(values, Tensor) or values.shape != structure.indices.shape:
-        raise UsageError(
-            f"values must be a tensor of shape {tuple(structure.indices.shape)} (out_features, k), "
-            f"got {_describe(values)}"
-        )
-    if bias is not None and (not isinstance(bias, Tensor) or bias.shape != (out_features,)):
-        raise UsageError(f"bias must be a 1-D tensor of {out_features} entries (out_features), got {_describe(bias)}")
-    operands = [("input", x), ("values", values)] + ([("bias", bias)] if bias is not None else [])
-    if not values.is_floating_point() or any(t.dtype != values.dtype for _, t in operands):
-        raise UsageError(
-            "input, values and bias must share one floating dtype, got "
-            + ", ".join(f"{name} {t.dtype}" for name, t in operands)
-        )
-    if any(t.device != structure.device for _, t in operands):
-        raise UsageError(
-            f"input, values and bias must be on the structure's device {structure.device}, got "
-            + ", ".join(f"{name} {t.device}" for name, t in operands)
-        )

@@ -1,4 +1,4 @@
-"""Truly sparse linear layer kernels: CSR storage and an autograd function whose cost grows with nnz.
+"""Truly sparse linear layer kernels: CSR storage and products whose cost grows with nnz.
 
 A sparse weight W of logical shape (out_features, in_features) is kept as a 1-D ``values`` tensor
 (one entry per active connection, an ``nn.Parameter`` an optimizer can hold) plus a
@@ -46,13 +46,12 @@ import functools
 import warnings
 from dataclasses import dataclass, fields, replace
 from numbers import Integral
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
+from evosparse.backends.sparse_linear_function import SparseLinearFunction, check_operands, describe
 from evosparse.errors import UsageError
 
 # torch warns once per process that CSR is "beta"; the calls used here are stable since torch 2.0.
@@ -107,7 +106,7 @@ class CsrStructure:
     def from_dense_mask(cls, mask: Tensor) -> CsrStructure:
         """Structure of the nonzero entries of a 2-D mask (out_features x in_features)."""
         if not isinstance(mask, Tensor) or mask.dim() != 2:
-            raise UsageError(f"a mask must be a 2-D tensor, got {_describe(mask)}")
+            raise UsageError(f"a mask must be a 2-D tensor, got {describe(mask)}")
         rows, cols = mask.nonzero(as_tuple=True)
         return cls._from_sorted(rows, cols, _check_shape(tuple(mask.shape)))
 
@@ -222,9 +221,17 @@ def csr_linear(
         bias = None if bias is None else bias.to(dtype)
         with torch.autocast(device_type, enabled=False):
             return csr_linear(x, values, structure, bias, tap)
-    _check_operands(x, values, structure, bias)
+    check_operands(
+        x,
+        values,
+        bias,
+        shape=structure.shape,
+        device=structure.device,
+        values_shape=(structure.nnz,),
+        values_meaning="nnz",
+    )
     x_2d = x.reshape(-1, structure.shape[1])
-    y_2d = _CsrLinear.apply(x_2d, values, bias, structure, tap)
+    y_2d = SparseLinearFunction.apply(x_2d, values, bias, structure, tap, KERNELS)
     return y_2d.reshape(*x.shape[:-1], structure.shape[0])
 
 
@@ -241,7 +248,7 @@ def kernels_support(dtype: torch.dtype, device: torch.device) -> bool:
     x = torch.ones(3, 2, dtype=dtype, device=device, requires_grad=True)
     try:
         with torch.autocast(device.type, enabled=False):
-            _CsrLinear.apply(x, values, None, structure, None).sum().backward()
+            SparseLinearFunction.apply(x, values, None, structure, None, KERNELS).sum().backward()
     except (RuntimeError, NotImplementedError):
         return False
     return True
@@ -255,7 +262,7 @@ def sampled_gradient(x: Tensor, grad_y: Tensor, rows: Tensor, cols: Tensor) -> T
     """
     if not isinstance(x, Tensor) or not isinstance(grad_y, Tensor) or x.dim() == 0 or grad_y.dim() == 0:
         raise UsageError(
-            f"x and grad_y must be tensors with a feature dimension, got {_describe(x)} and {_describe(grad_y)}"
+            f"x and grad_y must be tensors with a feature dimension, got {describe(x)} and {describe(grad_y)}"
         )
     if x.shape[:-1] != grad_y.shape[:-1]:
         raise UsageError(f"x {tuple(x.shape)} and grad_y {tuple(grad_y.shape)} must share their leading dimensions")
@@ -276,52 +283,34 @@ def sampled_gradient(x: Tensor, grad_y: Tensor, rows: Tensor, cols: Tensor) -> T
     return products if inverse is None else products.index_select(0, inverse)
 
 
-class _CsrLinear(torch.autograd.Function):
-    """Autograd function behind :func:`csr_linear` for 2-D x (batch x in)."""
+class CsrKernels:
+    """The csr layout's products, for :class:`~evosparse.backends.sparse_linear_function.SparseLinearFunction`."""
 
     @staticmethod
-    def forward(
-        ctx: Any,
-        x: Tensor,
-        values: Tensor,
-        bias: Tensor | None,
-        structure: CsrStructure,
-        tap: GradientTap | None,
-    ) -> Tensor:
-        x_t = x.t().contiguous()
+    def forward(x_t: Tensor, values: Tensor, bias: Tensor | None, structure: CsrStructure) -> Tensor:
+        """y (batch, out), column-major: W (CSR) times xᵀ written through y's transpose (a fresh tensor, not
+        a view, so in-place ops on the output such as ReLU(inplace=True) stay legal)."""
         weight = structure.sparse_weight(values)
-        # y is allocated column-major and filled through its transpose: not a view, so in-place ops
-        # on the output (ReLU(inplace=True)) stay legal.
-        y = torch.empty_strided((x.shape[0], structure.shape[0]), (1, x.shape[0]), dtype=x.dtype, device=x.device)
+        batch = x_t.shape[1]
+        y = torch.empty_strided((batch, structure.shape[0]), (1, batch), dtype=x_t.dtype, device=x_t.device)
         if bias is None:
             torch.mm(weight, x_t, out=y.t())
         else:
             torch.addmm(bias.unsqueeze(1), weight, x_t, out=y.t())
-        needs_x, needs_values, _, _, _ = ctx.needs_input_grad
-        keep_x_t = needs_values or tap is not None
-        ctx.save_for_backward(x_t if keep_x_t else None, values if needs_x else None)
-        ctx.structure, ctx.tap = structure, tap
         return y
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
-        x_t, values = ctx.saved_tensors
-        structure: CsrStructure = ctx.structure
-        needs_x, needs_values, needs_bias, _, _ = ctx.needs_input_grad
-        grad_y_t = grad_y.t().contiguous()
-        grad_x = grad_values = grad_bias = None
-        if needs_x:
-            grad_x = torch.mm(structure.sparse_weight_t(values), grad_y_t).t()
-        if needs_values:
-            grad_values = _sampled_products(
-                structure.crow_indices, structure.col_indices, structure.shape, grad_y_t, x_t
-            )
-        if needs_bias:
-            grad_bias = grad_y_t.sum(dim=1)
-        if ctx.tap is not None:
-            ctx.tap.record(x_t, grad_y_t)
-        return grad_x, grad_values, grad_bias, None, None
+    def input_gradient_t(values: Tensor, grad_y_t: Tensor, structure: CsrStructure) -> Tensor:
+        """grad_xᵀ = Wᵀ grad_yᵀ with Wᵀ in CSR (values gathered through the permutation)."""
+        return torch.mm(structure.sparse_weight_t(values), grad_y_t)
+
+    @staticmethod
+    def value_gradient(x_t: Tensor, grad_y_t: Tensor, structure: CsrStructure) -> Tensor:
+        """The SDDMM at the active positions, in CSR order."""
+        return _sampled_products(structure.crow_indices, structure.col_indices, structure.shape, grad_y_t, x_t)
+
+
+KERNELS = CsrKernels()
 
 
 def _sampled_products(
@@ -399,7 +388,7 @@ def _check_positions(
     """Validate 1-D integer position vectors inside ``shape``; return them as int64 (on ``device``)."""
     for name, index in (("rows", rows), ("cols", cols)):
         if not isinstance(index, Tensor) or index.dim() != 1 or index.is_floating_point() or index.dtype == torch.bool:
-            raise UsageError(f"{name} must be a 1-D integer tensor, got {_describe(index)}")
+            raise UsageError(f"{name} must be a 1-D integer tensor, got {describe(index)}")
     if rows.numel() != cols.numel():
         raise UsageError(f"rows and cols must have the same length, got {rows.numel()} and {cols.numel()}")
     rows, cols = rows.to(device=device, dtype=torch.int64), cols.to(device=device, dtype=torch.int64)
@@ -407,32 +396,3 @@ def _check_positions(
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= bound):
             raise UsageError(f"{name} must lie in [0, {bound}), got values in [{int(index.min())}, {int(index.max())}]")
     return rows, cols
-
-
-def _check_operands(x: Tensor, values: Tensor, structure: CsrStructure, bias: Tensor | None) -> None:
-    """Raise a UsageError when the operands of csr_linear do not fit together."""
-    out_features, in_features = structure.shape
-    if not isinstance(x, Tensor) or x.dim() == 0 or x.shape[-1] != in_features:
-        raise UsageError(f"input must have last dimension {in_features} (in_features), got {_describe(x)}")
-    if not isinstance(values, Tensor) or values.shape != (structure.nnz,):
-        raise UsageError(f"values must be a 1-D tensor of {structure.nnz} entries (nnz), got {_describe(values)}")
-    if bias is not None and (not isinstance(bias, Tensor) or bias.shape != (out_features,)):
-        raise UsageError(f"bias must be a 1-D tensor of {out_features} entries (out_features), got {_describe(bias)}")
-    operands = [("input", x), ("values", values)] + ([("bias", bias)] if bias is not None else [])
-    if not values.is_floating_point() or any(t.dtype != values.dtype for _, t in operands):
-        raise UsageError(
-            "input, values and bias must share one floating dtype, got "
-            + ", ".join(f"{name} {t.dtype}" for name, t in operands)
-        )
-    if any(t.device != structure.device for _, t in operands):
-        raise UsageError(
-            f"input, values and bias must be on the structure's device {structure.device}, got "
-            + ", ".join(f"{name} {t.device}" for name, t in operands)
-        )
-
-
-def _describe(obj: object) -> str:
-    """Short description of an argument for error messages."""
-    if isinstance(obj, Tensor):
-        return f"a {obj.dtype} tensor of shape {tuple(obj.shape)}"
-    return f"{type(obj).__name__}"
