@@ -17,7 +17,7 @@ from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 import evosparse
-from evosparse.distributed import current_context, shutdown
+from evosparse.distributed import shutdown
 
 STEPS = 8
 
@@ -61,7 +61,7 @@ def worker(rank: int, world_size: int, folder: str, method: str) -> None:
                 Path(folder) / f"rank{rank}_step{step}.pt",
             )
     del ddp  # its reducer holds the process group
-    shutdown(current_context())
+    shutdown()
     (Path(folder) / f"rank{rank}_threads_left.txt").write_text("\n".join(gloo_threads()))
 
 
@@ -117,23 +117,41 @@ def test_torchrun_trains_through_the_cli_and_rank_zero_alone_writes(tmp_path):
     assert not list(out.glob(".*.tmp"))
 
 
-def test_a_distributed_training_run_frees_its_process_group_before_it_returns(tmp_path):
-    mp.spawn(_training_worker, args=(str(tmp_path), free_port()), nprocs=2, join=True)
-    assert json.loads((tmp_path / "run" / "result.json").read_text())["world_size"] == 2
+@pytest.mark.parametrize("compile_model", [False, True], ids=["eager", "compiled"])
+def test_a_distributed_training_run_frees_its_process_group_at_shutdown(tmp_path, compile_model):
+    mp.spawn(_training_worker, args=(str(tmp_path), free_port(), compile_model), nprocs=2, join=True)
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["world_size"] == 2 and sum(epoch["connections_changed"] for epoch in result["epochs"]) > 0
     for rank in range(2):
-        assert (tmp_path / f"rank{rank}_threads_left.txt").read_text() == "", "the process group outlived training"
+        assert (tmp_path / f"rank{rank}_threads_left.txt").read_text() == "", "the process group outlived shutdown"
 
 
-def _training_worker(rank: int, folder: str, port: str) -> None:
-    """One rank of what torchrun starts, through the engine's own entry point."""
+def test_a_run_refused_after_joining_the_group_still_leaves_it(tmp_path):
+    mp.spawn(_training_worker, args=(str(tmp_path), free_port(), False, "liset"), nprocs=2, join=True)
+    for rank in range(2):
+        assert "DDP does not synchronise" in (tmp_path / f"rank{rank}_error.txt").read_text()
+        assert (tmp_path / f"rank{rank}_threads_left.txt").read_text() == "", "the process group outlived the error"
+
+
+def _training_worker(rank: int, folder: str, port: str, compile_model: bool, method: str = "set") -> None:
+    """One rank of what torchrun starts, through the engine's own entry point; lists the gloo threads left
+    straight after the engine's shutdown (the trainer, and with it DDP, is still alive then)."""
+    from evosparse.engine import loop
     from evosparse.engine.config import build_config
-    from evosparse.engine.loop import train
 
+    def shutdown_and_list_threads(wait_for_peers: bool = True) -> None:
+        shutdown(wait_for_peers)
+        (Path(folder) / f"rank{rank}_threads_left.txt").write_text("\n".join(gloo_threads()))
+
+    loop.shutdown = shutdown_and_list_threads
     os.environ.update(
         {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
     )
-    train(build_config(None, {"epochs": 1, "hidden": "16", "out": f"{folder}/run"}), progress=False)
-    (Path(folder) / f"rank{rank}_threads_left.txt").write_text("\n".join(gloo_threads()))
+    options = {"epochs": 2, "hidden": "16", "compile": compile_model, "method": method, "out": f"{folder}/run"}
+    try:
+        loop.train(build_config(None, options), progress=False)
+    except evosparse.errors.UsageError as error:  # refused after the group was joined
+        (Path(folder) / f"rank{rank}_error.txt").write_text(str(error))
 
 
 def test_methods_with_modules_of_their_own_are_refused_under_ddp(tmp_path):

@@ -10,13 +10,16 @@ come from rank 0's shard of the data only.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn  # noqa: F401  before any process group exists: see initialise
+
+if dist.is_available():
+    import torch.distributed.nn  # noqa: F401  before any process group exists: see initialise
 
 from evosparse.errors import UsageError
 from evosparse.topology.layer import SparseLayer
@@ -51,38 +54,50 @@ def context_from_environment() -> DistributedContext:
     return DistributedContext(rank, world_size, local_rank)
 
 
+def group_exists() -> bool:
+    """Whether this process is in a process group already (its own, or one :func:`initialise` made)."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def current_context() -> DistributedContext:
     """The context of an already initialised process group (a user's own DDP loop), else single-process."""
-    if dist.is_available() and dist.is_initialized():
+    if group_exists():
         return DistributedContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
     return DistributedContext()
 
 
 def initialise(context: DistributedContext, device: torch.device) -> None:
-    """Join the process group: gloo for CPU, nccl for CUDA (no-op for a single process).
+    """Join the process group: gloo for CPU, nccl for CUDA (no-op for a single process or an existing group).
 
     This module imports ``torch.distributed.nn`` before any group exists, because its functions take
-    ``group.WORLD`` as a default argument: imported later (``torch.optim`` does, through torch._dynamo),
-    they hold the group for the life of the process, so :func:`shutdown` cannot free it, and its gloo
-    threads, still releasing the last collectives' tensors, race the interpreter's exit and abort it
-    ("terminate called without an active exception"). A user who calls ``init_process_group`` directly
-    gets the same protection by importing ``evosparse.distributed`` (or ``torch.distributed.nn``) first.
+    ``group.WORLD`` as a default argument: imported later (the first optimizer built imports it, through
+    torch._dynamo), they hold the group for the life of the process, so :func:`shutdown` cannot free it,
+    and its gloo threads, still releasing the last collectives' tensors, race the interpreter's exit and
+    abort it ("terminate called without an active exception"). A user who calls ``init_process_group``
+    directly gets the same protection by importing ``evosparse.distributed`` first. (torch's
+    ``ZeroRedundancyOptimizer`` and FSDP's ``ShardedGradScaler`` take the same default: import them
+    before the group too.)
     """
-    if not context.active or dist.is_initialized():
+    if not context.active or group_exists():
         return
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
 
-def shutdown(context: DistributedContext) -> None:
-    """Leave the process group once every rank is done, and free it: its backend's threads are joined
-    here, while the interpreter is whole, not at exit (see :func:`initialise`).
+def shutdown(wait_for_peers: bool = True) -> None:
+    """Leave the process group and free it, so that its backend's threads are joined here, while the
+    interpreter is whole, not at its exit (see :func:`initialise`); no-op without a group.
 
-    Drop every DistributedDataParallel wrapper first: its reducer holds the group too. Tearing the group
-    down while a peer still talks to it aborts gloo, hence the barrier.
+    Delete every DistributedDataParallel wrapper first: its reducer holds the group too (garbage is
+    collected here, for a wrapper in a reference cycle, as ``torch.compile`` makes). ``wait_for_peers``:
+    a barrier first, since tearing the group down while a peer still talks to it aborts gloo; pass False
+    when this rank failed, as its peers will not reach the barrier (torchrun stops them).
     """
-    if context.active and dist.is_initialized():
+    if not group_exists():
+        return
+    gc.collect()
+    if wait_for_peers:
         dist.barrier()
-        dist.destroy_process_group()
+    dist.destroy_process_group()
 
 
 def shard(batch: torch.Tensor, context: DistributedContext) -> torch.Tensor:

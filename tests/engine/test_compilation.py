@@ -1,5 +1,5 @@
-"""``--compile``: the compiled training forward pass sees every topology update (masks and csr structures
-change outside it), trains as the eager model does, and is refused in one line where torch.compile fails."""
+"""``--compile``: the compiled training forward pass sees every topology update (masks and csr or condensed
+structures change outside it), trains as the eager model does, and is refused in one line where torch.compile fails."""
 
 from pathlib import Path
 
@@ -24,12 +24,16 @@ def compiler():
         pytest.skip(f"torch.compile fails here: {problem}")
 
 
-@pytest.mark.parametrize("backend", ["masked", "csr"])
+@pytest.mark.parametrize("backend", ["masked", "csr", "condensed"])
 def test_the_compiled_model_computes_what_the_eager_one_does_after_set_rewires_it(compiler, backend):
     torch.manual_seed(0)
     model = small_mlp()
+    for index, module in enumerate(model):
+        if isinstance(module, torch.nn.ReLU):  # in place on a sparse layer's output: legal in compiled code too
+            model[index] = torch.nn.ReLU(inplace=True)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    sparsifier = evosparse.sparsify(model, optimizer, "set", density=0.3, backend=backend, seed=1, zeta=0.3)
+    per_unit = {"per_neuron": True} if backend == "condensed" else {}  # a constant fan-in for condensed
+    sparsifier = evosparse.sparsify(model, optimizer, "set", density=0.3, backend=backend, seed=1, zeta=0.3, **per_unit)
     fast = compiled(model)
     for x, y in batches(3):
         optimizer.zero_grad()
@@ -46,6 +50,9 @@ def test_the_compiled_model_computes_what_the_eager_one_does_after_set_rewires_i
     after = fast(probe).detach()
     assert not torch.equal(after, before)
     torch.testing.assert_close(after, model(probe).detach(), rtol=1e-6, atol=1e-6)
+    torch._dynamo.reset()  # else the code compiled above serves again, whatever the backend
+    traced = torch.compile(model, backend="aot_eager")  # autograd traced too: in-place ReLU on a traced output
+    torch.testing.assert_close(traced(probe), model(probe), rtol=1e-6, atol=1e-6)
     for layer in sparsifier.topology.layers:
         if getattr(layer, "mask", None) is not None:
             assert not layer.weight[~layer.mask].any(), layer.name

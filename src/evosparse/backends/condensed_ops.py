@@ -63,7 +63,7 @@ from torch import Tensor
 
 from evosparse.backends.condensed_layout import CondensedStructure
 from evosparse.backends.csr_ops import GradientTap, _sampled_products
-from evosparse.backends.sparse_linear_function import SparseLinearFunction, check_operands
+from evosparse.backends.sparse_linear_function import SparseLinearFunction, SparseLinearKernels, check_operands
 
 
 def condensed_linear(
@@ -110,15 +110,13 @@ class CondensedKernels:
     def forward(x_t: Tensor, values: Tensor, bias: Tensor | None, structure: CondensedStructure) -> Tensor:
         """y (batch, out), column-major, from xᵀ (in, batch): weighted bag sums of xᵀ's rows, plus the bias."""
         y_t = _weighted_bag_sums(structure.indices, x_t, None, values)
-        # A fresh tensor, not a transposed view of y_t (see SparseLinearKernels.forward). The copy is
-        # out · batch, against nnz · batch for the sums.
-        batch = x_t.shape[1]
-        y = torch.empty_strided((batch, structure.shape[0]), (1, batch), dtype=y_t.dtype, device=y_t.device)
-        if bias is None:
-            y.t().copy_(y_t)
-        else:
-            torch.add(y_t, bias.unsqueeze(1), out=y.t())
-        return y
+        if bias is not None:
+            y_t.add_(bias.unsqueeze(1))
+        # A fresh column-major tensor, not the transposed view of y_t (see SparseLinearKernels.forward), made
+        # by a clone that keeps the transpose's strides: under torch.compile too, where writing through the
+        # transpose of an empty tensor becomes a view again. The copy is out · batch, against nnz · batch
+        # for the sums.
+        return y_t.t().clone()
 
     @staticmethod
     def input_gradient_t(values: Tensor, grad_y_t: Tensor, structure: CondensedStructure) -> Tensor:
@@ -142,7 +140,7 @@ class CondensedKernels:
         return products.view(structure.indices.shape)
 
 
-KERNELS = CondensedKernels()
+KERNELS: SparseLinearKernels[CondensedStructure] = CondensedKernels()
 
 
 def _weighted_bag_sums(indices: Tensor, table: Tensor, offsets: Tensor | None, weights: Tensor) -> Tensor:

@@ -51,7 +51,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from evosparse.backends.sparse_linear_function import SparseLinearFunction, check_operands, describe
+from evosparse.backends.sparse_linear_function import (
+    SparseLinearFunction,
+    SparseLinearKernels,
+    check_operands,
+    describe,
+)
 from evosparse.errors import UsageError
 
 # torch warns once per process that CSR is "beta"; the calls used here are stable since torch 2.0.
@@ -310,7 +315,7 @@ class CsrKernels:
         return _sampled_products(structure.crow_indices, structure.col_indices, structure.shape, grad_y_t, x_t)
 
 
-KERNELS = CsrKernels()
+KERNELS: SparseLinearKernels[CsrStructure] = CsrKernels()
 
 
 def _sampled_products(

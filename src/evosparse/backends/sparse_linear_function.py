@@ -105,7 +105,12 @@ def check_operands(
     if not isinstance(x, Tensor) or x.dim() == 0 or x.shape[-1] != in_features:
         raise UsageError(f"input must have last dimension {in_features} (in_features), got {describe(x)}")
     if not isinstance(values, Tensor) or values.shape != values_shape:
-        raise UsageError(f"values must be a tensor of shape {values_shape} ({values_meaning}), got {describe(values)}")
+        wanted = (
+            f"a 1-D tensor of {values_shape[0]} entries"
+            if len(values_shape) == 1
+            else f"a tensor of shape {values_shape}"
+        )
+        raise UsageError(f"values must be {wanted} ({values_meaning}), got {describe(values)}")
     if bias is not None and (not isinstance(bias, Tensor) or bias.shape != (out_features,)):
         raise UsageError(f"bias must be a 1-D tensor of {out_features} entries (out_features), got {describe(bias)}")
     operands = [("input", x), ("values", values)] + ([("bias", bias)] if bias is not None else [])

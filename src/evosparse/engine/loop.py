@@ -31,7 +31,14 @@ from evosparse.data import Dataset, load_dataset
 from evosparse.data.augment import random_crop_flip
 from evosparse.data.subset import subset_training
 from evosparse.data.validation import split_validation
-from evosparse.distributed import DistributedContext, context_from_environment, initialise, shard, shutdown
+from evosparse.distributed import (
+    DistributedContext,
+    context_from_environment,
+    group_exists,
+    initialise,
+    shard,
+    shutdown,
+)
 from evosparse.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from evosparse.engine.compilation import check_compile, compiled
 from evosparse.engine.config import TrainConfig, config_difference, device_type
@@ -615,10 +622,17 @@ def train(
     check_writable(config.output_folder(), "--out")
     check_updates(config)
     logging.check()
-    trainer = Trainer(config, progress=progress, logging=logging)
+    owns_group = not group_exists()  # a group of the caller's own stays theirs to end
+    trainer: Trainer | None = None
+    completed = False
     try:
+        trainer = Trainer(config, progress=progress, logging=logging)
         with locked_folder(trainer.out, sweep=(SNAPSHOT_DIR,)) if trainer.context.is_leader else nullcontext():
-            return trainer.run(resume=resume or resume_if_present, if_present=resume_if_present)
+            result = trainer.run(resume=resume or resume_if_present, if_present=resume_if_present)
+        completed = True
+        return result
     finally:
-        trainer.train_model = trainer.model  # the DDP wrapper's reducer holds the process group
-        shutdown(trainer.context)
+        if trainer is not None:
+            trainer.train_model = trainer.model  # the DDP wrapper's reducer holds the process group
+        if owns_group:
+            shutdown(wait_for_peers=completed)
