@@ -64,9 +64,12 @@ def sample_absent_per_row(
     ``present`` holds distinct flat indices into the grid (any order). Every row that draws gets one uniform
     key per entry (``torch.rand``, a block of about ``block_entries`` entries at a time, rows in increasing
     order), present entries are ruled out and a row keeps its ``counts[r]`` smallest keys: O(rows drawing ·
-    row_size) time, O(block) memory, the same draws for the same present entries and generator state.
+    row_size + present) time (each block reads only its rows' present entries, found by binary search in
+    the sorted ``present``), O(block) memory, the same draws for the same present entries and generator
+    state.
     """
     rows = torch.nonzero(counts).squeeze(1)
+    present = torch.sort(present).values  # by row, so that each block of rows reads only its own entries
     present_rows = torch.div(present, row_size, rounding_mode="floor")
     free = row_size - torch.bincount(present_rows, minlength=counts.numel())
     if bool((counts < 0).any()) or bool((counts > free).any()):
@@ -77,9 +80,11 @@ def sample_absent_per_row(
     for start in range(0, rows.numel(), step):
         block = rows[start : start + step]
         keys = torch.rand(block.numel(), row_size, generator=generator)
-        slot = torch.searchsorted(block, present_rows)
-        inside = (slot < block.numel()) & (block[slot.clamp_max(block.numel() - 1)] == present_rows)
-        keys[slot[inside], present[inside] - present_rows[inside] * row_size] = 2.0  # above every uniform key
+        first, end = torch.searchsorted(present_rows, torch.stack([block[0], block[-1] + 1])).tolist()
+        entries, entry_rows = present[first:end], present_rows[first:end]
+        slot = torch.searchsorted(block, entry_rows)
+        inside = block[slot] == entry_rows  # rows in between that draw nothing are left out
+        keys[slot[inside], entries[inside] - entry_rows[inside] * row_size] = 2.0  # above every uniform key
         wanted = counts[block]
         smallest = torch.topk(keys, int(wanted.max()), dim=1, largest=False).indices
         taken = torch.arange(smallest.shape[1]) < wanted.unsqueeze(1)
