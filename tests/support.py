@@ -232,3 +232,30 @@ def counts_steps(method: str) -> bool:
 
     unit = next((p for p in METHODS[method].params if p.name == "update_unit"), None)
     return unit is not None and unit.choices == ("step",)
+
+
+def sparse_and_dense_passes(sparse_linear: Callable, dense_weight: Callable, x0, values0, bias0, grad_y) -> tuple:
+    """Forward and backward through ``sparse_linear(x, values, bias)`` and through ``F.linear`` on
+    ``dense_weight(values)``, each from fresh copies of the same leaves.
+
+    Returns ((y, grad_x, grad_values, grad_bias) of the sparse layer, the same of the dense reference).
+    """
+    results = []
+    for dense in (False, True):
+        x = x0.clone().requires_grad_()
+        values = values0.clone().requires_grad_()
+        bias = None if bias0 is None else bias0.clone().requires_grad_()
+        y = F.linear(x, dense_weight(values), bias) if dense else sparse_linear(x, values, bias)
+        y.backward(grad_y)
+        results.append((y.detach(), x.grad, values.grad, None if bias is None else bias.grad))
+    return tuple(results)
+
+
+def assert_all_close(got, expected, **tolerance) -> None:
+    """Element-wise closeness of two equally long tuples of tensors or Nones."""
+    for g, e in zip(got, expected, strict=True):
+        if e is None:
+            assert g is None
+        else:
+            assert g.shape == e.shape
+            torch.testing.assert_close(g, e, **tolerance)

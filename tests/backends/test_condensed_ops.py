@@ -12,6 +12,7 @@ from evosparse.backends.condensed_layout import CondensedStructure, condense, ex
 from evosparse.backends.condensed_ops import condensed_linear
 from evosparse.backends.csr_ops import SDDMM_BATCH_BLOCK, GradientTap
 from evosparse.errors import UsageError
+from support import assert_all_close, sparse_and_dense_passes
 
 F64 = torch.float64
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -39,28 +40,14 @@ def run_both(mask, batch_shape, with_bias, seed, device="cpu", dtype=F64):
     grad_y = torch.randn(*batch_shape, out_features, generator=generator, dtype=dtype).to(device)
     values0, structure = condense(weight.to(device), mask.to(device))
 
-    results = []
-    for condensed in (True, False):
-        x = x0.clone().requires_grad_()
-        values = values0.clone().requires_grad_()
-        bias = bias0.clone().requires_grad_() if with_bias else None
-        if condensed:
-            y = condensed_linear(x, values, structure, bias)
-        else:
-            y = F.linear(x, expand(values, structure), bias)
-        y.backward(grad_y)
-        results.append((y.detach(), x.grad, values.grad, bias.grad if with_bias else None))
-    return results
-
-
-def assert_all_close(got, expected, **tolerance) -> None:
-    """Element-wise closeness of two equally long tuples of tensors or Nones."""
-    for g, e in zip(got, expected, strict=True):
-        if e is None:
-            assert g is None
-        else:
-            assert g.shape == e.shape
-            torch.testing.assert_close(g, e, **tolerance)
+    return sparse_and_dense_passes(
+        lambda x, values, bias: condensed_linear(x, values, structure, bias),
+        lambda values: expand(values, structure),
+        x0,
+        values0,
+        bias0,
+        grad_y,
+    )
 
 
 # -- kernels against the dense reference --------------------------------------------------------

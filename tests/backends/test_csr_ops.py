@@ -18,6 +18,7 @@ from evosparse.backends.csr_ops import (
     sampled_gradient,
 )
 from evosparse.errors import UsageError
+from support import assert_all_close, sparse_and_dense_passes
 
 F64 = torch.float64
 
@@ -47,28 +48,14 @@ def run_both(mask: torch.Tensor, batch_shape: tuple[int, ...], with_bias: bool, 
     bias0 = torch.randn(out_features, generator=generator, dtype=dtype) if with_bias else None
     grad_y = torch.randn(*batch_shape, out_features, generator=generator, dtype=dtype)
 
-    results = []
-    for use_csr in (True, False):
-        x = x0.clone().requires_grad_()
-        values = values0.clone().requires_grad_()
-        bias = bias0.clone().requires_grad_() if with_bias else None
-        if use_csr:
-            y = csr_linear(x, values, structure, bias)
-        else:
-            y = F.linear(x, dense_weight(structure, values), bias)
-        y.backward(grad_y)
-        results.append((y.detach(), x.grad, values.grad, bias.grad if with_bias else None))
-    return results
-
-
-def assert_all_close(got, expected, **tolerance) -> None:
-    """Element-wise closeness of two equally long tuples of tensors or Nones."""
-    for g, e in zip(got, expected, strict=True):
-        if e is None:
-            assert g is None
-        else:
-            assert g.shape == e.shape
-            torch.testing.assert_close(g, e, **tolerance)
+    return sparse_and_dense_passes(
+        lambda x, values, bias: csr_linear(x, values, structure, bias),
+        lambda values: dense_weight(structure, values),
+        x0,
+        values0,
+        bias0,
+        grad_y,
+    )
 
 
 @settings(derandomize=True, max_examples=40, deadline=None)
