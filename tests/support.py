@@ -259,3 +259,15 @@ def assert_all_close(got, expected, **tolerance) -> None:
         else:
             assert g.shape == e.shape
             torch.testing.assert_close(g, e, **tolerance)
+
+
+def assert_learns_digits_at_a_constant_density(tmp_path, method: str) -> None:
+    """Three epochs of ``method`` (updating every 10 steps) on digits through the engine: it learns, evolves
+    and holds its density."""
+    from evosparse.engine.config import build_config
+
+    options = {"method": method, "epochs": 3, "hidden": "64,32", "density": 0.2, "out": str(tmp_path)}
+    result = loop.train(build_config(None, options, ["update_interval=10"]), progress=False)
+    assert result["final_test_acc"] > 0.8  # chance is 0.1
+    assert sum(epoch["connections_changed"] for epoch in result["epochs"]) > 0
+    assert {epoch["density"] for epoch in result["epochs"]} == {result["density_final"]}

@@ -7,11 +7,17 @@ from backend_pairs import BACKEND_NAMES, F64, dense_weight, layer_on, masked_lin
 from conftest import small_mlp
 from evosparse.criteria.growth import top_gradient_positions
 from evosparse.criteria.schedules import cosine_update_fraction
-from evosparse.engine.config import build_config
-from evosparse.engine.loop import train
 from evosparse.errors import UsageError
 from evosparse.methods.rigl import SWAP_RULES
-from support import DEVICES, assert_resume_is_exact, batches, run_on_device, small_conv, train_steps
+from support import (
+    DEVICES,
+    assert_learns_digits_at_a_constant_density,
+    assert_resume_is_exact,
+    batches,
+    run_on_device,
+    small_conv,
+    train_steps,
+)
 
 
 def flat_set(mask):
@@ -300,12 +306,4 @@ def test_rigl_refuses_what_it_cannot_schedule(mlp):
 
 
 def test_rigl_learns_digits(tmp_path):
-    config = build_config(
-        None,
-        {"method": "rigl", "epochs": 3, "hidden": "64,32", "density": 0.2, "out": str(tmp_path)},
-        ["update_interval=10"],
-    )
-    result = train(config, progress=False)
-    assert result["final_test_acc"] > 0.8  # chance is 0.1
-    assert sum(epoch["connections_changed"] for epoch in result["epochs"]) > 0
-    assert {epoch["density"] for epoch in result["epochs"]} == {result["density_final"]}
+    assert_learns_digits_at_a_constant_density(tmp_path, "rigl")

@@ -16,12 +16,10 @@ from conftest import small_mlp
 from evosparse.cli import main
 from evosparse.criteria.growth import first_per_unit, top_gradient_per_unit
 from evosparse.criteria.schedules import cosine_update_fraction
-from evosparse.engine.config import build_config
-from evosparse.engine.loop import train
 from evosparse.errors import UsageError
 from evosparse.topology.budget import fan_in_split
 from evosparse.topology.masks import MaskedLayer, fan_in_mask
-from support import assert_resume_is_exact, batches, small_conv, train_steps
+from support import assert_learns_digits_at_a_constant_density, assert_resume_is_exact, batches, small_conv, train_steps
 
 
 def fan_ins(layer) -> list[int]:
@@ -309,15 +307,7 @@ def test_srigl_refuses_what_it_cannot_schedule_or_draw(mlp):
 
 
 def test_srigl_learns_digits(tmp_path):
-    config = build_config(
-        None,
-        {"method": "srigl", "epochs": 3, "hidden": "64,32", "density": 0.2, "out": str(tmp_path)},
-        ["update_interval=10"],
-    )
-    result = train(config, progress=False)
-    assert result["final_test_acc"] > 0.8  # chance is 0.1
-    assert sum(epoch["connections_changed"] for epoch in result["epochs"]) > 0
-    assert {epoch["density"] for epoch in result["epochs"]} == {result["density_final"]}
+    assert_learns_digits_at_a_constant_density(tmp_path, "srigl")
 
 
 def test_the_cli_lists_srigl_and_trains_it_at_density_0_1(tmp_path, capsys):
