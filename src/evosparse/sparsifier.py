@@ -180,14 +180,16 @@ class Sparsifier:
         ``found`` are the sparse parameters, ``matrices`` the matrices they hold (a layer each; the sparse
         linear backends convert whole ``nn.Linear`` weights, so for them the two are the same).
         ``built_directly``: the weights are on the meta device, so csr layers are drawn sparse directly;
-        ``method_cls.constant_fan_in`` or a backend of :data:`CONSTANT_FAN_IN_BACKENDS`: the budgets are
-        spread evenly over each layer's output units."""
+        A method starting with a constant fan-in (:meth:`~evosparse.methods.base.Method.starts_with_constant_fan_in`)
+        or a backend of :data:`CONSTANT_FAN_IN_BACKENDS`: the budgets are spread evenly over each layer's output
+        units."""
+        constant_fan_in = method_cls.starts_with_constant_fan_in(self.hparams)
         if self.backend in LINEAR_BACKENDS:
             check_replaceable(self.model, found, self.backend)
         if built_directly:
             if self.backend != "csr":
                 raise UsageError("the model's weights are on the meta device; only --backend csr can build them")
-            if method_cls.constant_fan_in:
+            if constant_fan_in:
                 raise UsageError(
                     f"method {method_cls.name} starts from a constant fan-in topology, which a model on the "
                     "meta device cannot be drawn with yet; build the model on the CPU"
@@ -199,7 +201,7 @@ class Sparsifier:
             self.generator,
             self.optimizer,
             by_magnitude=init == "keep_largest",
-            constant_fan_in=method_cls.constant_fan_in or self.backend in CONSTANT_FAN_IN_BACKENDS,
+            constant_fan_in=constant_fan_in or self.backend in CONSTANT_FAN_IN_BACKENDS,
         )
         make = LINEAR_BACKENDS.get(self.backend)
         return masked if make is None else linear_twins(masked, self.optimizer, self.backend, make)

@@ -67,10 +67,11 @@ def test_fan_in_masks_give_every_unit_its_share_random_or_largest_brute_force(sh
 
 
 @pytest.mark.parametrize("backend", BACKEND_NAMES)
-def test_sparsify_starts_srigl_from_a_constant_fan_in_with_exact_budgets(backend):
+@pytest.mark.parametrize("method, options", [("srigl", {"total_steps": 10}), ("set", {"per_neuron": True})])
+def test_sparsify_starts_fan_in_keeping_methods_from_a_constant_fan_in_with_exact_budgets(backend, method, options):
     model = small_mlp((20, 16, 12, 5))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    sparsifier = evosparse.sparsify(model, optimizer, "srigl", density=0.3, total_steps=10, backend=backend)
+    sparsifier = evosparse.sparsify(model, optimizer, method, density=0.3, backend=backend, **options)
     for layer, budget in zip(sparsifier.topology.layers, sparsifier.plan.budgets, strict=True):
         assert_constant_fan_in(layer, budget)
         assert all(fan_ins(layer))  # nothing ablated at the start

@@ -157,9 +157,6 @@ class Method:
     #: requested density themselves; ``context.plan.budgets`` holds the per-layer goal. A method whose
     #: start depends on its parameters says so in :meth:`budget_request` (read by :meth:`starts_dense_with`).
     starts_dense: ClassVar[bool] = False
-    #: ``True`` for methods that keep every output unit's fan-in constant (SRigL): the initial topology
-    #: then gives each unit k or k + 1 inputs (:func:`~evosparse.topology.masks.fan_in_mask`).
-    constant_fan_in: ClassVar[bool] = False
     #: ``False`` for methods that find their own density (the switcher): ``density`` is then optional and,
     #: when given, the method's budget.
     needs_budget: ClassVar[bool] = True
@@ -195,6 +192,14 @@ class Method:
         """Whether a run with ``hparams`` starts with every connection active (what its budget request says:
         GMP and GraNet start dense or sparse by their ``initial_density``)."""
         return cls.budget_request(hparams, None, None).starts_dense
+
+    @classmethod
+    def starts_with_constant_fan_in(cls, hparams: Mapping[str, Any]) -> bool:
+        """Whether, with ``hparams``, the initial topology gives every output unit k or k + 1 inputs
+        (:func:`~evosparse.topology.masks.fan_in_mask`) on every backend: the methods that hold each unit's
+        fan-in (SRigL, SET per neuron) start from one. A backend that stores a fixed number of slots per
+        unit (``--backend condensed``) starts every method so."""
+        return False
 
     @classmethod
     def keeps_fan_ins(cls, hparams: Mapping[str, Any]) -> bool:

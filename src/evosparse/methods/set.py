@@ -28,9 +28,9 @@ class SET(Method):
     uniformly (:meth:`~evosparse.topology.layer.SparseLayer.sample_inactive_per_unit`). The magnitude is
     not split by sign as in the layer-wide rule: with the few tens of inputs of a unit, rounding ζ of each
     sign separately would change the unit's count by one either way. A unit with fewer than 1/ζ inputs
-    (⌊ζ·k⌋ = 0: k ≤ 3 at ζ = 0.3, as in small output layers at low density) is never rewired. It is
-    what ``--backend condensed``
-    runs SET with; regrowth draws one key per input of every unit that grows, so an update costs
+    (⌊ζ·k⌋ = 0: k ≤ 3 at ζ = 0.3, as in small output layers at low density) is never rewired. Every unit
+    starts with k or k + 1 inputs, on every backend. It is what ``--backend condensed`` runs SET with;
+    regrowth draws one key per input of every unit that grows, so an update costs
     O(out · in) time (in blocks of bounded memory) where the layer-wide rule costs O(nnz).
     """
 
@@ -48,6 +48,11 @@ class SET(Method):
         *grow_params("zero", "zero measured best", paper="normal"),
         *SCHEDULE_PARAMS,
     )
+
+    @classmethod
+    def starts_with_constant_fan_in(cls, hparams: Mapping[str, Any]) -> bool:
+        """Per neuron: every unit starts with k or k + 1 inputs, which it then keeps (on every backend)."""
+        return bool(hparams["per_neuron"])
 
     @classmethod
     def keeps_fan_ins(cls, hparams: Mapping[str, Any]) -> bool:

@@ -60,7 +60,6 @@ class SRigL(CosineSwaps):
 
     name = "srigl"
     summary = "RigL keeping every neuron's fan-in constant, with neuron ablation (Lasby et al. 2023)"
-    constant_fan_in = True
     params = (
         ALPHA,
         Param(
@@ -73,6 +72,10 @@ class SRigL(CosineSwaps):
         ),
         *SWAP_SCHEDULE,
     )
+
+    @classmethod
+    def starts_with_constant_fan_in(cls, hparams: Mapping[str, Any]) -> bool:
+        return True
 
     @classmethod
     def keeps_fan_ins(cls, hparams: Mapping[str, Any]) -> bool:
