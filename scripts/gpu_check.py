@@ -50,13 +50,13 @@ BENCHMARKS = (
 
 def runs_to_check() -> list[tuple[str, str, tuple[str, ...]]]:
     """(method, backend, extra arguments) of every run: each registered method on every backend that takes
-    it with its defaults, and SET per neuron on condensed (the only way SET runs there)."""
+    it with its defaults, and SET per neuron on every backend (the only way SET runs on condensed)."""
     runs = []
     for name, cls in sorted(METHODS.items()):
         defaults = {param.name: param.default for param in cls.params}
         for backend in BACKENDS:
             variants: list[tuple[dict, tuple[str, ...]]] = [({}, ())]
-            if backend == "condensed" and "per_neuron" in defaults:
+            if "per_neuron" in defaults:
                 variants.append(({"per_neuron": True}, ("--param", "per_neuron=true")))
             for change, extra in variants:
                 try:

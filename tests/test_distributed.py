@@ -18,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import evosparse
 from evosparse.distributed import shutdown
+from evosparse.engine.compilation import compile_problem
 
 STEPS = 8
 
@@ -119,6 +120,8 @@ def test_torchrun_trains_through_the_cli_and_rank_zero_alone_writes(tmp_path):
 
 @pytest.mark.parametrize("compile_model", [False, True], ids=["eager", "compiled"])
 def test_a_distributed_training_run_frees_its_process_group_at_shutdown(tmp_path, compile_model):
+    if compile_model and (problem := compile_problem("cpu")) is not None:
+        pytest.skip(f"torch.compile fails here: {problem}")
     mp.spawn(_training_worker, args=(str(tmp_path), free_port(), compile_model), nprocs=2, join=True)
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert result["world_size"] == 2 and sum(epoch["connections_changed"] for epoch in result["epochs"]) > 0

@@ -189,12 +189,9 @@ class Sparsifier:
         if built_directly:
             if self.backend != "csr":
                 raise UsageError("the model's weights are on the meta device; only --backend csr can build them")
-            if constant_fan_in:
-                raise UsageError(
-                    f"method {method_cls.name} starts from a constant fan-in topology, which a model on the "
-                    "meta device cannot be drawn with yet; build the model on the CPU"
-                )
-            return build_csr_direct(self.model, found, self.plan.initial, init, self.generator, self.optimizer)
+            return build_csr_direct(
+                self.model, found, self.plan.initial, init, self.generator, self.optimizer, constant_fan_in
+            )
         masked = build_masked_topology(
             matrices,
             self.plan.initial,

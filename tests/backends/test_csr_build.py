@@ -13,6 +13,7 @@ from evosparse.backends.csr_layer import CsrLinear
 from evosparse.engine import loop
 from evosparse.engine.config import build_config
 from evosparse.errors import UsageError
+from evosparse.topology.budget import fan_in_split
 
 
 @pytest.mark.parametrize("shape, count", [((7, 5), 7), ((7, 5), 35), ((7, 5), 3), ((1000, 10**9), 5000)])
@@ -39,6 +40,25 @@ def test_direct_layer_has_sparse_kaiming_values_and_a_default_range_bias():
     assert layer.bias is not None and layer.bias.abs().max().item() <= 1 / 20
     with pytest.raises(UsageError, match="meta device has none"):
         build_csr_layer(linear, 10, "keep", torch.Generator())
+
+
+@pytest.mark.parametrize("shape, count", [((300, 400), 12_000), ((7, 5), 9), ((7, 5), 30), ((3, 100_000), 8)])
+def test_a_constant_fan_in_direct_layer_splits_its_budget_evenly_over_units(shape, count):
+    with torch.device("meta"):
+        linear = nn.Linear(shape[1], shape[0])
+    layer = build_csr_layer(linear, count, "sparse_kaiming", torch.Generator().manual_seed(2), constant_fan_in=True)
+    assert layer.nnz == count and layer.shape == shape
+    assert torch.equal(torch.diff(layer.structure.crow_indices), fan_in_split(count, shape[0]))
+
+
+@pytest.mark.parametrize("method, options", [("srigl", {"total_steps": 10}), ("set", {"per_neuron": True})])
+def test_a_meta_model_is_drawn_with_a_constant_fan_in_for_the_methods_that_keep_one(method, options):
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 5))
+    sparsifier = sparsify(model, None, method, density=0.3, seed=0, backend="csr", **options)
+    for layer, budget in zip(sparsifier.topology.layers, sparsifier.plan.budgets, strict=True):
+        units = layer.unit_of(layer.active_positions()).bincount(minlength=layer.fan_out_axis_size)
+        assert torch.equal(units, fan_in_split(budget, layer.fan_out_axis_size))
 
 
 def test_sparsifier_builds_a_meta_model_sparse_and_trains_it():
@@ -110,15 +130,14 @@ def small_relu_mlp() -> nn.Sequential:
     return nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
 
 
-def test_a_direct_draw_needs_fresh_values_a_random_topology_and_only_sparse_linear_parameters():
+def test_a_direct_draw_needs_fresh_values_and_only_sparse_linear_parameters():
     with torch.device("meta"):
         mlp = small_relu_mlp()
         normed = nn.Sequential(nn.Linear(6, 5), nn.LayerNorm(5), nn.Linear(5, 3))
-    assert direct_draw_applies(mlp, "sparse_kaiming", constant_fan_in=False)
-    assert not direct_draw_applies(mlp, "keep", constant_fan_in=False)  # needs the model's own values
-    assert not direct_draw_applies(mlp, "sparse_kaiming", constant_fan_in=True)  # SRigL's start
-    assert not direct_draw_applies(mlp, "sparse_kaiming", False, exclude=["2.weight"])  # a dense linear layer
-    assert not direct_draw_applies(normed, "sparse_kaiming", False)  # a norm's parameters
+    assert direct_draw_applies(mlp, "sparse_kaiming")
+    assert not direct_draw_applies(mlp, "keep")  # needs the model's own values
+    assert not direct_draw_applies(mlp, "sparse_kaiming", exclude=["2.weight"])  # a dense linear layer
+    assert not direct_draw_applies(normed, "sparse_kaiming")  # a norm's parameters
 
 
 def test_above_the_conversion_size_a_csr_model_is_drawn_directly_when_it_can_be(monkeypatch):
@@ -135,13 +154,13 @@ def test_above_the_conversion_size_a_csr_model_is_drawn_directly_when_it_can_be(
 
 @pytest.mark.parametrize(
     "settings, direct",
-    [({}, True), ({"init": "keep"}, False), ({"method": "srigl"}, False)],
+    [({}, True), ({"init": "keep"}, False), ({"method": "srigl"}, True)],
 )
 def test_the_engine_draws_csr_models_directly_where_it_can_and_converts_otherwise(
     tmp_path, monkeypatch, settings, direct
 ):
-    """Above the conversion size: drawn directly for SET from scratch; converted (as the masked backend
-    draws) for kept values or a constant fan-in start."""
+    """Above the conversion size: drawn directly from scratch (a random or a constant fan-in start);
+    converted (as the masked backend draws) for kept values."""
     monkeypatch.setattr(csr_build, "CONVERSION_ENTRIES", 1000)
     drawn: list[int] = []
     real = csr_model.build_csr_layer

@@ -19,8 +19,10 @@ from torch import nn
 
 from evosparse.backends.csr_layer import CsrLinear
 from evosparse.errors import UsageError
+from evosparse.topology.budget import fan_in_split
+from evosparse.topology.layer import BLOCK_POSITIONS
 from evosparse.topology.masks import find_sparse_parameters
-from evosparse.topology.positions import sample_absent
+from evosparse.topology.positions import sample_absent, sample_per_row
 
 #: Above this many dense weight entries in its linear layers, ``evosparse train --backend csr`` always builds
 #: the model on the meta device and its layers with :func:`build_csr_layer` (2²⁸ entries: 1 GiB of float32
@@ -56,8 +58,14 @@ def random_positions(shape: tuple[int, int], count: int, generator: torch.Genera
     return torch.sort(torch.cat([first, rest])).values
 
 
-def build_csr_layer(linear: nn.Linear, count: int, init: str, generator: torch.Generator) -> CsrLinear:
+def build_csr_layer(
+    linear: nn.Linear, count: int, init: str, generator: torch.Generator, constant_fan_in: bool = False
+) -> CsrLinear:
     """A :class:`CsrLinear` for the (meta) ``linear``: ``count`` random connections, sparse-Kaiming values.
+
+    ``constant_fan_in``: output unit u gets ``fan_in_split(count, out)[u]`` inputs (k or k + 1), drawn per
+    unit by :func:`~evosparse.topology.positions.sample_per_row`, as the masked backend's
+    :func:`~evosparse.topology.masks.fan_in_mask` draws them (the same distribution, other draws).
 
     Values ~ N(0, 2 / fan_in) with fan_in the mean active inputs per unit (He et al. 2015, as
     :func:`evosparse.topology.init.sparse_kaiming_std`); the bias ~ U(-1/√in, 1/√in), PyTorch's
@@ -66,7 +74,10 @@ def build_csr_layer(linear: nn.Linear, count: int, init: str, generator: torch.G
     if init != "sparse_kaiming":
         raise UsageError(f"init {init!r} needs the model's own weights; a model built on the meta device has none")
     shape = (linear.out_features, linear.in_features)
-    positions = random_positions(shape, count, generator)
+    if constant_fan_in:
+        positions = sample_per_row(shape[1], fan_in_split(count, shape[0]), generator, BLOCK_POSITIONS)
+    else:
+        positions = random_positions(shape, count, generator)
     std = math.sqrt(2.0) / math.sqrt(max(1.0, count / shape[0]))
     values = torch.randn(count, generator=generator) * std
     bias = None
@@ -77,17 +88,13 @@ def build_csr_layer(linear: nn.Linear, count: int, init: str, generator: torch.G
 
 
 def direct_draw_applies(
-    skeleton: nn.Module,
-    init: str,
-    constant_fan_in: bool,
-    include: Sequence[str] | None = None,
-    exclude: Sequence[str] | None = None,
+    skeleton: nn.Module, init: str, include: Sequence[str] | None = None, exclude: Sequence[str] | None = None
 ) -> bool:
-    """Whether the Sparsifier can draw ``skeleton`` (a model on the meta device) directly: random topology
-    (no constant fan-in), fresh values (``init="sparse_kaiming"``), and every parameter belonging to a
-    sparsified ``nn.Linear`` (``include``/``exclude`` as the Sparsifier gets them), since nothing else
-    can be built from the meta device."""
-    if init != "sparse_kaiming" or constant_fan_in:
+    """Whether the Sparsifier can draw ``skeleton`` (a model on the meta device) directly: fresh values
+    (``init="sparse_kaiming"``), and every parameter belonging to a sparsified ``nn.Linear``
+    (``include``/``exclude`` as the Sparsifier gets them), since nothing else can be built from the meta
+    device."""
+    if init != "sparse_kaiming":
         return False
     found = find_sparse_parameters(skeleton, include, exclude)
     if not found or any(not isinstance(module, nn.Linear) or attr != "weight" for _, module, attr in found):

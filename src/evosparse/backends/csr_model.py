@@ -212,8 +212,10 @@ def build_csr_direct(
     init: str,
     generator: torch.Generator,
     optimizer: torch.optim.Optimizer | None,
+    constant_fan_in: bool = False,
 ) -> Topology:
-    """A :class:`CsrLayer` drawn sparse directly for each (meta-device) linear layer of ``found``.
+    """A :class:`CsrLayer` drawn sparse directly for each (meta-device) linear layer of ``found`` (with a
+    constant fan-in if asked).
 
     See :mod:`evosparse.backends.csr_build`. Nothing is put in place yet (see :func:`install_linears`), but
     every other parameter of ``model`` must be real (a meta parameter outside the sparse layers is
@@ -229,7 +231,9 @@ def build_csr_direct(
     layers: list[SparseLayer] = []
     for (name, linear, _), count in zip(found, budgets, strict=True):
         assert isinstance(linear, nn.Linear)  # checked just above
-        layers.append(CsrLayer(name, build_csr_layer(linear, count, init, generator), count, optimizer))
+        layers.append(
+            CsrLayer(name, build_csr_layer(linear, count, init, generator, constant_fan_in), count, optimizer)
+        )
     return Topology(layers)
 
 

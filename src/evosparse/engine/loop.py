@@ -65,7 +65,6 @@ from evosparse.engine.wide_layers import apply_wide_layer_rules
 from evosparse.engine.width_scaling import scale_widths
 from evosparse.errors import EvosparseError, UsageError
 from evosparse.files import check_writable
-from evosparse.methods import get_method, resolve_params
 from evosparse.models import ModelSpec, architecture_of, build_model
 from evosparse.models.parts import excluded_layers
 from evosparse.sparsifier import Sparsifier
@@ -175,8 +174,6 @@ class Trainer:
             density=config.effective_density,
             epsilon=config.epsilon,
         )
-        method_cls = get_method(config.method)
-        constant_fan_in = method_cls.starts_with_constant_fan_in(resolve_params(method_cls, config.params))
         self.model = build_for_backend(
             config.backend,
             lambda: build_model(config.model, self.spec),
@@ -184,7 +181,6 @@ class Trainer:
             direct=lambda skeleton: direct_draw_applies(
                 skeleton,
                 config.init,
-                constant_fan_in,
                 getattr(skeleton, "sparse_include", None),
                 excluded_layers(skeleton, config.sparsify),
             ),

@@ -92,6 +92,57 @@ def sample_absent_per_row(
     return torch.sort(torch.cat(chosen)).values if chosen else present.new_zeros(0)
 
 
+def sample_per_row(row_size: int, counts: Tensor, generator: torch.Generator, block_entries: int) -> Tensor:
+    """``counts[r]`` distinct entries of each row r of an empty (rows, ``row_size``) grid, uniform without
+    replacement; returns their sorted flat indices ``r · row_size + j``. No grid is formed.
+
+    A row asking for at most half its entries draws 2 · count + 4 values with replacement and keeps the
+    first ``counts[r]`` distinct ones (a uniform subset: in an i.i.d. sequence no value is likelier to come
+    early than another), drawing again, twice as many, in the rare case that too few were distinct:
+    O(count · log count) expected time, whatever ``row_size``. A row asking for more takes the
+    ``counts[r]`` smallest of ``row_size`` uniform keys: O(row_size), at most twice its count. Rows go in
+    blocks of about ``block_entries`` drawn values (bounded memory).
+    """
+    if bool((counts < 0).any()) or bool((counts > row_size).any()):
+        raise UsageError(f"cannot draw {int(counts.max())} distinct entries from rows of {row_size}")
+    chosen = []
+    few = torch.nonzero((counts > 0) & (2 * counts <= row_size)).squeeze(1)
+    many = torch.nonzero(2 * counts > row_size).squeeze(1)
+    few_width = 2 * int(counts[few].max()) + 4 if few.numel() else 1
+    for rows, width, draw in ((few, few_width, _first_distinct), (many, row_size, _smallest_keys)):
+        step = max(1, block_entries // max(1, width))
+        for start in range(0, rows.numel(), step):
+            block = rows[start : start + step]
+            chosen.append(draw(block, row_size, counts[block], generator))
+    return torch.sort(torch.cat(chosen)).values if chosen else counts.new_zeros(0)
+
+
+def _first_distinct(rows: Tensor, row_size: int, counts: Tensor, generator: torch.Generator) -> Tensor:
+    """Flat indices of each row's first ``counts`` distinct values among uniform draws with replacement."""
+    picked = []
+    width = 2 * int(counts.max()) + 4
+    while rows.numel():
+        draws = torch.randint(row_size, (rows.numel(), width), generator=generator)
+        values, order = torch.sort(draws, dim=1, stable=True)
+        first_in_sorted = torch.ones_like(values, dtype=torch.bool)
+        first_in_sorted[:, 1:] = values[:, 1:] != values[:, :-1]  # stable: the earliest draw of each value
+        first = torch.zeros_like(first_in_sorted).scatter_(1, order, first_in_sorted)
+        rank = first.cumsum(dim=1)
+        done = rank[:, -1] >= counts
+        keep = first[done] & (rank[done] <= counts[done].unsqueeze(1))
+        picked.append((rows[done].unsqueeze(1) * row_size + draws[done])[keep])
+        rows, counts, width = rows[~done], counts[~done], 2 * width
+    return torch.cat(picked)
+
+
+def _smallest_keys(rows: Tensor, row_size: int, counts: Tensor, generator: torch.Generator) -> Tensor:
+    """Flat indices of each row's ``counts`` entries with the smallest of ``row_size`` uniform keys."""
+    keys = torch.rand(rows.numel(), row_size, generator=generator)
+    smallest = torch.topk(keys, int(counts.max()), dim=1, largest=False).indices
+    taken = torch.arange(smallest.shape[1]) < counts.unsqueeze(1)
+    return (rows.unsqueeze(1) * row_size + smallest)[taken]
+
+
 def is_member(sorted_values: Tensor, queries: Tensor) -> Tensor:
     """Boolean tensor: whether each query occurs in ``sorted_values`` (binary search, O(q log n))."""
     return locate(sorted_values, queries)[1]
