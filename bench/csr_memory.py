@@ -110,7 +110,7 @@ def build_set_mlp(
         "csr",
         lambda: MLP(inputs, list(hidden), classes),
         torch.device("cpu"),
-        direct=lambda skeleton: direct_draw_applies(skeleton, "sparse_kaiming", False),
+        direct=lambda skeleton: direct_draw_applies(skeleton, "sparse_kaiming"),
     )
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     sparsifier = sparsify(model, optimizer, "set", epsilon=epsilon, backend="csr", seed=0, total_steps=total_steps)

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from evosparse.errors import UsageError
-from evosparse.topology.positions import sample_absent_per_row, sample_per_row
+from evosparse.topology.positions import _first_distinct, sample_absent_per_row, sample_per_row
 
 
 def chi_square_of_subsets(rows: torch.Tensor, subsets: int) -> float:
@@ -82,5 +82,18 @@ def test_entries_per_row_need_no_grid_where_rows_are_long():
     counts = torch.tensor([2, 0, 3])
     drawn = sample_per_row(10**12, counts, torch.Generator().manual_seed(0), 1 << 20)
     assert torch.bincount(drawn // 10**12, minlength=3).tolist() == [2, 0, 3]
-    with pytest.raises(UsageError, match="cannot draw 4 distinct entries from rows of 3"):
-        sample_per_row(3, torch.tensor([4]), torch.Generator(), 8)
+    with pytest.raises(UsageError, match="cannot draw 4 distinct entries from row 1 of 3"):
+        sample_per_row(3, torch.tensor([0, 4]), torch.Generator(), 8)
+
+
+def test_rows_short_of_distinct_values_draw_again_and_stay_uniform():
+    """Drawing with replacement, some rows come up short and draw again (5 of 6 from 14 draws: about 1 row
+    in 20 here); the redraws neither break the counts nor bias the subsets."""
+    generator = torch.Generator().manual_seed(3)
+    rows = torch.arange(6000)
+    drawn = _first_distinct(rows, 6, torch.full((6000,), 5), generator)
+    assert torch.equal(torch.bincount(drawn // 6, minlength=6000), torch.full((6000,), 5))
+    assert torch.equal(drawn.sort().values, torch.unique(drawn))
+    assert chi_square_of_subsets(drawn.sort().values.view(6000, 5) % 6, 6) < 15.1  # 5 degrees of freedom, 1%
+    every = _first_distinct(torch.arange(50), 8, torch.full((50,), 8), generator)  # all of a row: many redraws
+    assert torch.equal(every.sort().values, torch.arange(400))

@@ -4,9 +4,10 @@ A model whose sparse ``nn.Linear`` weights live on the ``meta`` device (built un
 ``torch.device("meta")``: shapes without storage) never has a dense weight. :func:`build_csr_layer`
 gives each such layer its random topology and sparse initialisation at cost O(nnz log nnz) time
 and O(nnz) memory, and the layer's bias a real value. The draw follows the same rules as the masked
-backend (every output unit gets one random input first, the rest uniform among free positions;
-He-normal values scaled by the active fan-in; PyTorch's default bias range) but not the same random
-stream, since the masked draw enumerates all out x in positions.
+backend (every output unit gets one random input first, the rest uniform among free positions; or,
+for a constant fan-in, k or k + 1 random inputs per unit; He-normal values scaled by the active fan-in;
+PyTorch's default bias range) but not the same random stream, since the masked draw enumerates all
+out x in positions.
 """
 
 from __future__ import annotations

@@ -104,7 +104,8 @@ def sample_per_row(row_size: int, counts: Tensor, generator: torch.Generator, bl
     blocks of about ``block_entries`` drawn values (bounded memory).
     """
     if bool((counts < 0).any()) or bool((counts > row_size).any()):
-        raise UsageError(f"cannot draw {int(counts.max())} distinct entries from rows of {row_size}")
+        row = int(torch.nonzero((counts < 0) | (counts > row_size))[0])
+        raise UsageError(f"cannot draw {int(counts[row])} distinct entries from row {row} of {row_size}")
     chosen = []
     few = torch.nonzero((counts > 0) & (2 * counts <= row_size)).squeeze(1)
     many = torch.nonzero(2 * counts > row_size).squeeze(1)
@@ -114,7 +115,7 @@ def sample_per_row(row_size: int, counts: Tensor, generator: torch.Generator, bl
         for start in range(0, rows.numel(), step):
             block = rows[start : start + step]
             chosen.append(draw(block, row_size, counts[block], generator))
-    return torch.sort(torch.cat(chosen)).values if chosen else counts.new_zeros(0)
+    return torch.sort(torch.cat(chosen)).values if chosen else torch.zeros(0, dtype=torch.int64)
 
 
 def _first_distinct(rows: Tensor, row_size: int, counts: Tensor, generator: torch.Generator) -> Tensor:
