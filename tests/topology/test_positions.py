@@ -91,9 +91,9 @@ def test_rows_short_of_distinct_values_draw_again_and_stay_uniform():
     in 20 here); the redraws neither break the counts nor bias the subsets."""
     generator = torch.Generator().manual_seed(3)
     rows = torch.arange(6000)
-    drawn = _first_distinct(rows, 6, torch.full((6000,), 5), generator)
+    drawn = _first_distinct(rows, 6, torch.full((6000,), 5), 14, generator)
     assert torch.equal(torch.bincount(drawn // 6, minlength=6000), torch.full((6000,), 5))
     assert torch.equal(drawn.sort().values, torch.unique(drawn))
     assert chi_square_of_subsets(drawn.sort().values.view(6000, 5) % 6, 6) < 15.1  # 5 degrees of freedom, 1%
-    every = _first_distinct(torch.arange(50), 8, torch.full((50,), 8), generator)  # all of a row: many redraws
+    every = _first_distinct(torch.arange(50), 8, torch.full((50,), 8), 20, generator)  # all of a row: many redraws
     assert torch.equal(every.sort().values, torch.arange(400))

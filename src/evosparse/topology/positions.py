@@ -99,29 +99,30 @@ def sample_per_row(row_size: int, counts: Tensor, generator: torch.Generator, bl
     A row asking for at most half its entries draws 2 · count + 4 values with replacement and keeps the
     first ``counts[r]`` distinct ones (a uniform subset: in an i.i.d. sequence no value is likelier to come
     early than another), drawing again, twice as many, in the rare case that too few were distinct:
-    O(count · log count) expected time, whatever ``row_size``. A row asking for more takes the
-    ``counts[r]`` smallest of ``row_size`` uniform keys: O(row_size), at most twice its count. Rows go in
+    O(count · log count) expected time, whatever ``row_size``. A row asking for more is drawn by
+    :func:`sample_absent_per_row` with nothing present: O(row_size), at most twice its count. Rows go in
     blocks of about ``block_entries`` drawn values (bounded memory).
     """
     if bool((counts < 0).any()) or bool((counts > row_size).any()):
         row = int(torch.nonzero((counts < 0) | (counts > row_size))[0])
         raise UsageError(f"cannot draw {int(counts[row])} distinct entries from row {row} of {row_size}")
-    chosen = []
-    few = torch.nonzero((counts > 0) & (2 * counts <= row_size)).squeeze(1)
-    many = torch.nonzero(2 * counts > row_size).squeeze(1)
-    few_width = 2 * int(counts[few].max()) + 4 if few.numel() else 1
-    for rows, width, draw in ((few, few_width, _first_distinct), (many, row_size, _smallest_keys)):
-        step = max(1, block_entries // max(1, width))
+    few = (counts > 0) & (2 * counts <= row_size)
+    nothing = torch.zeros(0, dtype=torch.int64)
+    chosen = [sample_absent_per_row(nothing, row_size, torch.where(few, 0, counts), generator, block_entries)]
+    rows = torch.nonzero(few).squeeze(1)
+    if rows.numel():
+        width = 2 * int(counts[rows].max()) + 4
+        step = max(1, block_entries // width)
         for start in range(0, rows.numel(), step):
             block = rows[start : start + step]
-            chosen.append(draw(block, row_size, counts[block], generator))
-    return torch.sort(torch.cat(chosen)).values if chosen else torch.zeros(0, dtype=torch.int64)
+            chosen.append(_first_distinct(block, row_size, counts[block], width, generator))
+    return torch.sort(torch.cat(chosen)).values
 
 
-def _first_distinct(rows: Tensor, row_size: int, counts: Tensor, generator: torch.Generator) -> Tensor:
-    """Flat indices of each row's first ``counts`` distinct values among uniform draws with replacement."""
+def _first_distinct(rows: Tensor, row_size: int, counts: Tensor, width: int, generator: torch.Generator) -> Tensor:
+    """Flat indices of each row's first ``counts`` distinct values among ``width`` uniform draws with
+    replacement (twice as many again for the rows that came up short)."""
     picked = []
-    width = 2 * int(counts.max()) + 4
     while rows.numel():
         draws = torch.randint(row_size, (rows.numel(), width), generator=generator)
         values, order = torch.sort(draws, dim=1, stable=True)
@@ -134,14 +135,6 @@ def _first_distinct(rows: Tensor, row_size: int, counts: Tensor, generator: torc
         picked.append((rows[done].unsqueeze(1) * row_size + draws[done])[keep])
         rows, counts, width = rows[~done], counts[~done], 2 * width
     return torch.cat(picked)
-
-
-def _smallest_keys(rows: Tensor, row_size: int, counts: Tensor, generator: torch.Generator) -> Tensor:
-    """Flat indices of each row's ``counts`` entries with the smallest of ``row_size`` uniform keys."""
-    keys = torch.rand(rows.numel(), row_size, generator=generator)
-    smallest = torch.topk(keys, int(counts.max()), dim=1, largest=False).indices
-    taken = torch.arange(smallest.shape[1]) < counts.unsqueeze(1)
-    return (rows.unsqueeze(1) * row_size + smallest)[taken]
 
 
 def is_member(sorted_values: Tensor, queries: Tensor) -> Tensor:
